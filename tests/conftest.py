@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny seeded MovieLens-shaped tables and the path of the real ML-100K."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ML_100K = SHARED_DATA / "ml-100k"
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    if not (ML_100K / "u.data").exists():
+        pytest.skip(f"real MovieLens 100K not found at {ML_100K}")
+    return ML_100K
+
+
+@pytest.fixture(scope="session")
+def tiny_tables():
+    """40 users x 60 movies, ~600 ratings; users prefer movies of their favourite genre.
+
+    Returns (ratings, movies, users) in the schema of ``tfrs_movies.data.schema``.
+    """
+    rng = np.random.default_rng(7)
+    n_users, n_movies = 40, 60
+    movie_genre = rng.integers(0, 4, n_movies)
+    user_genre = rng.integers(0, 4, n_users)
+    rows = []
+    for u in range(n_users):
+        liked = np.flatnonzero(movie_genre == user_genre[u])
+        other = np.flatnonzero(movie_genre != user_genre[u])
+        picks = np.concatenate([rng.choice(liked, min(10, len(liked)), replace=False),
+                                rng.choice(other, 5, replace=False)])
+        for t, m in enumerate(picks):
+            rating = 5.0 if movie_genre[m] == user_genre[u] else float(rng.integers(1, 3))
+            rows.append((f"u{u}", f"m{m}", rating, 1000 * u + t))
+    ratings = pd.DataFrame(rows, columns=["user_id", "movie_id", "user_rating", "timestamp"])
+    ratings["user_rating"] = ratings["user_rating"].astype(np.float32)
+    movies = pd.DataFrame({
+        "movie_id": [f"m{m}" for m in range(n_movies)],
+        "movie_title": [f"Film {m % 9} of genre {g} ({1980 + m % 20})"
+                        for m, g in enumerate(movie_genre)],
+        "movie_genres": [[int(g), 7] for g in movie_genre],
+    })
+    users = pd.DataFrame({
+        "user_id": [f"u{u}" for u in range(n_users)],
+        "user_gender": rng.random(n_users) > 0.5,
+        "bucketized_user_age": rng.choice([18.0, 25.0, 35.0], n_users).astype(np.float32),
+        "user_occupation_label": rng.integers(0, 22, n_users),
+        "user_zip_code": [f"{rng.integers(0, 10)}2345" for _ in range(n_users)],
+    })
+    return ratings, movies, users

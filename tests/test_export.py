@@ -1,0 +1,139 @@
+"""Export: the serving contract, reloaded with TensorFlow (the graph TF Serving runs)."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfrs_movies.config import ExportConfig, ModelConfig
+from tfrs_movies.errors import UserError
+from tfrs_movies.export import export, models_config
+from tfrs_movies.features import FeatureSpace, Vocabulary
+from tfrs_movies.models import build_model
+from tfrs_movies.training import make_dataset
+
+CONTRACT = {
+    "retrieval": ({"user_id", "exclude_movie_ids"}, {"movie_ids", "scores"}),
+    "ranking": ({"user_id", "movie_id"}, {"rating"}),
+    "recommender": ({"user_id", "exclude_movie_ids"}, {"movie_ids", "titles", "scores", "ratings"}),
+    "similar_movies": ({"movie_ids"}, {"movie_ids", "scores"}),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_tables):
+    """A stand-in run: the attributes ``export`` reads, with two tiny trained models."""
+    ratings, movies, users = tiny_tables
+    train = ratings[ratings["user_id"] != "u0"]
+    space = FeatureSpace(Vocabulary.build(train, movies, users))
+    models = {}
+    for kind in ("retrieval", "ranking"):
+        tf.keras.utils.set_random_seed(0)
+        model = build_model(kind, space, ModelConfig(embedding_dim=8))
+        model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+        model.fit(make_dataset(train, 64, shuffle_seed=0), epochs=2, verbose=0)
+        models[kind] = model
+    return types.SimpleNamespace(
+        vocab=space.vocab, retrieval_model=lambda: models["retrieval"],
+        ranking_model=lambda: models["ranking"], embedding_model=lambda: models["retrieval"])
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    paths = export(trained, root / "bf", ExportConfig(k=20, n=5))
+    import scann  # noqa: F401  (registers the ScaNN ops before loading)
+    scann_paths = export(trained, root / "scann", ExportConfig(index="scann", k=20, n=5))
+    load = {name: tf.saved_model.load(str(path)).signatures["serving_default"]
+            for name, path in paths.items()}
+    load_scann = {name: tf.saved_model.load(str(path)).signatures["serving_default"]
+                  for name, path in scann_paths.items() if name == "retrieval"}
+    return root, load, load_scann
+
+
+def _strings(tensor) -> np.ndarray:
+    return tensor.numpy().astype(str)
+
+
+def test_signatures_match_the_contract(exported):
+    root, models, _ = exported
+    assert set(models) == set(CONTRACT)
+    for name, (inputs, outputs) in CONTRACT.items():
+        fn = models[name]
+        assert set(fn.structured_input_signature[1]) == inputs
+        assert set(fn.structured_outputs) == outputs
+    text = (root / "bf" / "models.config").read_text()
+    assert text == models_config(list(CONTRACT), "/models")
+    assert 'base_path: "/models/recommender"' in text
+    assert not list((root / "bf").glob("*/.tmp-*"))
+
+
+@pytest.mark.parametrize("name", ["retrieval", "recommender"])
+def test_retrieval_excludes_and_sorts(exported, trained, name):
+    _, models, _ = exported
+    catalog = set(trained.vocab.catalog_movies)
+    first = _strings(models[name](user_id=tf.constant(["u1"]),
+                                  exclude_movie_ids=tf.constant([[""]]))["movie_ids"])[0]
+    excluded = list(first[:3])
+    out = models[name](user_id=tf.constant(["u1", "u2"]),
+                       exclude_movie_ids=tf.constant([excluded, ["", "", ""]]))
+    ids = _strings(out["movie_ids"])
+    assert not set(excluded) & set(ids[0])
+    assert set(ids.ravel()) <= catalog
+    order_key = "ratings" if name == "recommender" else "scores"
+    values = out[order_key].numpy()
+    assert np.all(np.diff(values, axis=1) <= 1e-6)
+    if name == "recommender":
+        assert out["titles"].shape == ids.shape
+        titles = dict(zip(trained.vocab.catalog_movies, trained.vocab.catalog_titles))
+        assert list(_strings(out["titles"])[1]) == [titles[m] for m in ids[1]]
+
+
+def test_unknown_user_gets_popular_unseen_movies(exported, trained):
+    _, models, _ = exported
+    counts = dict(zip(trained.vocab.movie_ids, trained.vocab.movie_counts))
+    most_popular = max(counts, key=counts.get)
+    out = models["retrieval"](user_id=tf.constant(["never-seen"]),
+                              exclude_movie_ids=tf.constant([[most_popular]]))
+    ids = list(_strings(out["movie_ids"])[0])
+    assert most_popular not in ids
+    ranked = sorted((m for m in counts if m != most_popular), key=lambda m: -counts[m])
+    assert counts[ids[0]] == counts[ranked[0]]
+    rating = models["ranking"](user_id=tf.constant(["never-seen"]), movie_id=tf.constant(["?"]))
+    assert np.isfinite(rating["rating"].numpy()).all()
+
+
+def test_similar_movies_averages_seeds_and_skips_them(exported):
+    _, models, _ = exported
+    out = models["similar_movies"](movie_ids=tf.constant([["m1", "m2"], ["m1", ""], ["?", ""]]))
+    ids, scores = _strings(out["movie_ids"]), out["scores"].numpy()
+    assert not {"m1", "m2"} & set(ids[0])
+    assert "m1" not in ids[1]
+    assert np.all(scores[:2] <= 1.0 + 1e-5)
+    assert list(ids[0]) != list(ids[1])  # a second seed changes the neighbours
+    assert np.all(np.isfinite(scores[2]))  # no known seed: popular movies, no crash
+
+
+def test_scann_agrees_with_brute_force(exported, trained):
+    _, models, scann = exported
+    users = tf.constant(trained.vocab.user_ids)
+    no_exclusions = tf.fill([len(trained.vocab.user_ids), 1], "")
+    exact = _strings(models["retrieval"](user_id=users, exclude_movie_ids=no_exclusions)["movie_ids"])
+    approx = _strings(scann["retrieval"](user_id=users, exclude_movie_ids=no_exclusions)["movie_ids"])
+    recall = np.mean([len(set(a[:10]) & set(e[:10])) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.95
+
+
+def test_versions_are_never_overwritten(trained, tmp_path):
+    config = ExportConfig(k=10, n=3)
+    export(trained, tmp_path, config)
+    second = export(trained, tmp_path, config)
+    assert second["ranking"].name == "2"
+    marker = tmp_path / "ranking" / "1" / "saved_model.pb"
+    before = marker.read_bytes()
+    with pytest.raises(UserError, match="already exists"):
+        export(trained, tmp_path, ExportConfig(k=10, n=3, version=1))
+    assert marker.read_bytes() == before
+    assert not (tmp_path / "ranking" / "3").exists()

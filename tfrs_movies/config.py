@@ -1,0 +1,238 @@
+"""Frozen configuration dataclasses; every job saves the exact config it ran with as JSON.
+
+Config flows down as arguments, never through globals. ``to_dict``/``from_dict`` round-trip
+through JSON (tuples become lists and back), and unknown keys are an error naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tfrs_movies.errors import UserError
+
+DATASETS = ("movielens/100k", "movielens/1m", "movielens/10m", "movielens/20m", "movielens/25m",
+            "movielens/latest-small", "csv", "synthetic")
+SPLITS = ("random", "user", "temporal", "leave-last", "strong")
+MODELS = ("retrieval", "ranking", "multitask", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the interactions come from and how they are split.
+
+    Attributes:
+      dataset: one of ``DATASETS``.
+      data_dir: raw extracted MovieLens folder (defaults to env ``TFRS_MOVIES_DATA_DIR``); when
+        unset, ``movielens/*`` datasets are read through TFDS.
+      tfds_manual_dir: folder holding the official MovieLens zip, for TFDS offline builds.
+      tfds_data_dir: where TFDS keeps its prepared datasets (TFDS default when unset).
+      ratings, movies, users: CSV or Parquet files for ``dataset="csv"``.
+      test_ratings: explicit test interactions (same format as ``ratings``); replaces the split.
+      synthetic_users, synthetic_movies, synthetic_ratings: sizes for ``dataset="synthetic"``.
+      min_movie_ratings: drop movies with fewer ratings than this (before splitting).
+      split: one of ``SPLITS``.
+      test_fraction: share of ratings (random/user/temporal) or of users (strong) held out.
+      leave_last: ratings per user held out by ``leave-last``.
+      fold_in_fraction: share of a held-out user's history given to the model by ``strong``.
+      seed: seeds the synthetic generator and every split.
+    """
+
+    dataset: str = "movielens/100k"
+    data_dir: str | None = None
+    tfds_manual_dir: str | None = None
+    tfds_data_dir: str | None = None
+    ratings: str | None = None
+    movies: str | None = None
+    users: str | None = None
+    test_ratings: str | None = None
+    synthetic_users: int = 1000
+    synthetic_movies: int = 500
+    synthetic_ratings: int = 20_000
+    min_movie_ratings: int = 0
+    split: str = "random"
+    test_fraction: float = 0.2
+    leave_last: int = 1
+    fold_in_fraction: float = 0.5
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+        if self.split not in SPLITS:
+            raise UserError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise UserError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0.0 <= self.fold_in_fraction < 1.0:
+            raise UserError(f"fold_in_fraction must be in [0, 1), got {self.fold_in_fraction}")
+        if self.dataset == "csv" and not self.ratings:
+            raise UserError("dataset 'csv' needs a ratings file (--ratings FILE)")
+        for name in ("synthetic_users", "synthetic_movies", "synthetic_ratings", "leave_last"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def resolved_data_dir(self) -> str | None:
+        """``data_dir``, else env ``TFRS_MOVIES_DATA_DIR`` for MovieLens datasets, else None."""
+        if self.data_dir:
+            return self.data_dir
+        if self.dataset.startswith("movielens/"):
+            return os.environ.get("TFRS_MOVIES_DATA_DIR") or None
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Tower and model shapes, shared by retrieval, ranking and multitask models.
+
+    Attributes:
+      embedding_dim: width of every id/feature embedding and of the tower outputs.
+      tower_layers: hidden Dense sizes on top of each tower's concatenated features; the
+        last projection to ``embedding_dim`` is always added.
+      use_features: feed demographics, genres, title tokens and years when the data has them.
+      use_history: feed the user's train history (bag of rated movies) into the user tower.
+      max_history: longest history used per user (most recent kept).
+      dropout: dropout rate inside the towers and the ranking MLP.
+      l2: L2 weight on the embedding tables.
+      temperature: softmax temperature of the retrieval task.
+      logq_correction: subtract log of the train item frequency from in-batch logits.
+      remove_accidental_hits: ignore in-batch negatives that equal the positive.
+      num_sampled_negatives: extra uniformly sampled negatives per batch (0 = in-batch only).
+      ranking_layers: hidden sizes of the ranking MLP.
+      ranking_head: ``regression`` (MSE, output bounded to the rating range) or ``classes``
+        (softmax over the rating values, predicted rating is the expectation).
+      use_bias: add user and movie bias terms to the ranking output.
+      retrieval_weight, ranking_weight: loss weights of the multitask model.
+    """
+
+    embedding_dim: int = 64
+    tower_layers: tuple[int, ...] = ()
+    use_features: bool = True
+    use_history: bool = True
+    max_history: int = 200
+    dropout: float = 0.0
+    l2: float = 0.0
+    temperature: float = 0.1
+    logq_correction: bool = True
+    remove_accidental_hits: bool = True
+    num_sampled_negatives: int = 0
+    ranking_layers: tuple[int, ...] = (128, 64)
+    ranking_head: str = "regression"
+    use_bias: bool = True
+    retrieval_weight: float = 1.0
+    ranking_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.embedding_dim < 1:
+            raise UserError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if self.ranking_head not in ("regression", "classes"):
+            raise UserError(f"ranking_head must be 'regression' or 'classes', got {self.ranking_head!r}")
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to fit and evaluate.
+
+    Attributes:
+      model: one of ``MODELS``; ``all`` trains retrieval and ranking and keeps both.
+      epochs: passes over the train split.
+      batch_size: examples per step (also the number of in-batch negatives).
+      learning_rate: Adam learning rate (peak, when a schedule is used).
+      lr_schedule: ``constant`` or ``cosine`` decay over all steps.
+      validation_fraction: share of train carved out per user for early stopping (0 = none).
+      early_stopping_patience: epochs without validation improvement before stopping (0 = off).
+      eval_k: cut-off for the top-K metrics in ``metrics.json``.
+      seed: seeds weight init and shuffling.
+      verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
+    """
+
+    model: str = "all"
+    epochs: int = 10
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    lr_schedule: str = "constant"
+    validation_fraction: float = 0.0
+    early_stopping_patience: int = 0
+    eval_k: int = 10
+    seed: int = 42
+    verbose: int = 1
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise UserError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.epochs < 1:
+            raise UserError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise UserError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise UserError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What ``export`` writes.
+
+    Attributes:
+      index: ``brute-force`` (exact, GPU-friendly) or ``scann`` (approximate, CPU).
+      k: candidates retrieved (retrieval output width and recommender's candidate pool).
+      n: recommendations the recommender returns after ranking.
+      version: version directory number (next free number when None).
+      serving_root: where the export dir is mounted inside the TF Serving container.
+    """
+
+    index: str = "brute-force"
+    k: int = 100
+    n: int = 10
+    version: int | None = None
+    serving_root: str = "/models"
+
+    def __post_init__(self):
+        if self.index not in ("brute-force", "scann"):
+            raise UserError(f"unknown index {self.index!r}: choose 'brute-force' or 'scann'")
+        if self.k < 1 or self.n < 1 or self.n > self.k:
+            raise UserError(f"need 1 <= n <= k, got k={self.k} n={self.n}")
+
+
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls, values: dict[str, Any], source: str = "config"):
+    """Builds ``cls`` from a dict, turning lists back into tuples; unknown keys are an error."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"{source}: unknown {cls.__name__} key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(fields)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def save_configs(path: str | os.PathLike, **configs) -> None:
+    """Writes ``{"data": {...}, "model": {...}, ...}`` to ``path`` (atomically)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({k: to_dict(v) for k, v in configs.items()}, indent=2) + "\n")
+    tmp.replace(path)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "export": ExportConfig}
+
+
+def load_configs(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a file written by ``save_configs`` back into dataclasses."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file (is this a run directory?)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    return {k: from_dict(_SECTIONS[k], v, source=str(path)) for k, v in raw.items() if k in _SECTIONS}

@@ -1,0 +1,12 @@
+"""Exceptions for mistakes a user can fix (bad file, flag, id); the CLIs print them in one line."""
+
+
+class UserError(Exception):
+    """A problem with the user's input: the message names the bad value and where it came from."""
+
+
+class DataError(UserError):
+    """A data file or dataset is missing, malformed or empty.
+
+    The message names the file, the line (1-based, counting the header) and the bad value.
+    """

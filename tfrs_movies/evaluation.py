@@ -1,0 +1,84 @@
+"""Evaluation of a run's models on its test split (corpus-wide metrics live here, not in fit).
+
+Retrieval: every test user's embedding against every catalogue movie, the user's train (and
+fold-in) movies excluded; Recall/Precision/NDCG/MAP/hit rate@K, coverage and novelty.
+Ranking: RMSE and MAE of the predicted ratings of the test pairs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_movies import metrics as M
+
+_BATCH = 4096
+
+
+def embed(fn, ids: np.ndarray) -> np.ndarray:
+    """Applies ``fn`` ([B] string ids -> [B, D]) in batches: [N] ids -> [N, D] numpy."""
+    call = tf.function(fn, reduce_retracing=True)
+    out = [call(tf.constant(ids[i:i + _BATCH])).numpy() for i in range(0, len(ids), _BATCH)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def predict_ratings(model, frame: pd.DataFrame) -> np.ndarray:
+    """Predicted ratings [N] for the (user_id, movie_id) rows of ``frame``."""
+    call = tf.function(model.predict_rating, reduce_retracing=True)
+    users = frame["user_id"].to_numpy(dtype=str)
+    movies = frame["movie_id"].to_numpy(dtype=str)
+    out = [call(tf.constant(users[i:i + _BATCH]), tf.constant(movies[i:i + _BATCH])).numpy()
+           for i in range(0, len(users), _BATCH)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _pairs(frame: pd.DataFrame, user_pos: pd.Series, movie_pos: pd.Series):
+    rows = frame["user_id"].map(user_pos)
+    cols = frame["movie_id"].map(movie_pos)
+    keep = rows.notna() & cols.notna()
+    return rows[keep].to_numpy(np.int64), cols[keep].to_numpy(np.int64)
+
+
+def evaluate_retrieval(model, movie_ids: list[str], seen: pd.DataFrame, test: pd.DataFrame,
+                       k: int = 10, exclude_seen: bool = True) -> dict:
+    """Full-ranking top-k metrics of a two-tower model over the catalogue ``movie_ids``.
+
+    ``seen`` holds the rating rows known at training time (train + fold-in): they are masked
+    from each user's list (unless ``exclude_seen`` is False, the TFRS tutorial protocol) and
+    give the popularity used by novelty.
+    """
+    users = np.asarray(sorted(set(test["user_id"])), dtype=str)
+    movies = np.asarray(movie_ids, dtype=str)
+    user_pos = pd.Series(np.arange(len(users)), index=users)
+    movie_pos = pd.Series(np.arange(len(movies)), index=movies)
+    user_emb = embed(model.user_embedding, users)
+    movie_emb = embed(model.movie_embedding, movies)
+    popularity = np.bincount(_pairs(seen, pd.Series(0, index=seen["user_id"].unique()),
+                                    movie_pos)[1], minlength=len(movies))
+    result = M.evaluate_topk(user_emb, movie_emb, _pairs(seen, user_pos, movie_pos),
+                             _pairs(test, user_pos, movie_pos), k=min(k, len(movies)),
+                             item_popularity=popularity, exclude_train=exclude_seen)
+    return {key: float(value) for key, value in result.items()}
+
+
+def evaluate(run, test: pd.DataFrame | None = None) -> dict:
+    """Metrics of every trained model of ``run`` (a ``runs.Run``) on ``test`` (default: the
+    run's test split), one section per model kind."""
+    test = run.split.test if test is None else test
+    seen = pd.concat([run.split.train, run.split.fold_in], ignore_index=True)
+    k = run.train.eval_k
+    out = {"test_ratings": int(len(test)), "test_users": int(test["user_id"].nunique())}
+    for kind, model in run.models.items():
+        section = {}
+        if kind in ("retrieval", "multitask"):
+            section.update(evaluate_retrieval(model, run.vocab.catalog_movies, seen, test, k))
+        if kind in ("ranking", "multitask"):
+            section.update(M.rating_metrics(test["user_rating"].to_numpy(np.float64),
+                                            predict_ratings(model, test).astype(np.float64)))
+        out[kind] = section
+        print(f"[{kind}] " + "  ".join(f"{key}={value:.4f}" for key, value in section.items()
+                                       if key.split("@")[0] in _SHOWN))
+    return out
+
+
+_SHOWN = {"ndcg", "recall", "precision", "map", "coverage", "rmse", "mae"}

@@ -1,0 +1,181 @@
+"""RetrievalModel, RankingModel and MultitaskModel on the shared towers, and their builder.
+
+Every model takes batches of ``{"user_id": [B] string, "movie_id": [B] string,
+"user_rating": [B] float32}`` and looks features up through its ``FeatureSpace``.
+``build_model`` is the one builder that training and tuning both call.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrs_movies.config import ModelConfig
+from tfrs_movies.features import FeatureSpace
+from tfrs_movies.towers import MovieTower, UserTower
+
+
+class _TwoTowers(tfrs.Model):
+    """Feature space plus one user and one movie tower; the embedding entry points."""
+
+    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.space = space
+        self.config = config
+        self.user_tower = UserTower(space, config, name="user_tower")
+        self.movie_tower = MovieTower(space, config, name="movie_tower")
+
+    def user_embedding(self, user_ids, exclude_movie_ids=None, training=False):
+        """[B] string user ids -> [B, D] query embeddings (unknown ids use the OOV row)."""
+        features = self.space.user_features(user_ids, exclude_movie_ids)
+        return self.user_tower(features, training=training)
+
+    def movie_embedding(self, movie_ids, training=False):
+        """[B] string movie ids -> [B, D] candidate embeddings."""
+        return self.movie_tower(self.space.movie_features(movie_ids), training=training)
+
+
+class _RetrievalTask(tf.keras.layers.Layer):
+    """In-batch softmax with logQ correction, plus optional uniformly sampled extra negatives."""
+
+    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.space = space
+        self.config = config
+        self.task = tfrs.tasks.Retrieval(temperature=config.temperature,
+                                         remove_accidental_hits=config.remove_accidental_hits)
+        self.train_movies = tf.constant(space.vocab.movie_ids)
+
+    def call(self, model: _TwoTowers, features, training=False):
+        movie_ids = features["movie_id"]
+        # The target is dropped from the user's history so the tower cannot copy it.
+        query = model.user_embedding(features["user_id"], movie_ids, training=training)
+        candidates = model.movie_embedding(movie_ids, training=training)
+        # Probability that a movie is one of the batch's candidates: B * train frequency.
+        batch = tf.cast(tf.shape(movie_ids)[0], tf.float32)
+        probability = batch * self.space.sampling_probability(movie_ids)
+        candidate_ids = movie_ids
+        extra = self.config.num_sampled_negatives
+        if extra:
+            index = tf.random.uniform([extra], 0, tf.shape(self.train_movies)[0], tf.int32)
+            sampled = tf.gather(self.train_movies, index)
+            candidates = tf.concat([candidates, model.movie_embedding(sampled, training)], 0)
+            uniform = extra / len(self.space.vocab.movie_ids)
+            probability = tf.concat([probability, tf.fill([extra], uniform)], 0)
+            candidate_ids = tf.concat([candidate_ids, sampled], 0)
+        return self.task(
+            query, candidates,
+            candidate_sampling_probability=probability if self.config.logq_correction else None,
+            candidate_ids=candidate_ids if self.config.remove_accidental_hits else None,
+            compute_metrics=False)
+
+
+class _RankingHead(tf.keras.layers.Layer):
+    """Tower outputs + genre multi-hot (+ user/movie biases) -> an MLP -> a bounded rating.
+
+    ``regression``: ``low + (high - low) * sigmoid(mlp + b_user + b_movie)`` and MSE.
+    ``classes``: logits over the train rating values and cross-entropy; the predicted rating
+    is the expectation under the softmax.
+    """
+
+    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.space = space
+        self.config = config
+        self.values = tf.constant(space.vocab.rating_values, tf.float32)
+        self.low, self.high = space.vocab.rating_range
+        self.layers_ = [tf.keras.layers.Dense(u, activation="relu") for u in config.ranking_layers]
+        self.dropout = tf.keras.layers.Dropout(config.dropout) if config.dropout else None
+        classes = config.ranking_head == "classes"
+        self.out = tf.keras.layers.Dense(len(space.vocab.rating_values) if classes else 1)
+        self.user_bias = self.movie_bias = None
+        if config.use_bias and not classes:
+            self.user_bias = tf.keras.layers.Embedding(space.num_users, 1, embeddings_initializer="zeros")
+            self.movie_bias = tf.keras.layers.Embedding(space.num_movies, 1, embeddings_initializer="zeros")
+        loss = (tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True) if classes
+                else tf.keras.losses.MeanSquaredError())
+        metrics = [] if classes else [tf.keras.metrics.RootMeanSquaredError()]
+        self.task = tfrs.tasks.Ranking(loss=loss, metrics=metrics)
+
+    def outputs(self, model: _TwoTowers, user_ids, movie_ids, training=False):
+        """[B] ids -> [B] raw output (regression) or [B, C] logits (classes)."""
+        user = model.user_embedding(user_ids, movie_ids, training=training)
+        movie_features = model.space.movie_features(movie_ids)
+        movie = model.movie_tower(movie_features, training=training)
+        x = tf.concat([user, movie, user * movie, movie_features["genres"]], axis=1)
+        for layer in self.layers_:
+            x = layer(x)
+            if self.dropout is not None:
+                x = self.dropout(x, training=training)
+        x = self.out(x)
+        if self.config.ranking_head == "classes":
+            return x
+        x = tf.squeeze(x, 1)
+        if self.user_bias is not None:
+            x += tf.squeeze(self.user_bias(self.space.user_lookup(user_ids)), 1)
+            x += tf.squeeze(self.movie_bias(self.space.movie_lookup(movie_ids)), 1)
+        return x
+
+    def predict_rating(self, model, user_ids, movie_ids, training=False):
+        """[B] ids -> [B] float32 predicted ratings within the train rating range."""
+        out = self.outputs(model, user_ids, movie_ids, training)
+        if self.config.ranking_head == "classes":
+            return tf.reduce_sum(tf.nn.softmax(out) * self.values, axis=1)
+        return self.low + (self.high - self.low) * tf.sigmoid(out)
+
+    def call(self, model, features, training=False):
+        out = self.outputs(model, features["user_id"], features["movie_id"], training)
+        rating = features["user_rating"]
+        if self.config.ranking_head == "classes":
+            labels = tf.searchsorted(self.values, tf.reshape(rating, [-1]))
+            return self.task(labels=labels, predictions=out)
+        prediction = self.low + (self.high - self.low) * tf.sigmoid(out)
+        return self.task(labels=rating, predictions=prediction)
+
+
+class RetrievalModel(_TwoTowers):
+    """Two-tower retrieval: softmax over in-batch (and sampled) negatives."""
+
+    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+        super().__init__(space, config, **kwargs)
+        self.retrieval = _RetrievalTask(space, config, name="retrieval_task")
+
+    def compute_loss(self, features, training=False):
+        return self.retrieval(self, features, training=training)
+
+
+class RankingModel(_TwoTowers):
+    """Hybrid rating model: towers, genres and biases into an MLP."""
+
+    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+        super().__init__(space, config, **kwargs)
+        self.ranking = _RankingHead(space, config, name="ranking_head")
+
+    def predict_rating(self, user_ids, movie_ids, training=False):
+        return self.ranking.predict_rating(self, user_ids, movie_ids, training)
+
+    def compute_loss(self, features, training=False):
+        return self.ranking(self, features, training=training)
+
+
+class MultitaskModel(_TwoTowers):
+    """Retrieval and ranking on one set of towers, losses weighted by the config."""
+
+    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+        super().__init__(space, config, **kwargs)
+        self.retrieval = _RetrievalTask(space, config, name="retrieval_task")
+        self.ranking = _RankingHead(space, config, name="ranking_head")
+
+    def predict_rating(self, user_ids, movie_ids, training=False):
+        return self.ranking.predict_rating(self, user_ids, movie_ids, training)
+
+    def compute_loss(self, features, training=False):
+        return (self.config.retrieval_weight * self.retrieval(self, features, training=training)
+                + self.config.ranking_weight * self.ranking(self, features, training=training))
+
+
+_KINDS = {"retrieval": RetrievalModel, "ranking": RankingModel, "multitask": MultitaskModel}
+
+
+def build_model(kind: str, space: FeatureSpace, config: ModelConfig) -> _TwoTowers:
+    """The one model builder: ``kind`` is retrieval, ranking or multitask."""
+    return _KINDS[kind](space, config, name=kind)

@@ -1,0 +1,113 @@
+"""The run directory: everything a later job (evaluate, recommend, export) needs from training.
+
+Layout::
+
+    RUN/config.json              the exact DataConfig/ModelConfig/TrainConfig used
+    RUN/catalog/{movies,users}.parquet   the dataset's movies and users (metadata tables)
+    RUN/split/{train,test,fold_in}.parquet   the seeded split (so others evaluate on it too)
+    RUN/vocab.json               the vocabulary built from train (+ fold-in) only
+    RUN/models/KIND/weights.*    final weights of each trained model (retrieval, ranking, ...)
+    RUN/checkpoints/KIND/        epoch backups while a model trains (resume after a kill)
+    RUN/logs/KIND/               TensorBoard logs
+    RUN/metrics.json             evaluation results, one section per model
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_movies import config as cfg
+from tfrs_movies.data import Split, load_split
+from tfrs_movies.errors import UserError
+from tfrs_movies.features import FeatureSpace, Vocabulary
+from tfrs_movies.models import build_model
+
+
+def kinds_of(model: str) -> list[str]:
+    """The model kinds a ``--model`` choice trains (``all`` = retrieval and ranking)."""
+    return ["retrieval", "ranking"] if model == "all" else [model]
+
+
+@dataclasses.dataclass
+class Run:
+    """A loaded run directory. ``models`` holds the trained models by kind."""
+
+    path: Path
+    data: cfg.DataConfig
+    model: cfg.ModelConfig
+    train: cfg.TrainConfig
+    movies: pd.DataFrame
+    users: pd.DataFrame
+    split: Split
+    vocab: Vocabulary
+    space: FeatureSpace
+    models: dict
+
+    def retrieval_model(self):
+        """The model whose towers retrieve (retrieval or multitask), or None."""
+        return self.models.get("retrieval") or self.models.get("multitask")
+
+    def ranking_model(self):
+        """The model that predicts ratings (ranking or multitask), or None."""
+        return self.models.get("ranking") or self.models.get("multitask")
+
+    def embedding_model(self):
+        """The model whose movie tower gives the movie embeddings for similarity."""
+        return self.retrieval_model() or self.ranking_model()
+
+
+def weights_prefix(run_dir: Path, kind: str) -> Path:
+    return Path(run_dir) / "models" / kind / "weights"
+
+
+def is_trained(run_dir: Path, kind: str) -> bool:
+    return Path(f"{weights_prefix(run_dir, kind)}.index").exists()
+
+
+def build_trained(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig, run_dir: Path):
+    """Builds a model of ``kind`` and restores its final weights from ``run_dir``."""
+    model = build_model(kind, space, model_config)
+    _build_variables(model, space)
+    model.load_weights(str(weights_prefix(run_dir, kind))).expect_partial()
+    return model
+
+
+def _build_variables(model, space: FeatureSpace) -> None:
+    """Runs one tiny batch so every variable exists before weights are restored."""
+    some_user = space.vocab.user_ids[:1] or [""]
+    some_movie = space.vocab.movie_ids[:1] or [""]
+    model.compute_loss({
+        "user_id": tf.constant(some_user * 2), "movie_id": tf.constant(some_movie * 2),
+        "user_rating": tf.constant([space.vocab.rating_values[0]] * 2, tf.float32),
+    }, training=False)
+
+
+def load_run(run_dir: str | Path, require_trained: bool = True) -> Run:
+    """Loads a run directory written by ``training.train``, with its trained models."""
+    path = Path(run_dir)
+    if not (path / "config.json").exists():
+        raise UserError(f"{path}: not a run directory (no config.json); train one with "
+                        f"`python -m trainer train --output {path}`")
+    configs = cfg.load_configs(path / "config.json")
+    vocab = Vocabulary.load(path / "vocab.json")
+    space = FeatureSpace(vocab, max_history=configs["model"].max_history)
+    models = {kind: build_trained(kind, space, configs["model"], path)
+              for kind in kinds_of(configs["train"].model) if is_trained(path, kind)}
+    if require_trained and not models:
+        raise UserError(f"{path}: no trained model yet (training did not finish); rerun "
+                        f"`python -m trainer train --output {path}` to resume it")
+    return Run(path=path, data=configs["data"], model=configs["model"], train=configs["train"],
+               movies=pd.read_parquet(path / "catalog" / "movies.parquet"),
+               users=pd.read_parquet(path / "catalog" / "users.parquet"),
+               split=load_split(path), vocab=vocab, space=space, models=models)
+
+
+def write_json(path: Path, values: dict) -> None:
+    """Writes JSON atomically (a killed job never leaves half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,141 @@
+"""The train job: load data, split, build vocabularies, fit each model, evaluate, save.
+
+Rerunning ``train`` on the same output directory resumes: finished models are kept, a model
+that was interrupted continues from its last completed epoch (Keras ``BackupAndRestore``),
+and the split and vocabulary are read back rather than recomputed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_movies import config as cfg
+from tfrs_movies import data as data_lib
+from tfrs_movies import runs
+from tfrs_movies.errors import UserError
+from tfrs_movies.evaluation import evaluate
+from tfrs_movies.features import FeatureSpace, Vocabulary
+from tfrs_movies.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+def make_dataset(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None):
+    """Rating rows -> batches of ``{"user_id", "movie_id": [B] string, "user_rating": [B]}``."""
+    ds = tf.data.Dataset.from_tensor_slices({
+        "user_id": frame["user_id"].to_numpy(dtype=str),
+        "movie_id": frame["movie_id"].to_numpy(dtype=str),
+        "user_rating": frame["user_rating"].to_numpy(dtype="float32"),
+    })
+    if shuffle_seed is not None:
+        ds = ds.shuffle(min(len(frame), 1_000_000), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
+    rate = train_config.learning_rate
+    if train_config.lr_schedule == "cosine":
+        rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(steps, 1))
+    return tf.keras.optimizers.Adam(rate)
+
+
+def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
+              train_config: cfg.TrainConfig, train: pd.DataFrame,
+              validation: pd.DataFrame | None = None, run_dir: Path | None = None,
+              callbacks: list | None = None):
+    """Builds and fits one model; with ``run_dir`` it checkpoints each epoch and resumes.
+
+    Returns ``(model, history_dict)``. Shared by ``train`` and the tuner.
+    """
+    tf.keras.utils.set_random_seed(train_config.seed)
+    model = build_model(kind, space, model_config)
+    steps = math.ceil(len(train) / train_config.batch_size) * train_config.epochs
+    model.compile(optimizer=_optimizer(train_config, steps))
+    callbacks = list(callbacks or [])
+    val_ds = None
+    if validation is not None and len(validation):
+        val_ds = make_dataset(validation, train_config.batch_size)
+        if train_config.early_stopping_patience:
+            callbacks.append(tf.keras.callbacks.EarlyStopping(
+                patience=train_config.early_stopping_patience, restore_best_weights=True))
+    if run_dir is not None:
+        callbacks += [
+            tf.keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / kind)),
+            tf.keras.callbacks.TensorBoard(str(run_dir / "logs" / kind), write_graph=False),
+        ]
+    history = model.fit(make_dataset(train, train_config.batch_size, train_config.seed),
+                        validation_data=val_ds, epochs=train_config.epochs,
+                        callbacks=callbacks, verbose=train_config.verbose)
+    return model, history.history
+
+
+def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.ModelConfig,
+             train_config: cfg.TrainConfig):
+    """Writes config, catalogue, split and vocabulary, or checks and reuses them on resume."""
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        saved = cfg.load_configs(config_path)
+        new = {"data": data_config, "model": model_config, "train": train_config}
+        changed = [f"{section}.{key}: {getattr(saved[section], key)!r} -> {value!r}"
+                   for section, conf in new.items()
+                   for key, value in dataclasses.asdict(conf).items()
+                   if key != "verbose" and getattr(saved[section], key) != value]
+        if changed:
+            raise UserError(f"{run_dir} holds a run with other settings ({'; '.join(changed)}); "
+                            "pass the same flags to resume it, or a new --output")
+        print(f"Resuming the run in {run_dir}")
+        split = data_lib.load_split(run_dir)
+        return split, Vocabulary.load(run_dir / "vocab.json")
+
+    dataset = data_lib.load(data_config)
+    split = data_lib.make_split(dataset, data_config)
+    if train_config.validation_fraction:
+        fit, val = data_lib.carve_validation(split.train, train_config.validation_fraction,
+                                             data_config.seed)
+        split = dataclasses.replace(split, train=fit, validation=val)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "catalog").mkdir(exist_ok=True)
+    dataset.movies.to_parquet(run_dir / "catalog" / "movies.parquet")
+    dataset.users.to_parquet(run_dir / "catalog" / "users.parquet")
+    data_lib.save_split(split, run_dir)
+    vocab = Vocabulary.build(split.train, dataset.movies, dataset.users, split.fold_in)
+    vocab.save(run_dir / "vocab.json")
+    # config.json last: its presence marks a run whose inputs are complete.
+    cfg.save_configs(config_path, data=data_config, model=model_config, train=train_config)
+    print(f"{dataset.name}: {len(dataset.ratings):,} ratings, {len(dataset.users):,} users, "
+          f"{len(dataset.movies):,} movies; split {data_config.split}: "
+          f"train {len(split.train):,}, test {len(split.test):,}"
+          + (f", validation {len(split.validation):,}" if split.validation is not None else "")
+          + (f", fold-in {len(split.fold_in):,}" if len(split.fold_in) else ""))
+    return split, vocab
+
+
+def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.ModelConfig,
+          train_config: cfg.TrainConfig) -> dict:
+    """Runs the whole train job into ``output`` and returns the metrics written there."""
+    run_dir = Path(output)
+    split, vocab = _prepare(run_dir, data_config, model_config, train_config)
+    if not len(split.train):
+        raise UserError(f"the train split of {data_config.dataset} is empty")
+    space = FeatureSpace(vocab, max_history=model_config.max_history)
+    models = {}
+    for kind in runs.kinds_of(train_config.model):
+        if runs.is_trained(run_dir, kind):
+            print(f"[{kind}] already trained, loading {runs.weights_prefix(run_dir, kind)}")
+            models[kind] = runs.build_trained(kind, space, model_config, run_dir)
+            continue
+        print(f"[{kind}] training on {len(split.train):,} ratings for {train_config.epochs} epochs")
+        model, _ = fit_model(kind, space, model_config, train_config, split.train,
+                             split.validation, run_dir)
+        model.save_weights(str(runs.weights_prefix(run_dir, kind)))
+        models[kind] = model
+    run = runs.load_run(run_dir, require_trained=False)
+    run.models = models
+    metrics = evaluate(run)
+    runs.write_json(run_dir / "metrics.json", metrics)
+    return metrics
