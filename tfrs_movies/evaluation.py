@@ -45,19 +45,22 @@ def evaluate_retrieval(model, movie_ids: list[str], seen: pd.DataFrame, test: pd
 
     ``seen`` holds the rating rows known at training time (train + fold-in): they are masked
     from each user's list (unless ``exclude_seen`` is False, the TFRS tutorial protocol) and
-    give the popularity used by novelty.
+    give the popularity (distinct users per movie) behind novelty.
     """
-    users = np.asarray(sorted(set(test["user_id"])), dtype=str)
+    # Every known user gets a row, so popularity and the user count behind novelty agree;
+    # only users with a test item are scored.
+    users = np.asarray(sorted(set(test["user_id"]) | set(seen["user_id"])), dtype=str)
     movies = np.asarray(movie_ids, dtype=str)
     user_pos = pd.Series(np.arange(len(users)), index=users)
     movie_pos = pd.Series(np.arange(len(movies)), index=movies)
-    user_emb = embed(model.user_embedding, users)
+    test_rows, test_cols = _pairs(test, user_pos, movie_pos)
+    scored = np.unique(test_rows)
+    user_emb = np.zeros((len(users), model.config.embedding_dim), np.float32)
+    user_emb[scored] = embed(model.user_embedding, users[scored])
     movie_emb = embed(model.movie_embedding, movies)
-    popularity = np.bincount(_pairs(seen, pd.Series(0, index=seen["user_id"].unique()),
-                                    movie_pos)[1], minlength=len(movies))
     result = M.evaluate_topk(user_emb, movie_emb, _pairs(seen, user_pos, movie_pos),
-                             _pairs(test, user_pos, movie_pos), k=min(k, len(movies)),
-                             item_popularity=popularity, exclude_train=exclude_seen)
+                             (test_rows, test_cols), k=min(k, len(movies)),
+                             exclude_train=exclude_seen)
     return {key: float(value) for key, value in result.items()}
 
 

@@ -90,37 +90,42 @@ def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.Model
                             "pass the same flags to resume it, or a new --output")
         print(f"Resuming the run in {run_dir}")
         split = data_lib.load_split(run_dir)
-        return split, Vocabulary.load(run_dir / "vocab.json")
+        return split, *_validation(split, train_config, data_config.seed), \
+            Vocabulary.load(run_dir / "vocab.json")
 
     dataset = data_lib.load(data_config)
     split = data_lib.make_split(dataset, data_config)
-    if train_config.validation_fraction:
-        fit, val = data_lib.carve_validation(split.train, train_config.validation_fraction,
-                                             data_config.seed)
-        split = dataclasses.replace(split, train=fit, validation=val)
+    fit, validation = _validation(split, train_config, data_config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "catalog").mkdir(exist_ok=True)
     dataset.movies.to_parquet(run_dir / "catalog" / "movies.parquet")
     dataset.users.to_parquet(run_dir / "catalog" / "users.parquet")
     data_lib.save_split(split, run_dir)
-    vocab = Vocabulary.build(split.train, dataset.movies, dataset.users, split.fold_in)
+    vocab = Vocabulary.build(fit, dataset.movies, dataset.users, split.fold_in)
     vocab.save(run_dir / "vocab.json")
     # config.json last: its presence marks a run whose inputs are complete.
     cfg.save_configs(config_path, data=data_config, model=model_config, train=train_config)
     print(f"{dataset.name}: {len(dataset.ratings):,} ratings, {len(dataset.users):,} users, "
           f"{len(dataset.movies):,} movies; split {data_config.split}: "
           f"train {len(split.train):,}, test {len(split.test):,}"
-          + (f", validation {len(split.validation):,}" if split.validation is not None else "")
+          + (f" (of which validation {len(validation):,})" if validation is not None else "")
           + (f", fold-in {len(split.fold_in):,}" if len(split.fold_in) else ""))
-    return split, vocab
+    return split, fit, validation, vocab
+
+
+def _validation(split, train_config: cfg.TrainConfig, seed: int):
+    """(fit, validation): the train split minus a seeded per-user validation share, if asked."""
+    if not train_config.validation_fraction:
+        return split.train, None
+    return data_lib.carve_validation(split.train, train_config.validation_fraction, seed)
 
 
 def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.ModelConfig,
           train_config: cfg.TrainConfig) -> dict:
     """Runs the whole train job into ``output`` and returns the metrics written there."""
     run_dir = Path(output)
-    split, vocab = _prepare(run_dir, data_config, model_config, train_config)
-    if not len(split.train):
+    split, fit, validation, vocab = _prepare(run_dir, data_config, model_config, train_config)
+    if not len(fit):
         raise UserError(f"the train split of {data_config.dataset} is empty")
     space = FeatureSpace(vocab, max_history=model_config.max_history)
     models = {}
@@ -129,9 +134,8 @@ def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.Mod
             print(f"[{kind}] already trained, loading {runs.weights_prefix(run_dir, kind)}")
             models[kind] = runs.build_trained(kind, space, model_config, run_dir)
             continue
-        print(f"[{kind}] training on {len(split.train):,} ratings for {train_config.epochs} epochs")
-        model, _ = fit_model(kind, space, model_config, train_config, split.train,
-                             split.validation, run_dir)
+        print(f"[{kind}] training on {len(fit):,} ratings for {train_config.epochs} epochs")
+        model, _ = fit_model(kind, space, model_config, train_config, fit, validation, run_dir)
         model.save_weights(str(runs.weights_prefix(run_dir, kind)))
         models[kind] = model
     run = runs.load_run(run_dir, require_trained=False)

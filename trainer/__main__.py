@@ -32,14 +32,13 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    "TFRS_MOVIES_DATA_DIR; unset = read through TFDS)")
     g.add_argument("--tfds-manual-dir", help="folder holding the official MovieLens zip (offline TFDS)")
     g.add_argument("--tfds-data-dir", help="where TFDS keeps prepared datasets")
-    g.add_argument("--ratings", help="csv/parquet interactions: user_id,movie_id,rating[,timestamp]")
-    g.add_argument("--movies", help="csv/parquet movies: movie_id[,title,genres]")
-    g.add_argument("--users", help="csv/parquet users: user_id[,age,gender,occupation,zip_code]")
+    g.add_argument("--ratings", help="csv: interactions file user_id,movie_id,rating[,timestamp]"
+                   f" (csv/parquet); synthetic: number of ratings (default {d.synthetic_ratings})")
+    g.add_argument("--movies", help="csv: movies file movie_id[,title,genres]; synthetic: number "
+                   f"of movies (default {d.synthetic_movies})")
+    g.add_argument("--users", help="csv: users file user_id[,age,gender,occupation,zip_code]; "
+                   f"synthetic: number of users (default {d.synthetic_users})")
     g.add_argument("--test-ratings", help="explicit test interactions instead of a split")
-    g.add_argument("--synthetic-users", "--users-count", type=int, default=d.synthetic_users,
-                   dest="synthetic_users")
-    g.add_argument("--synthetic-movies", type=int, default=d.synthetic_movies)
-    g.add_argument("--synthetic-ratings", type=int, default=d.synthetic_ratings)
     g.add_argument("--min-movie-ratings", type=int, default=d.min_movie_ratings)
     g.add_argument("--split", default=d.split, choices=cfg.SPLITS)
     g.add_argument("--test-fraction", type=float, default=d.test_fraction)
@@ -88,6 +87,21 @@ def _pick(cls, values: dict, overrides: dict | None = None):
     return cls(**chosen)
 
 
+def _data_config(values: dict) -> cfg.DataConfig:
+    """DataConfig from flags; for ``synthetic``, --users/--movies/--ratings are sizes."""
+    values = dict(values)
+    if values["dataset"] == "synthetic":
+        for flag in ("users", "movies", "ratings"):
+            text = values.pop(flag)
+            if text is not None:
+                try:
+                    values[f"synthetic_{flag}"] = int(float(text))
+                except ValueError:
+                    raise UserError(f"--{flag} {text!r}: with --dataset synthetic it is a "
+                                    "count, e.g. --ratings 100000") from None
+    return _pick(cfg.DataConfig, values)
+
+
 def _hparams(path: str | None, argv_flags: set[str]) -> tuple[dict, dict]:
     """Values from ``--hparams FILE`` for the model and train configs, minus explicit flags."""
     if not path:
@@ -117,20 +131,20 @@ def _train(args, argv) -> None:
     explicit = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
     model_hp, train_hp = _hparams(args.hparams, explicit)
     values["verbose"] = 1 if sys.stdout.isatty() else 2
-    train(args.output, _pick(cfg.DataConfig, values), _pick(cfg.ModelConfig, values, model_hp),
+    train(args.output, _data_config(values), _pick(cfg.ModelConfig, values, model_hp),
           _pick(cfg.TrainConfig, values, train_hp))
     print(f"Run written to {args.output} (metrics in {Path(args.output) / 'metrics.json'})")
 
 
 def _evaluate(args, argv) -> None:
-    from tfrs_movies import data as data_lib
+    from tfrs_movies.data.tabular import read_ratings_file
     from tfrs_movies.evaluation import evaluate
     from tfrs_movies.runs import load_run, write_json
 
     run = load_run(args.run)
     test = None
     if args.test_ratings:
-        test = data_lib.read_ratings_file(args.test_ratings)
+        test = read_ratings_file(args.test_ratings)
     metrics = evaluate(run, test)
     out = Path(args.output) if args.output else run.path / "metrics.json"
     write_json(out, metrics)
