@@ -1,0 +1,168 @@
+"""`python -m serving`: query the exported recommender from the command line.
+
+    python -m serving recommend --user 42 --user 7 --exclude 50 --url http://localhost:8501 -n 5
+    python -m serving similar --movie 1 --movie 50 --model-dir export/
+    python -m serving rank --user 42 --movie 50 --movie 181 --grpc localhost:8500
+
+Each subcommand takes exactly one backend: ``--model-dir DIR`` (load the SavedModels here),
+``--url URL`` (TF Serving REST) or ``--grpc HOST:PORT`` (TF Serving gRPC). Mistakes a user can
+fix print one line on stderr and exit 2; a server that fails or cannot be reached exits 1.
+
+Adding a subcommand is one decorated function::
+
+    @command("name", "one-line help", arg("--flag", help="..."), needs_client=True)
+    def _name(args, client, out) -> None: ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from serving.client import RecommenderClient, ServingError, make_client
+from tfrs_movies.errors import UserError
+
+Handler = Callable[[argparse.Namespace, "RecommenderClient | None", TextIO], None]
+_COMMANDS: list[tuple[str, str, tuple, bool, Handler]] = []
+
+
+def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """An ``add_argument`` call, as data for `command`."""
+    return flags, kwargs
+
+
+def command(name: str, help: str, *arguments, needs_client: bool = True):
+    """Registers ``fn(args, client, out)`` as subcommand ``name`` with these arguments.
+
+    With ``needs_client`` the subcommand also gets the backend flags and a connected
+    `RecommenderClient`; otherwise ``client`` is None.
+    """
+    def register(fn: Handler) -> Handler:
+        _COMMANDS.append((name, help, arguments, needs_client, fn))
+        return fn
+    return register
+
+
+_USERS = arg("--user", dest="users", action="append", required=True, metavar="ID",
+             help="user id (repeat for several users)")
+_TOP_N = arg("-n", type=int, default=None, metavar="N", help="show at most N movies per query")
+
+
+@command("recommend", "best movies for users: retrieve candidates, then rank them", _USERS,
+         arg("--exclude", action="append", default=[], metavar="ID",
+             help="movie id never to recommend, for every user (repeatable)"), _TOP_N)
+def _recommend(args, client, out) -> None:
+    results = client.recommend(args.users, [args.exclude] * len(args.users), n=args.n)
+    per_user = list(zip(args.users, results, strict=True))
+    rows = [(user, i + 1, r.movie_id, r.title, r.score, r.rating)
+            for user, recs in per_user for i, r in enumerate(recs)]
+    _emit(args, out, ("user", "rank", "movie_id", "title", "score", "rating"), rows,
+          {user: [asdict(r) for r in recs] for user, recs in per_user})
+
+
+@command("similar", "movies similar to seed movies (several seeds are averaged into one query)",
+         arg("--movie", dest="movies", action="append", required=True, metavar="ID",
+             help="seed movie id (repeatable)"), _TOP_N)
+def _similar(args, client, out) -> None:
+    (results,) = client.similar([args.movies], n=args.n)
+    rows = [(i + 1, movie_id, score) for i, (movie_id, score) in enumerate(results)]
+    _emit(args, out, ("rank", "movie_id", "score"), rows,
+          [{"movie_id": m, "score": s} for m, s in results])
+
+
+@command("rank", "predicted ratings for user/movie pairs (one --user pairs with every --movie)",
+         _USERS, arg("--movie", dest="movies", action="append", required=True, metavar="ID",
+                     help="movie id (repeatable)"))
+def _rank(args, client, out) -> None:
+    ratings = client.rank(args.users, args.movies)
+    users = args.users * len(args.movies) if len(args.users) == 1 else args.users
+    rows = [(u, m, float(r)) for u, m, r in zip(users, args.movies, ratings, strict=True)]
+    _emit(args, out, ("user", "movie_id", "rating"), rows,
+          [{"user_id": u, "movie_id": m, "rating": r} for u, m, r in rows])
+
+
+class _Parser(argparse.ArgumentParser):
+    """Turns argparse's usage errors into `UserError`, so they print as one line."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m serving", description=__doc__.split("\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help, arguments, needs_client, fn in _COMMANDS:
+        p = sub.add_parser(name, help=help, description=help)
+        for flags, kwargs in arguments:
+            p.add_argument(*flags, **kwargs)
+        if needs_client:
+            _add_backend_args(p)
+        p.add_argument("--format", choices=("table", "json"), default="table",
+                       help="output format (default: table)")
+        p.set_defaults(run=fn, needs_client=needs_client)
+    return parser
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_argument_group("backend (exactly one)").add_mutually_exclusive_group(
+        required=True)
+    where.add_argument("--model-dir", metavar="DIR", help="export dir to load in this process")
+    where.add_argument("--url", metavar="URL", help="TF Serving REST root, http://HOST:8501")
+    where.add_argument("--grpc", metavar="HOST:PORT", help="TF Serving gRPC address, HOST:8500")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (remote)")
+    p.add_argument("--retries", type=int, default=3,
+                   help="retries after connection errors, 503/429 or UNAVAILABLE (remote)")
+
+
+def _make_client(args: argparse.Namespace) -> RecommenderClient:
+    if args.model_dir:
+        return make_client(model_dir=args.model_dir)
+    return make_client(url=args.url, grpc=args.grpc, timeout=args.timeout, retries=args.retries)
+
+
+def _emit(args, out: TextIO, headers: tuple[str, ...], rows: list[tuple], payload) -> None:
+    if args.format == "json":
+        json.dump(payload, out, indent=2)
+        out.write("\n")
+        return
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    numeric = [bool(rows) and isinstance(rows[0][i], (int, float)) for i in range(len(headers))]
+    for line in [list(headers)] + cells:
+        padded = (c.rjust(w) if num else c.ljust(w)
+                  for c, w, num in zip(line, widths, numeric, strict=True))
+        out.write("  ".join(padded).rstrip() + "\n")
+    if not rows:
+        out.write("(no results)\n")
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    """Runs one subcommand; returns the exit code (0 ok, 1 serving failure, 2 user error)."""
+    out = out or sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+        client = _make_client(args) if args.needs_client else None
+        try:
+            args.run(args, client, out)
+        finally:
+            if client is not None:
+                client.close()
+    except UserError as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except ServingError as err:
+        print(f"serving error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

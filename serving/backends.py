@@ -1,0 +1,407 @@
+"""Three ways to run a `serving_default` signature of an exported model, one interface.
+
+Every backend has ``predict(model, inputs, version=None) -> dict[str, np.ndarray]``: ``inputs``
+maps input names to numpy arrays (strings as Python ``str``), the result maps output names to
+numpy arrays with strings decoded to Python ``str`` (dtype ``object``) and floats as ``float32``,
+so the three backends return identical values for the same export.
+
+- `LocalBackend`: loads ``EXPORT_DIR/<model>/<version>/`` with ``tf.saved_model.load``, the same
+  graph TF Serving runs; for tests, notebooks and offline batch scoring.
+- `RestBackend`: TF Serving's REST predict API, standard library only (no ``requests``).
+- `GrpcBackend`: TF Serving's gRPC ``PredictionService.Predict`` (needs the ``[serving]`` extra).
+
+Remote backends retry only what is safe and likely to pass on a second try: refused or reset
+connections, HTTP 503/429 and gRPC UNAVAILABLE (TF Serving answers UNAVAILABLE/503 when its
+batching queue is full), with exponential backoff. Timeouts and client errors are not retried.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from tfrs_movies.errors import UserError
+
+SIGNATURE = "serving_default"
+# Name under which a response without output names is returned: TF Serving drops the name when a
+# signature has a single output (``{"outputs": [...]}``); `RecommenderClient` maps it back.
+UNNAMED_OUTPUT = ""
+_RETRY_HTTP_STATUS = (429, 503)
+_SERVING_EXTRA_HINT = "install the serving extra: pip install 'tfrs-movies[serving]'"
+
+
+class ServingError(Exception):
+    """The model server (or a local model) rejected or failed a request.
+
+    Attributes:
+      status: HTTP status code for REST (e.g. 400, 404, 503), else None.
+      code: gRPC status code name (e.g. "INVALID_ARGUMENT", "UNAVAILABLE"), else None.
+      model: the model the request was for, when known.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 model: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.model = model
+
+
+def decode_strings(array: np.ndarray) -> np.ndarray:
+    """bytes/str array of any shape -> same-shape ``object`` array of Python ``str`` (UTF-8)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "OSU":
+        return array
+    return np.asarray(_DECODE(array), dtype=object).reshape(array.shape)
+
+
+_DECODE = np.frompyfunc(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), 1, 1)
+
+
+def _normalize(array: np.ndarray) -> np.ndarray:
+    """Strings to ``object`` str arrays and floats to float32, so every backend agrees."""
+    array = decode_strings(array)
+    if array.dtype.kind == "f":
+        return array.astype(np.float32)
+    return array
+
+
+def _backoff_delays(retries: int, backoff: float, max_backoff: float) -> list[float]:
+    """Exponential backoff: backoff, 2*backoff, 4*backoff, ... capped at max_backoff."""
+    return [min(max_backoff, backoff * 2**attempt) for attempt in range(retries)]
+
+
+def _check_retry_args(timeout: float, retries: int, backoff: float) -> None:
+    if not timeout > 0:
+        raise UserError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise UserError(f"retries must be an int >= 0, got {retries!r}")
+    if backoff < 0:
+        raise UserError(f"backoff must be >= 0 seconds, got {backoff!r}")
+
+
+class LocalBackend:
+    """Runs the exported SavedModels in this process with TensorFlow.
+
+    Args:
+      export_dir: the export root holding ``<model>/<version>/saved_model.pb``.
+      versions: optional ``{model: version}`` pins; other models use their highest version.
+    """
+
+    def __init__(self, export_dir: str | os.PathLike, versions: Mapping[str, int] | None = None):
+        self.export_dir = os.fspath(export_dir)
+        if not os.path.isdir(self.export_dir):
+            raise UserError(f"export dir {self.export_dir!r} does not exist or is not a directory")
+        self.versions = dict(versions or {})
+        self._signatures: dict[tuple[str, int], Any] = {}
+        self._lock = threading.Lock()  # batch scorers may call from several threads
+
+    def model_path(self, model: str, version: int | None = None) -> str:
+        """``export_dir/model/<version>``: the pinned or given version, else the highest one."""
+        model_dir = os.path.join(self.export_dir, model)
+        if not os.path.isdir(model_dir):
+            raise ServingError(f"no model {model!r} in export dir {self.export_dir!r}",
+                               code="NOT_FOUND", model=model)
+        available = sorted(int(d) for d in os.listdir(model_dir)
+                           if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
+        version = version if version is not None else self.versions.get(model)
+        if version is None:
+            if not available:
+                raise ServingError(f"model dir {model_dir!r} has no numeric version directory",
+                                   code="NOT_FOUND", model=model)
+            version = available[-1]
+        elif int(version) not in available:
+            raise ServingError(f"model {model!r} has no version {version} in {model_dir!r} "
+                               f"(available: {available})", code="NOT_FOUND", model=model)
+        return os.path.join(model_dir, str(int(version)))
+
+    def _signature(self, model: str, version: int | None):
+        path = self.model_path(model, version)
+        key = (model, int(os.path.basename(path)))
+        with self._lock:
+            if key not in self._signatures:
+                self._signatures[key] = self._load(path, model)
+        return self._signatures[key][1]
+
+    def _load(self, path: str, model: str):
+        import tensorflow as tf
+
+        _maybe_import_scann(path)
+        try:
+            loaded = tf.saved_model.load(path)
+        except Exception as err:  # a half-written or incompatible export
+            raise ServingError(f"cannot load {path!r}: {err}", code="INTERNAL",
+                               model=model) from err
+        if SIGNATURE not in loaded.signatures:
+            raise ServingError(f"{path!r} has no {SIGNATURE!r} signature (has: "
+                               f"{sorted(loaded.signatures)})", code="NOT_FOUND", model=model)
+        # Keep `loaded` alive: the signature's captured tables and variables live on it.
+        return loaded, loaded.signatures[SIGNATURE]
+
+    def predict(self, model: str, inputs: Mapping[str, np.ndarray],
+                version: int | None = None) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        fn = self._signature(model, version)
+        specs = fn.structured_input_signature[1]
+        if set(inputs) != set(specs):
+            raise ServingError(f"model {model!r} takes inputs {sorted(specs)}, got "
+                               f"{sorted(inputs)}", code="INVALID_ARGUMENT", model=model)
+        try:
+            tensors = {name: tf.constant(np.asarray(value), dtype=specs[name].dtype)
+                       for name, value in inputs.items()}
+            outputs = fn(**tensors)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+            raise ServingError(f"model {model!r} rejected the request: {err}",
+                               code="INVALID_ARGUMENT", model=model) from err
+        return {name: _normalize(value.numpy()) for name, value in outputs.items()}
+
+    def close(self) -> None:
+        self._signatures.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _maybe_import_scann(path: str) -> None:
+    """Registers the ScaNN ops before loading an export whose graph uses them.
+
+    Brute-force exports do not need ScaNN, so it is imported only when ``saved_model.pb`` names
+    a ScaNN op (the ops are registered by ``import scann``, which loads ``_scann_ops.so``).
+    """
+    pb = os.path.join(path, "saved_model.pb")
+    try:
+        with open(pb, "rb") as f:
+            uses_scann = b"Scann" in f.read()
+    except OSError:
+        return  # tf.saved_model.load reports the missing file with a better message
+    if uses_scann:
+        try:
+            import scann  # noqa: F401
+        except ImportError as err:
+            raise ServingError(f"{path!r} is a ScaNN-indexed export; install ScaNN "
+                               f"(pip install 'scann[tf]') to load it: {err}",
+                               code="FAILED_PRECONDITION") from err
+
+
+class RestBackend:
+    """TF Serving REST API: ``POST {url}/v1/models/NAME[/versions/N]:predict``.
+
+    Sends the columnar format ``{"signature_name": ..., "inputs": {name: nested list}}`` and
+    reads ``{"outputs": {name: nested list}}`` (or ``{"outputs": [...]}`` for a single output).
+
+    Args:
+      url: server root, e.g. ``http://localhost:8501``.
+      timeout: seconds for connecting and for reading each response.
+      retries: extra attempts after a connection error or an HTTP 503/429.
+      backoff: first delay in seconds; doubles each retry, capped at ``max_backoff``. A
+        ``Retry-After`` header (seconds) replaces the delay when it is shorter than the cap.
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0, retries: int = 3, backoff: float = 0.1,
+                 max_backoff: float = 2.0, *, sleep: Callable[[float], None] = time.sleep):
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise UserError(f"url must look like http://HOST:PORT, got {url!r}")
+        _check_retry_args(timeout, retries, backoff)
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.delays = _backoff_delays(retries, backoff, max_backoff)
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+
+    def endpoint(self, model: str, version: int | None = None) -> str:
+        path = f"/v1/models/{urllib.parse.quote(model, safe='')}"
+        if version is not None:
+            path += f"/versions/{int(version)}"
+        return f"{self.url}{path}:predict"
+
+    def predict(self, model: str, inputs: Mapping[str, np.ndarray],
+                version: int | None = None) -> dict[str, np.ndarray]:
+        body = json.dumps({"signature_name": SIGNATURE,
+                           "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}})
+        request = urllib.request.Request(self.endpoint(model, version), data=body.encode(),
+                                         headers={"Content-Type": "application/json"},
+                                         method="POST")
+        payload = self._send(request, model)
+        if "outputs" not in payload:
+            raise ServingError(f"response from {request.full_url} has no 'outputs' key: "
+                               f"{str(payload)[:200]}", model=model)
+        outputs = payload["outputs"]
+        if not isinstance(outputs, dict):
+            outputs = {UNNAMED_OUTPUT: outputs}
+        return {name: _normalize(_from_json(value)) for name, value in outputs.items()}
+
+    def _send(self, request: urllib.request.Request, model: str) -> dict:
+        for attempt in range(len(self.delays) + 1):
+            retry_after = None
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as err:
+                status, message = err.code, _error_text(err)
+                if status not in _RETRY_HTTP_STATUS or attempt == len(self.delays):
+                    raise ServingError(f"HTTP {status} from {request.full_url}: {message}",
+                                       status=status, model=model) from None
+                retry_after = _retry_after(err.headers.get("Retry-After"))
+            except (TimeoutError, urllib.error.URLError, http.client.HTTPException,
+                    ConnectionError) as err:
+                reason = getattr(err, "reason", err)
+                if isinstance(reason, TimeoutError):
+                    raise ServingError(f"no answer from {request.full_url} within "
+                                       f"{self.timeout}s", model=model) from None
+                if attempt == len(self.delays):
+                    raise ServingError(f"cannot reach {request.full_url} after "
+                                       f"{attempt + 1} attempts: {reason}", model=model) from None
+            except json.JSONDecodeError as err:
+                raise ServingError(f"{request.full_url} answered with invalid JSON: {err}",
+                                   model=model) from None
+            delay = self.delays[attempt]
+            if retry_after is not None:
+                delay = min(retry_after, self.max_backoff)
+            self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _error_text(err: urllib.error.HTTPError) -> str:
+    """The server's ``{"error": "..."}`` text, else the raw body, else the HTTP reason."""
+    try:
+        raw = err.read().decode("utf-8", "replace")
+    except Exception:  # the connection died while reading the error body
+        raw = ""
+    try:
+        return str(json.loads(raw)["error"])
+    except (ValueError, KeyError, TypeError):
+        return raw.strip()[:500] or str(err.reason)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
+
+
+def _from_json(value: Any) -> np.ndarray:
+    """JSON nested lists -> array; ``{"b64": ...}`` (TF Serving's binary strings) -> bytes."""
+    def unwrap(v):
+        if isinstance(v, list):
+            return [unwrap(x) for x in v]
+        if isinstance(v, dict) and "b64" in v:
+            return base64.b64decode(v["b64"])
+        return v
+
+    value = unwrap(value)
+    if _is_string_tree(value):
+        return np.array(value, dtype=object)
+    return np.array(value)
+
+
+def _is_string_tree(value: Any) -> bool:
+    while isinstance(value, list):
+        if not value:
+            return False
+        value = value[0]
+    return isinstance(value, (str, bytes))
+
+
+class GrpcBackend:
+    """TF Serving gRPC API: ``PredictionService.Predict`` on ``host:port`` (default port 8500).
+
+    Args:
+      host_port: e.g. ``localhost:8500``.
+      timeout: deadline in seconds for each call.
+      retries: extra attempts after UNAVAILABLE (server down, restarting, or queue full).
+      backoff, max_backoff: as for `RestBackend`.
+      max_message_mb: largest response accepted; top-K outputs are small, but batch scoring
+        with large B can exceed gRPC's 4 MB default.
+    """
+
+    def __init__(self, host_port: str, timeout: float = 10.0, retries: int = 3,
+                 backoff: float = 0.1, max_backoff: float = 2.0, max_message_mb: int = 64, *,
+                 sleep: Callable[[float], None] = time.sleep):
+        if ":" not in host_port or host_port.startswith(("http://", "https://")):
+            raise UserError(f"grpc address must look like HOST:PORT, got {host_port!r}")
+        _check_retry_args(timeout, retries, backoff)
+        try:
+            import grpc
+            from tensorflow_serving.apis import prediction_service_pb2_grpc
+        except ImportError as err:
+            raise UserError(f"the gRPC backend needs grpcio and tensorflow-serving-api; "
+                            f"{_SERVING_EXTRA_HINT} ({err})") from None
+        self._grpc = grpc
+        self.host_port = host_port
+        self.timeout = timeout
+        self.delays = _backoff_delays(retries, backoff, max_backoff)
+        self._sleep = sleep
+        size = max_message_mb * 1024 * 1024
+        self._channel = grpc.insecure_channel(host_port, options=[
+            ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)])
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def predict(self, model: str, inputs: Mapping[str, np.ndarray],
+                version: int | None = None) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.signature_name = SIGNATURE
+        if version is not None:
+            request.model_spec.version.value = int(version)
+        for name, value in inputs.items():
+            value = np.asarray(value)
+            if value.dtype.kind in "OU":
+                value = value.astype(object)
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call(request, model)
+        return {name: _normalize(tf.make_ndarray(proto))
+                for name, proto in response.outputs.items()}
+
+    def _call(self, request, model: str):
+        grpc = self._grpc
+        for attempt in range(len(self.delays) + 1):
+            try:
+                return self._stub.Predict(request, timeout=self.timeout)
+            except grpc.RpcError as err:
+                code = err.code()
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < len(self.delays):
+                    self._sleep(self.delays[attempt])
+                    continue
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    message = f"no answer from {self.host_port} within {self.timeout}s"
+                else:
+                    message = f"gRPC {code.name} from {self.host_port}: {err.details()}"
+                raise ServingError(message, code=code.name, model=model) from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,7 @@
+"""Data sources, schema and splits; see DESIGN.md "Data" and ``schema.py`` for the tables."""
+from tfrs_movies.data.loading import load
+from tfrs_movies.data.schema import GENRES, OCCUPATIONS, MovieLensData
+from tfrs_movies.data.splits import Split, carve_validation, load_split, make_split, save_split
+
+__all__ = ["load", "make_split", "carve_validation", "save_split", "load_split", "Split",
+           "MovieLensData", "GENRES", "OCCUPATIONS"]
