@@ -58,7 +58,7 @@ def test_history_excludes_the_target(space):
 CONFIGS = {
     "full": ModelConfig(embedding_dim=8),
     "ids-only": ModelConfig(embedding_dim=8, use_features=False, use_history=False),
-    "deep-sampled": ModelConfig(embedding_dim=8, tower_layers=(16,), num_sampled_negatives=7,
+    "deep-sampled": ModelConfig(embedding_dim=8, tower_layers=(16,), num_sampled_negatives=7, gravity=0.1,
                                 dropout=0.1, l2=1e-4, ranking_head="classes"),
 }
 
@@ -113,3 +113,13 @@ def test_weights_round_trip(tmp_path, tiny_tables, space):
     np.testing.assert_allclose(loaded.user_embedding(users), model.user_embedding(users), rtol=1e-6)
     np.testing.assert_allclose(loaded.predict_rating(users, movies),
                                model.predict_rating(users, movies), rtol=1e-6)
+
+
+def test_gravity_equals_the_dense_definition():
+    from tfrs_movies.models import gravity
+
+    rng = np.random.default_rng(0)
+    users, movies = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
+    dense = np.sum((users @ movies.T) ** 2) / (5 * 7)
+    got = gravity(tf.constant(users, tf.float32), tf.constant(movies, tf.float32)).numpy()
+    assert got == pytest.approx(dense, rel=1e-5)

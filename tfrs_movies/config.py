@@ -95,6 +95,8 @@ class ModelConfig:
       max_history: longest history used per user (most recent kept).
       dropout: dropout rate inside the towers and the ranking MLP.
       l2: L2 weight on the embedding tables.
+      gravity: weight of the gravity regularizer ``sum((U^T U) * (V^T V)) / (M N)`` on the
+        user and movie id embedding tables (pushes unobserved pairs' scores towards 0).
       temperature: softmax temperature of the retrieval task.
       logq_correction: subtract log of the train item frequency from in-batch logits.
       remove_accidental_hits: ignore in-batch negatives that equal the positive.
@@ -113,6 +115,7 @@ class ModelConfig:
     max_history: int = 200
     dropout: float = 0.0
     l2: float = 0.0
+    gravity: float = 0.0
     temperature: float = 0.1
     logq_correction: bool = True
     remove_accidental_hits: bool = True

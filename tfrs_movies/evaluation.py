@@ -73,9 +73,9 @@ def evaluate(run, test: pd.DataFrame | None = None) -> dict:
     out = {"test_ratings": int(len(test)), "test_users": int(test["user_id"].nunique())}
     for kind, model in run.models.items():
         section = {}
-        if kind in ("retrieval", "multitask"):
+        if model.retrieves:
             section.update(evaluate_retrieval(model, run.vocab.catalog_movies, seen, test, k))
-        if kind in ("ranking", "multitask"):
+        if model.rates:
             section.update(M.rating_metrics(test["user_rating"].to_numpy(np.float64),
                                             predict_ratings(model, test).astype(np.float64)))
         out[kind] = section

@@ -15,7 +15,15 @@ from tfrs_movies.towers import MovieTower, UserTower
 
 
 class _TwoTowers(tfrs.Model):
-    """Feature space plus one user and one movie tower; the embedding entry points."""
+    """Feature space plus one user and one movie tower; the embedding entry points.
+
+    Capabilities that evaluation, ``recommend`` and export look at:
+      ``retrieves``: user and movie embeddings score candidates by dot product.
+      ``rates``: ``predict_rating(user_ids, movie_ids)`` gives ratings.
+    """
+
+    retrieves = False
+    rates = False
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -32,6 +40,22 @@ class _TwoTowers(tfrs.Model):
     def movie_embedding(self, movie_ids, training=False):
         """[B] string movie ids -> [B, D] candidate embeddings."""
         return self.movie_tower(self.space.movie_features(movie_ids), training=training)
+
+    def regularized(self, loss):
+        """``loss`` plus ``config.gravity`` times the gravity term of the id embeddings."""
+        if not self.config.gravity:
+            return loss
+        return loss + self.config.gravity * gravity(self.user_tower.id_embedding.embeddings,
+                                                    self.movie_tower.id_embedding.embeddings)
+
+
+def gravity(users: tf.Tensor, movies: tf.Tensor) -> tf.Tensor:
+    """``(1/(MN)) * sum_ij <U_i, V_j>^2`` for [M, D] and [N, D] tables, via the D x D Gram
+    matrices: ``sum((U^T U) * (V^T V)) / (MN)``, never the M x N score matrix."""
+    m = tf.cast(tf.shape(users)[0], tf.float32)
+    n = tf.cast(tf.shape(movies)[0], tf.float32)
+    return tf.reduce_sum(tf.matmul(users, users, transpose_a=True)
+                         * tf.matmul(movies, movies, transpose_a=True)) / (m * n)
 
 
 class _RetrievalTask(tf.keras.layers.Layer):
@@ -135,17 +159,21 @@ class _RankingHead(tf.keras.layers.Layer):
 class RetrievalModel(_TwoTowers):
     """Two-tower retrieval: softmax over in-batch (and sampled) negatives."""
 
+    retrieves = True
+
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(space, config, **kwargs)
         self.retrieval = _RetrievalTask(space, config, name="retrieval_task")
 
     def compute_loss(self, features, training=False):
-        return self.retrieval(self, features, training=training)
+        return self.regularized(self.retrieval(self, features, training=training))
 
 
 class RankingModel(_TwoTowers):
     """Hybrid rating model: towers, genres and biases into an MLP."""
 
+    rates = True
+
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(space, config, **kwargs)
         self.ranking = _RankingHead(space, config, name="ranking_head")
@@ -154,11 +182,14 @@ class RankingModel(_TwoTowers):
         return self.ranking.predict_rating(self, user_ids, movie_ids, training)
 
     def compute_loss(self, features, training=False):
-        return self.ranking(self, features, training=training)
+        return self.regularized(self.ranking(self, features, training=training))
 
 
 class MultitaskModel(_TwoTowers):
     """Retrieval and ranking on one set of towers, losses weighted by the config."""
+
+    retrieves = True
+    rates = True
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(space, config, **kwargs)
@@ -169,13 +200,15 @@ class MultitaskModel(_TwoTowers):
         return self.ranking.predict_rating(self, user_ids, movie_ids, training)
 
     def compute_loss(self, features, training=False):
-        return (self.config.retrieval_weight * self.retrieval(self, features, training=training)
-                + self.config.ranking_weight * self.ranking(self, features, training=training))
+        return self.regularized(
+            self.config.retrieval_weight * self.retrieval(self, features, training=training)
+            + self.config.ranking_weight * self.ranking(self, features, training=training))
 
 
-_KINDS = {"retrieval": RetrievalModel, "ranking": RankingModel, "multitask": MultitaskModel}
+# Model kind -> class; every ``--model`` choice but ``all`` is a key here.
+KINDS = {"retrieval": RetrievalModel, "ranking": RankingModel, "multitask": MultitaskModel}
 
 
 def build_model(kind: str, space: FeatureSpace, config: ModelConfig) -> _TwoTowers:
-    """The one model builder: ``kind`` is retrieval, ranking or multitask."""
-    return _KINDS[kind](space, config, name=kind)
+    """The one model builder, shared by train and tune: ``kind`` is a key of ``KINDS``."""
+    return KINDS[kind](space, config, name=kind)

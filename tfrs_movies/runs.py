@@ -48,12 +48,12 @@ class Run:
     models: dict
 
     def retrieval_model(self):
-        """The model whose towers retrieve (retrieval or multitask), or None."""
-        return self.models.get("retrieval") or self.models.get("multitask")
+        """The first model whose towers retrieve (``retrieves``), or None."""
+        return next((m for m in self.models.values() if m.retrieves), None)
 
     def ranking_model(self):
-        """The model that predicts ratings (ranking or multitask), or None."""
-        return self.models.get("ranking") or self.models.get("multitask")
+        """The first model that predicts ratings (``rates``), or None."""
+        return next((m for m in self.models.values() if m.rates), None)
 
     def embedding_model(self):
         """The model whose movie tower gives the movie embeddings for similarity."""

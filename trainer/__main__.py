@@ -14,114 +14,14 @@ mistakes the user can fix print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
+import importlib
 import sys
 from pathlib import Path
 
 import tfrs_movies  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tfrs_movies import config as cfg
 from tfrs_movies.errors import UserError
-
-
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    d = cfg.DataConfig()
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, choices=cfg.DATASETS)
-    g.add_argument("--data-dir", help="raw extracted MovieLens folder (default: env "
-                   "TFRS_MOVIES_DATA_DIR; unset = read through TFDS)")
-    g.add_argument("--tfds-manual-dir", help="folder holding the official MovieLens zip (offline TFDS)")
-    g.add_argument("--tfds-data-dir", help="where TFDS keeps prepared datasets")
-    g.add_argument("--ratings", help="csv: interactions file user_id,movie_id,rating[,timestamp]"
-                   f" (csv/parquet); synthetic: number of ratings (default {d.synthetic_ratings})")
-    g.add_argument("--movies", help="csv: movies file movie_id[,title,genres]; synthetic: number "
-                   f"of movies (default {d.synthetic_movies})")
-    g.add_argument("--users", help="csv: users file user_id[,age,gender,occupation,zip_code]; "
-                   f"synthetic: number of users (default {d.synthetic_users})")
-    g.add_argument("--test-ratings", help="explicit test interactions instead of a split")
-    g.add_argument("--min-movie-ratings", type=int, default=d.min_movie_ratings)
-    g.add_argument("--split", default=d.split, choices=cfg.SPLITS)
-    g.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    g.add_argument("--leave-last", type=int, default=d.leave_last)
-    g.add_argument("--fold-in-fraction", type=float, default=d.fold_in_fraction)
-    g.add_argument("--seed", type=int, default=d.seed, help="seeds data, split and training")
-
-
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    m, t = cfg.ModelConfig(), cfg.TrainConfig()
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=t.model, choices=cfg.MODELS)
-    g.add_argument("--embedding-dim", type=int, default=m.embedding_dim)
-    g.add_argument("--tower-layers", type=_ints, default=m.tower_layers, help="e.g. 128,64")
-    g.add_argument("--no-features", dest="use_features", action="store_false")
-    g.add_argument("--no-history", dest="use_history", action="store_false")
-    g.add_argument("--temperature", type=float, default=m.temperature)
-    g.add_argument("--num-sampled-negatives", type=int, default=m.num_sampled_negatives)
-    g.add_argument("--l2", type=float, default=m.l2)
-    g.add_argument("--dropout", type=float, default=m.dropout)
-    g.add_argument("--ranking-layers", type=_ints, default=m.ranking_layers)
-    g.add_argument("--ranking-head", default=m.ranking_head, choices=("regression", "classes"))
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=t.epochs)
-    g.add_argument("--batch-size", type=int, default=t.batch_size)
-    g.add_argument("--learning-rate", type=float, default=t.learning_rate)
-    g.add_argument("--lr-schedule", default=t.lr_schedule, choices=("constant", "cosine"))
-    g.add_argument("--validation-fraction", type=float, default=t.validation_fraction)
-    g.add_argument("--early-stopping-patience", type=int, default=t.early_stopping_patience)
-    g.add_argument("--eval-k", type=int, default=t.eval_k)
-    g.add_argument("--hparams", help="JSON of ModelConfig/TrainConfig values (from `tune`); "
-                   "they override the defaults, explicit flags override them")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _pick(cls, values: dict, overrides: dict | None = None):
-    names = {f.name for f in dataclasses.fields(cls)}
-    chosen = {k: v for k, v in values.items() if k in names}
-    chosen.update({k: v for k, v in (overrides or {}).items() if k in names})
-    return cls(**chosen)
-
-
-def _data_config(values: dict) -> cfg.DataConfig:
-    """DataConfig from flags; for ``synthetic``, --users/--movies/--ratings are sizes."""
-    values = dict(values)
-    if values["dataset"] == "synthetic":
-        for flag in ("users", "movies", "ratings"):
-            text = values.pop(flag)
-            if text is not None:
-                try:
-                    values[f"synthetic_{flag}"] = int(float(text))
-                except ValueError:
-                    raise UserError(f"--{flag} {text!r}: with --dataset synthetic it is a "
-                                    "count, e.g. --ratings 100000") from None
-    return _pick(cfg.DataConfig, values)
-
-
-def _hparams(path: str | None, argv_flags: set[str]) -> tuple[dict, dict]:
-    """Values from ``--hparams FILE`` for the model and train configs, minus explicit flags."""
-    if not path:
-        return {}, {}
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"--hparams {path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"--hparams {path}: not valid JSON ({e})") from None
-    model_keys = {f.name for f in dataclasses.fields(cfg.ModelConfig)}
-    train_keys = {f.name for f in dataclasses.fields(cfg.TrainConfig)}
-    unknown = sorted(set(raw) - model_keys - train_keys)
-    if unknown:
-        raise UserError(f"--hparams {path}: unknown key(s) {', '.join(unknown)}; known: "
-                        f"{', '.join(sorted(model_keys | train_keys))}")
-    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()
-           if k.replace("_", "-") not in argv_flags}
-    return ({k: v for k, v in raw.items() if k in model_keys},
-            {k: v for k, v in raw.items() if k in train_keys})
+from trainer import flags
 
 
 def _train(args, argv) -> None:
@@ -129,10 +29,10 @@ def _train(args, argv) -> None:
 
     values = vars(args)
     explicit = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
-    model_hp, train_hp = _hparams(args.hparams, explicit)
+    model_hp, train_hp = flags.hparams(args.hparams, explicit)
     values["verbose"] = 1 if sys.stdout.isatty() else 2
-    train(args.output, _data_config(values), _pick(cfg.ModelConfig, values, model_hp),
-          _pick(cfg.TrainConfig, values, train_hp))
+    train(args.output, flags.data_config(values), flags.pick(cfg.ModelConfig, values, model_hp),
+          flags.pick(cfg.TrainConfig, values, train_hp))
     print(f"Run written to {args.output} (metrics in {Path(args.output) / 'metrics.json'})")
 
 
@@ -188,6 +88,10 @@ def _export(args, argv) -> None:
           f"(TF Serving config: {Path(args.export_dir) / 'models.config'})")
 
 
+# Subcommands kept in their own modules (trainer/NAME.py), each with ``register(subparsers)``.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -195,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train models and evaluate them",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output", default="runs/latest", help="run directory (rerun to resume)")
-    _add_data_flags(p)
-    _add_model_flags(p)
+    flags.add_data_flags(p)
+    flags.add_model_flags(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run on its test split or on a file")
@@ -229,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-root", default=e.serving_root,
                    help="where the export dir is mounted in the TF Serving container")
     p.set_defaults(func=_export)
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(f"trainer.{module}").register(sub)
     return parser
 
 
