@@ -3,6 +3,8 @@
     python -m serving recommend --user 42 --user 7 --exclude 50 --url http://localhost:8501 -n 5
     python -m serving similar --movie 1 --movie 50 --model-dir export/
     python -m serving rank --user 42 --movie 50 --movie 181 --grpc localhost:8500
+    python -m serving batch --users users.csv --out recs.parquet --model-dir export/ -n 10 \
+        --exclude-seen runs/ml100k/split/train.parquet --resume
 
 Each subcommand takes exactly one backend: ``--model-dir DIR`` (load the SavedModels here),
 ``--url URL`` (TF Serving REST) or ``--grpc HOST:PORT`` (TF Serving gRPC). Mistakes a user can
@@ -82,6 +84,36 @@ def _rank(args, client, out) -> None:
     rows = [(u, m, float(r)) for u, m, r in zip(users, args.movies, ratings, strict=True)]
     _emit(args, out, ("user", "movie_id", "rating"), rows,
           [{"user_id": u, "movie_id": m, "rating": r} for u, m, r in rows])
+
+
+@command("batch", "recommendations for every user of a CSV/Parquet file, into Parquet or CSV",
+         arg("--users", required=True, metavar="FILE",
+             help="CSV/TSV/Parquet file with a user_id column"),
+         arg("--out", required=True, metavar="FILE",
+             help="output: *.parquet, or *.csv; bad ids go to FILE.errors.csv"),
+         arg("-n", type=int, default=None, metavar="N",
+             help="recommendations per user (default: all the export returns)"),
+         arg("--exclude-seen", metavar="RATINGS_FILE",
+             help="never recommend a movie the user rated in this file (CSV, Parquet, u.data)"),
+         arg("--batch-size", type=int, default=128, metavar="B",
+             help="users per request (default 128, TF Serving's max batch size here)"),
+         arg("--concurrency", type=int, default=2, metavar="C",
+             help="requests in flight at once (default 2)"),
+         arg("--resume", action="store_true",
+             help="continue an interrupted run with the same inputs instead of starting over"),
+         arg("--no-progress", dest="progress", action="store_false",
+             help="no progress line on stderr"))
+def _batch(args, client, out) -> None:
+    from serving.batch import score_users
+
+    report = score_users(client, args.users, args.out, n=args.n, exclude=args.exclude_seen,
+                         batch_size=args.batch_size, resume=args.resume,
+                         progress=args.progress, concurrency=args.concurrency)
+    if args.format == "json":
+        json.dump(asdict(report), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(report.summary() + "\n")
 
 
 class _Parser(argparse.ArgumentParser):

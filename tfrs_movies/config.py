@@ -16,7 +16,8 @@ from tfrs_movies.errors import UserError
 DATASETS = ("movielens/100k", "movielens/1m", "movielens/10m", "movielens/20m", "movielens/25m",
             "movielens/latest-small", "csv", "synthetic")
 SPLITS = ("random", "user", "temporal", "leave-last", "strong")
-MODELS = ("retrieval", "ranking", "multitask", "all")
+MODELS = ("retrieval", "ranking", "multitask", "all", "mf", "mf-gravity", "softmax-history",
+          "rating-classes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,8 @@ class ModelConfig:
         last projection to ``embedding_dim`` is always added.
       use_features: feed demographics, genres, title tokens and years when the data has them.
       use_history: feed the user's train history (bag of rated movies) into the user tower.
+      use_user_id: give the user tower a per-user id embedding (without it, a user is their
+        history and demographics, which generalizes to users unseen in training).
       max_history: longest history used per user (most recent kept).
       dropout: dropout rate inside the towers and the ranking MLP.
       l2: L2 weight on the embedding tables.
@@ -112,11 +115,12 @@ class ModelConfig:
     tower_layers: tuple[int, ...] = ()
     use_features: bool = True
     use_history: bool = True
+    use_user_id: bool = True
     max_history: int = 200
     dropout: float = 0.0
     l2: float = 0.0
     gravity: float = 0.0
-    temperature: float = 0.1
+    temperature: float = 0.5
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     num_sampled_negatives: int = 0
@@ -135,6 +139,11 @@ class ModelConfig:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not (self.use_user_id or self.use_history or self.use_features):
+            raise UserError("the user tower needs at least one input: keep the user id, the "
+                            "history or the features")
+        if self.gravity and not self.use_user_id:
+            raise UserError("gravity regularizes the user id embeddings: it needs use_user_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,9 +164,9 @@ class TrainConfig:
     """
 
     model: str = "all"
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 256
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     lr_schedule: str = "constant"
     validation_fraction: float = 0.0
     early_stopping_patience: int = 0

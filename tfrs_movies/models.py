@@ -212,3 +212,6 @@ KINDS = {"retrieval": RetrievalModel, "ranking": RankingModel, "multitask": Mult
 def build_model(kind: str, space: FeatureSpace, config: ModelConfig) -> _TwoTowers:
     """The one model builder, shared by train and tune: ``kind`` is a key of ``KINDS``."""
     return KINDS[kind](space, config, name=kind)
+
+
+from tfrs_movies import paper_models  # noqa: E402,F401  (registers mf, softmax-history, ...)

@@ -57,6 +57,7 @@ class UserTower(tf.keras.Model):
         super().__init__(**kwargs)
         dim = config.embedding_dim
         self.id_embedding = _embedding(space.num_users, dim, config, "user_id_embedding")
+        self.use_user_id = config.use_user_id
         self.side = {}
         if config.use_features:
             self.side = {name: _embedding(_USER_SIDE_SIZES[name], _SIDE_DIM, config, f"user_{name}")
@@ -67,7 +68,7 @@ class UserTower(tf.keras.Model):
         self.head = None if self.uses_only_ids else _Head(config, name="user_head")
 
     def call(self, features, training=False):
-        parts = [self.id_embedding(features["user_index"])]
+        parts = [self.id_embedding(features["user_index"])] if self.use_user_id else []
         parts += [layer(features[name]) for name, layer in self.side.items()]
         if self.history is not None:
             parts.append(_bag(self.history, features["history"]))

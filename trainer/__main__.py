@@ -89,7 +89,7 @@ def _export(args, argv) -> None:
 
 
 # Subcommands kept in their own modules (trainer/NAME.py), each with ``register(subparsers)``.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("analyze", "tune")
 
 
 def _parser() -> argparse.ArgumentParser:

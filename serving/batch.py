@@ -1,0 +1,545 @@
+"""Offline batch scoring: the best ``n`` movies for every user in a file, into one table.
+
+    from serving import make_client
+    from serving.batch import score_users
+    report = score_users(make_client(model_dir="exports/ml100k"), "users.csv", "recs.parquet",
+                         n=10, exclude="runs/ml100k/split/train.parquet")
+    print(report.summary())
+
+or ``python -m serving batch --users users.csv --out recs.parquet --model-dir exports/ml100k``.
+
+Input: a CSV/TSV or Parquet file with a ``user_id`` column (``userId`` also works; other columns
+are ignored: the export looks features up in-graph), or a list of ids. Output: Parquet, or CSV
+when ``out_path`` ends in ``.csv``, one row per recommendation with `SCHEMA`'s columns
+``user_id, rank, movie_id, title, score, rating``; users in input order, ranks 1..n.
+
+How a run is made safe to kill:
+- The distinct valid ids, in input order, are cut into parts of ``part_size`` users; each part
+  is sent as requests of ``batch_size`` users (TF Serving here batches at most 128 rows, see
+  ``serving/batching_parameters.txt``) and written as ``.OUT.parts/part-000123.parquet``
+  (written under another name, then renamed: a part file is either complete or absent).
+- ``resume=True`` keeps the parts already written and scores only the others. The work dir's
+  ``manifest.json`` records the ids' fingerprint, ``n``, batch and part sizes, the exclusions'
+  fingerprint and the local model version; resuming with any of them changed is refused.
+- At the end the parts are concatenated into a temporary file beside ``OUT``, renamed onto
+  ``OUT`` (atomic on one filesystem) and the work dir is deleted.
+
+Bad ids never stop a run: missing, blank, control-character or non-UTF-8 ids, and ids the
+server rejects (HTTP 400 / INVALID_ARGUMENT; the batch is split in halves until the culprits
+are alone), are written with the reason to ``OUT.errors.csv``. A request rejected as a whole
+while a probe request with a plain id also is rejected is a problem of the request or model,
+not of the ids, and stops the run. Unknown ids are not errors: the export answers them with the
+most popular movies (a client cannot tell known from unknown ids).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from serving.backends import LocalBackend, ServingError
+from tfrs_movies.errors import DataError, UserError
+
+__all__ = ["SCHEMA", "BatchReport", "UserIds", "normalize_ids", "output_format",
+           "read_user_ids", "recommend_table", "score_users", "seen_movies"]
+
+MODEL = "recommender"
+SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int64()), ("movie_id", pa.string()),
+                    ("title", pa.string()), ("score", pa.float32()), ("rating", pa.float32())])
+ERROR_COLUMNS = ("user_id", "error")
+DEFAULT_BATCH_SIZE = 128  # TF Serving's max_batch_size in serving/batching_parameters.txt
+DEFAULT_PART_SIZE = 4096  # users per part file: resume granularity vs. files per run
+_PAD = ""
+_PROBE_ID = "1"  # any non-empty id is valid for the export (unknown ones get popular movies)
+_BAD_CHARS = r"[\x00-\x1f\x7f\ud800-\udfff]"  # control characters, lone surrogates
+_MANIFEST = "manifest.json"
+_OUTPUTS = ("movie_ids", "titles", "scores", "ratings")
+Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What a `score_users` run did.
+
+    Attributes:
+      out_path: the output file.
+      users: distinct valid users in the output (including parts kept by ``resume``).
+      rows: recommendation rows written.
+      bad_ids: ids written to ``errors_path`` (invalid or rejected by the server).
+      errors_path: ``OUT.errors.csv``, or None when every id was good.
+      duplicates: input rows repeating an earlier id (scored once).
+      resumed_users: users whose parts an earlier, interrupted run had written.
+      seconds: wall time of this run: reading input, scoring, writing output.
+      users_per_second: users scored by this run (not resumed ones) per second of ``seconds``.
+    """
+
+    out_path: str
+    users: int
+    rows: int
+    bad_ids: int
+    errors_path: str | None
+    duplicates: int
+    resumed_users: int
+    seconds: float
+    users_per_second: float
+
+    def summary(self) -> str:
+        text = (f"wrote {self.rows:,} recommendations for {self.users:,} users to "
+                f"{self.out_path} in {self.seconds:.1f}s ({self.users_per_second:,.0f} users/s)")
+        if self.resumed_users:
+            text += f"; {self.resumed_users:,} users kept from the interrupted run"
+        if self.duplicates:
+            text += f"; {self.duplicates:,} duplicate ids skipped"
+        if self.bad_ids:
+            text += f"; {self.bad_ids:,} bad ids listed in {self.errors_path}"
+        return text
+
+
+@dataclass(frozen=True)
+class UserIds:
+    """Ids read from an input: ``ids`` are the distinct valid ones in first-seen order,
+    ``errors`` ``(value, reason)`` for the invalid ones, ``duplicates`` the repeated rows."""
+
+    ids: list[str]
+    errors: list[tuple[str, str]]
+    duplicates: int
+
+
+def read_user_ids(source: str | os.PathLike | Sequence[str]) -> UserIds:
+    """The user ids of a CSV/TSV/Parquet file (column ``user_id``) or of a list of ids.
+
+    Whole-number Parquet floats/ints become their decimal text (``42.0`` -> ``"42"``).
+    A missing file or column is a `DataError`; a bad id is an entry of ``errors``.
+    """
+    from tfrs_movies.data.tabular import read_any, require
+
+    if isinstance(source, (str, os.PathLike)):
+        rows = read_any(source)
+        require(rows, {"userId": "user_id", "user": "user_id"}, ["user_id"])
+        if not len(rows.frame):
+            raise DataError(f"{source}: no user ids (the file has no data rows)")
+        column = rows.frame["user_id"].reset_index(drop=True)
+        where = rows  # names "FILE: line N" of a bad id
+    else:
+        if isinstance(source, bytes) or not isinstance(source, Iterable):
+            raise UserError(f"user_ids must be a file path or a list of id strings, got "
+                            f"{type(source).__name__}")
+        column = pd.Series(list(source), dtype=object)
+        where = None
+    values, bad = normalize_ids(column)
+    errors = [(_text(column.iloc[i]),
+               f"{where.at(i) if where is not None else f'user_ids[{i}]'}: {reason}")
+              for i, reason in bad]
+    ok = np.ones(len(values), dtype=bool)
+    ok[[i for i, _ in bad]] = False
+    good = values[ok]
+    unique = pd.unique(good)
+    return UserIds([str(u) for u in unique], errors, len(good) - len(unique))
+
+
+def normalize_ids(column: pd.Series) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Raw ids (text, or numbers read from Parquet) -> ``str`` ids and ``(position, reason)``
+    for each bad one: missing, blank, control characters or lone surrogates (not UTF-8),
+    fractional numbers. Whole numbers become their decimal text (``42.0`` -> ``"42"``)."""
+    column = column.reset_index(drop=True)
+    missing = column.isna().to_numpy(dtype=bool)
+    bad = {int(i): "missing user_id" for i in np.flatnonzero(missing)}
+    if pd.api.types.is_float_dtype(column):
+        whole = ~missing & (column == np.floor(column)).to_numpy(dtype=bool)
+        for i in np.flatnonzero(~whole & ~missing):
+            bad[int(i)] = f"user_id {column.iloc[i]!r} is not a whole number"
+        column = column.where(whole, 0).astype(np.int64)
+    if pd.api.types.is_integer_dtype(column):
+        values = column.astype("string").to_numpy(dtype=object, na_value=None)
+        return values, sorted(bad.items())
+    values = column.to_numpy(dtype=object)
+    is_str = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
+    for i in np.flatnonzero(~is_str & ~missing):
+        v = values[i]
+        if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            values[i], is_str[i] = str(int(v)), True
+        else:
+            bad[int(i)] = f"user_id must be text, got {type(v).__name__} {v!r}"
+    text = pd.Series(np.where(is_str, values, ""), dtype=object)
+    blank = is_str & (text.str.strip() == "").to_numpy(dtype=bool)
+    weird = is_str & text.str.contains(_BAD_CHARS, regex=True).to_numpy(dtype=bool)
+    for i in np.flatnonzero(blank):
+        bad[int(i)] = "empty user_id"
+    for i in np.flatnonzero(weird & ~blank):
+        bad[int(i)] = (f"user_id {values[i]!r} has a control character or is not valid "
+                       f"UTF-8")
+    return values, sorted(bad.items())
+
+
+def _text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def seen_movies(ratings: str | os.PathLike | Mapping[str, Sequence[str]]
+                ) -> dict[str, list[str]]:
+    """``{user_id: [movie_id, ...]}`` in file order, from a ratings file (any format
+    ``read_ratings_file`` reads: CSV, Parquet, MovieLens ``u.data``) or a mapping."""
+    if isinstance(ratings, Mapping):
+        return {str(u): [str(m) for m in movies] for u, movies in ratings.items()}
+    from tfrs_movies.data.tabular import read_ratings_file
+
+    table = read_ratings_file(ratings)
+    return table.groupby("user_id", sort=False)["movie_id"].agg(list).to_dict()
+
+
+def recommend_table(predict: Predict, users: Sequence[str],
+                    exclude: Sequence[Sequence[str]], n: int | None
+                    ) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """Scores one batch with one request; a rejected batch is split until the bad ids are alone.
+
+    Args:
+      predict: runs the ``recommender`` signature: inputs dict -> outputs dict (a backend's
+        ``predict`` bound to the model name).
+      users: B valid user ids.
+      exclude: B lists of movie ids never to return for that user.
+      n: keep at most this many per user (None: all the export returns).
+
+    Returns:
+      (`SCHEMA` table of the users' recommendations in user order then rank, ``[(user_id,
+      error)]`` for the users the server rejected).
+    """
+    try:
+        out = predict(_inputs(users, exclude))
+    except ServingError as err:
+        if not _rejected(err):
+            raise
+        if len(users) > 1:
+            try:  # is it the ids, or is every request refused (wrong model, bad signature)?
+                predict(_inputs([_PROBE_ID], [[]]))
+            except ServingError as probe_err:
+                if _rejected(probe_err):
+                    raise ServingError(f"the server rejects every request, even for one plain "
+                                       f"user id: {err}", status=err.status, code=err.code,
+                                       model=err.model) from err
+                raise
+        return _bisect(predict, list(users), list(exclude), n, err)
+    return _table(users, out, n), []
+
+
+def _bisect(predict: Predict, users: list[str], exclude: list, n: int | None,
+            err: ServingError) -> tuple[pa.Table, list[tuple[str, str]]]:
+    if len(users) == 1:
+        return SCHEMA.empty_table(), [(users[0], " ".join(str(err).split()))]
+    tables, errors = [], []
+    mid = len(users) // 2
+    for part in (slice(0, mid), slice(mid, None)):
+        try:
+            out = predict(_inputs(users[part], exclude[part]))
+        except ServingError as part_err:
+            if not _rejected(part_err):
+                raise
+            table, part_errors = _bisect(predict, users[part], exclude[part], n, part_err)
+        else:
+            table, part_errors = _table(users[part], out, n), []
+        tables.append(table)
+        errors += part_errors
+    return pa.concat_tables(tables), errors
+
+
+def _rejected(err: ServingError) -> bool:
+    return err.status == 400 or err.code == "INVALID_ARGUMENT"
+
+
+def _inputs(users: Sequence[str], exclude: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
+    """The recommender's inputs; exclusions padded with "" (one leading "" column, as the
+    client does, so a batching TF Serving pads with "" too)."""
+    width = 1 + max((len(row) for row in exclude), default=0)
+    padded = np.full((len(users), width), _PAD, dtype=object)
+    for i, row in enumerate(exclude):
+        if row:
+            padded[i, 1:1 + len(row)] = row
+    return {"user_id": np.asarray(users, dtype=object), "exclude_movie_ids": padded}
+
+
+def _table(users: Sequence[str], out: Mapping[str, np.ndarray], n: int | None) -> pa.Table:
+    """``[B, K]`` outputs -> long table. Like `RecommenderClient.recommend`, drops "" ids and
+    -inf (masked) scores or ratings, then keeps the first ``n`` per user; vectorized."""
+    missing = [name for name in _OUTPUTS if name not in out]
+    if missing:
+        raise ServingError(f"model {MODEL!r} returned outputs {sorted(out)}, missing {missing}: "
+                           f"is the export older than the serving contract?", model=MODEL)
+    ids, titles = np.asarray(out["movie_ids"]), np.asarray(out["titles"])
+    scores = np.asarray(out["scores"], np.float32)
+    ratings = np.asarray(out["ratings"], np.float32)
+    if ids.ndim != 2 or ids.shape[0] != len(users) or not (
+            ids.shape == titles.shape == scores.shape == ratings.shape):
+        raise ServingError(f"model {MODEL!r} answered {len(users)} users with outputs of shapes "
+                           f"{[np.shape(out[k]) for k in _OUTPUTS]}, expected [B={len(users)}, n]",
+                           model=MODEL)
+    valid = (ids != _PAD) & ~np.isneginf(scores) & ~np.isneginf(ratings)
+    rank = np.cumsum(valid, axis=1)
+    keep = valid & (rank <= n) if n is not None else valid
+    row = np.nonzero(keep)[0]
+    return pa.Table.from_arrays([
+        pa.array(np.asarray(users, dtype=object)[row], pa.string()),
+        pa.array(rank[keep].astype(np.int64)),
+        pa.array(ids[keep], pa.string()),
+        pa.array(titles[keep], pa.string()),
+        pa.array(scores[keep]),
+        pa.array(ratings[keep]),
+    ], schema=SCHEMA)
+
+
+def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: str | os.PathLike,
+                n: int | None = None,
+                exclude: str | os.PathLike | Mapping[str, Sequence[str]] | None = None, *,
+                batch_size: int = DEFAULT_BATCH_SIZE, resume: bool = False,
+                progress: bool = True, part_size: int = DEFAULT_PART_SIZE,
+                concurrency: int = 2, stream: TextIO | None = None) -> BatchReport:
+    """Recommendations for every user of ``user_ids``, written to ``out_path``.
+
+    Args:
+      client: a `RecommenderClient` (any backend); its ``recommender`` version pin is used.
+      user_ids: a CSV/TSV/Parquet file with a ``user_id`` column, or a list of ids.
+      out_path: ``*.parquet``/``*.pq`` (Parquet) or ``*.csv``; replaced atomically at the end.
+      n: recommendations per user (None: all the export returns, its ``n``).
+      exclude: movies never to recommend per user: a ratings file (e.g. a run's
+        ``split/train.parquet``: "don't recommend what they have seen") or a mapping.
+      batch_size: users per request (TF Serving's batcher here takes at most 128).
+      resume: keep the parts an interrupted run with the same inputs wrote.
+      progress: show users done, users/s and ETA on ``stream`` (default stderr).
+      part_size: users per part file, the unit of ``resume``.
+      concurrency: requests in flight at once: overlaps one request's Python work with another's
+        model time locally, and network round trips with a remote server.
+
+    Returns:
+      a `BatchReport`.
+    """
+    start = time.perf_counter()
+    out = Path(out_path)
+    fmt = output_format(out)
+    for name, value in (("batch_size", batch_size), ("part_size", part_size),
+                        ("concurrency", concurrency)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{name} must be an int >= 1, got {value!r}")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise UserError(f"n must be an int >= 1, got {n!r}")
+    if not out.parent.is_dir():
+        raise UserError(f"output folder {str(out.parent)!r} does not exist")
+    users = read_user_ids(user_ids)
+    seen = seen_movies(exclude) if exclude is not None else {}
+    manifest = {"ids": _digest("\x00".join(users.ids)), "users": len(users.ids), "n": n,
+                "batch_size": batch_size, "part_size": part_size,
+                "exclude": _exclude_digest(exclude), "model": _model_identity(client)}
+    work = out.with_name(f".{out.name}.parts")
+    done = _prepare_work_dir(work, manifest, resume)
+    version = client.versions.get(MODEL)
+
+    def predict(inputs):
+        return client.backend.predict(MODEL, inputs, version=version)
+
+    starts = range(0, len(users.ids), part_size)
+    resumed = sum(min(part_size, len(users.ids) - s) for i, s in enumerate(starts) if i in done)
+    bar = _Progress(len(users.ids), resumed, stream or sys.stderr, enabled=progress)
+    pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+    try:
+        for i, first in enumerate(starts):
+            if i in done:
+                continue
+            part = users.ids[first:first + part_size]
+            batches = [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+
+            def score(batch):
+                return recommend_table(predict, batch, [seen.get(u, ()) for u in batch], n)
+
+            results = list(pool.map(score, batches) if pool else map(score, batches))
+            _write_part(work, i, pa.concat_tables([t for t, _ in results]),
+                        [e for _, errors in results for e in errors])
+            bar.update(len(part))
+    except (ServingError, KeyboardInterrupt) as err:
+        bar.close()
+        hint = (f"{bar.done:,}/{len(users.ids):,} users are saved in {work}; run again with "
+                f"resume (--resume) to continue")
+        if isinstance(err, KeyboardInterrupt):
+            print(f"interrupted: {hint}", file=stream or sys.stderr)
+            raise
+        raise ServingError(f"{err} ({hint})", status=err.status, code=err.code,
+                           model=err.model) from err
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    bar.close()
+    rows, errors = _merge(work, len(starts), out, fmt)
+    errors_path = _write_errors(out, users.errors + errors)
+    shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    scored = len(users.ids) - resumed
+    return BatchReport(str(out), len(users.ids) - len(errors), rows,
+                       len(users.errors) + len(errors), errors_path, users.duplicates, resumed,
+                       seconds, scored / seconds if seconds > 0 else 0.0)
+
+
+def output_format(out: str | os.PathLike) -> str:
+    """``"parquet"`` for ``*.parquet``/``*.pq``, ``"csv"`` for ``*.csv``, else `UserError`."""
+    suffix = Path(out).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    raise UserError(f"output {str(out)!r}: name it *.parquet (or *.pq) for Parquet or *.csv for "
+                    f"CSV, got extension {suffix or 'none'!r}")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _exclude_digest(exclude) -> str | None:
+    if exclude is None:
+        return None
+    if isinstance(exclude, Mapping):
+        return _digest(json.dumps(seen_movies(exclude), sort_keys=True))
+    sha = hashlib.sha256()
+    with open(exclude, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _model_identity(client) -> str | None:
+    """The local model version dir; for a server only the version pin (if any) is known."""
+    backend = getattr(client, "backend", None)
+    version = client.versions.get(MODEL)
+    if isinstance(backend, LocalBackend):
+        return backend.model_path(MODEL, version)
+    return None if version is None else f"version {version}"
+
+
+_MANIFEST_NAMES = {"ids": "the input ids", "users": "the number of users", "n": "-n",
+                   "batch_size": "the batch size", "part_size": "the part size",
+                   "exclude": "the exclusions (--exclude-seen)", "model": "the model"}
+
+
+def _prepare_work_dir(work: Path, manifest: dict, resume: bool) -> set[int]:
+    """Creates the work dir (or checks it for resume); returns the finished part numbers."""
+    path = work / _MANIFEST
+    if resume and path.is_file():
+        old = json.loads(path.read_text())
+        changed = [_MANIFEST_NAMES.get(k, k) for k in manifest if old.get(k) != manifest[k]]
+        if changed:
+            raise UserError(f"cannot resume from {work}: it was written for different "
+                            f"{', '.join(changed)}; run without resume to start over")
+        return {int(p.name[5:11]) for p in work.glob("part-??????.parquet")}
+    if work.exists():
+        shutil.rmtree(work)  # an earlier run's leftovers: start over
+    work.mkdir()
+    tmp = work / f"{_MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(path)
+    return set()
+
+
+def _write_part(work: Path, i: int, table: pa.Table, errors: list[tuple[str, str]]) -> None:
+    """Errors first, then the part: a part file's presence marks the part (and its errors)
+    done."""
+    name = f"part-{i:06d}"
+    errors_path = work / f"{name}.errors.json"
+    if errors:
+        errors_path.write_text(json.dumps(errors))
+    elif errors_path.exists():
+        errors_path.unlink()
+    tmp = work / f".{name}.parquet.tmp"
+    pq.write_table(table, tmp)
+    tmp.replace(work / f"{name}.parquet")
+
+
+def _merge(work: Path, parts: int, out: Path, fmt: str) -> tuple[int, list[tuple[str, str]]]:
+    """Concatenates the parts into a temp file beside ``out`` and renames it onto ``out``."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    rows, errors, pending = 0, [], []
+    writer = (pq.ParquetWriter(tmp, SCHEMA) if fmt == "parquet" else
+              pacsv.CSVWriter(tmp, SCHEMA))
+    try:
+        with writer:
+            for i in range(parts):
+                table = pq.read_table(work / f"part-{i:06d}.parquet", schema=SCHEMA)
+                errors_path = work / f"part-{i:06d}.errors.json"
+                if errors_path.exists():
+                    errors += [tuple(e) for e in json.loads(errors_path.read_text())]
+                rows += table.num_rows
+                pending.append(table)
+                if sum(t.num_rows for t in pending) >= 1 << 20:  # ~1M-row Parquet row groups
+                    writer.write_table(pa.concat_tables(pending))
+                    pending = []
+            if pending or rows == 0:
+                writer.write_table(pa.concat_tables(pending) if pending else
+                                   SCHEMA.empty_table())
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return rows, errors
+
+
+def _write_errors(out: Path, errors: list[tuple[str, str]]) -> str | None:
+    """``OUT.errors.csv`` (user_id, error); a stale one from an earlier run is removed."""
+    path = out.with_name(f"{out.name}.errors.csv")
+    if not errors:
+        if path.exists():
+            path.unlink()
+        return None
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pd.DataFrame(errors, columns=list(ERROR_COLUMNS)).to_csv(tmp, index=False)
+    tmp.replace(path)
+    return str(path)
+
+
+class _Progress:
+    """``users 12,345/943,000  1,234 users/s  ETA 0:12:34`` on stderr: one line redrawn in
+    place on a terminal, else a new line every 10 s or 10% of the users."""
+
+    def __init__(self, total: int, done: int, stream: TextIO, enabled: bool = True,
+                 clock: Callable[[], float] = time.monotonic):
+        self.total, self.done, self.start_done = total, done, done
+        self.stream, self.enabled, self.clock = stream, enabled and total > 0, clock
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.start = self.last = clock()
+        self.last_decile = (10 * done) // max(total, 1)
+
+    def line(self) -> str:
+        elapsed = self.clock() - self.start
+        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        eta = (str(timedelta(seconds=round((self.total - self.done) / rate))) if rate > 0
+               else "?")
+        return f"users {self.done:,}/{self.total:,}  {rate:,.0f} users/s  ETA {eta}"
+
+    def update(self, k: int) -> None:
+        self.done += k
+        if not self.enabled:
+            return
+        now = self.clock()
+        decile = (10 * self.done) // self.total
+        if self.tty and now - self.last >= 0.2:
+            self.stream.write(f"\r{self.line()}\x1b[K")
+            self.stream.flush()
+            self.last = now
+        elif not self.tty and (now - self.last >= 10 or decile > self.last_decile):
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
+            self.last, self.last_decile = now, decile
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write((f"\r{self.line()}\x1b[K\n" if self.tty else ""))
+            self.stream.flush()
+            self.enabled = False

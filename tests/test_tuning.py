@@ -1,0 +1,140 @@
+"""``tune``: 2-trial searches on tiny synthetic data, failed trials, resume, the hparams round trip."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from tfrs_movies import config as cfg
+from tfrs_movies import data as data_lib
+from tfrs_movies import tuning
+from tfrs_movies.errors import UserError
+from trainer.__main__ import main
+
+# 60 users x 40 movies, 1500 ratings: a trial is a few seconds, mostly graph tracing.
+DATA = ["--dataset", "synthetic", "--users", "60", "--movies", "40", "--ratings", "1500"]
+DATA_CONFIG = cfg.DataConfig(dataset="synthetic", synthetic_users=60, synthetic_movies=40,
+                             synthetic_ratings=1500)
+FIELDS = ({f.name for f in dataclasses.fields(cfg.ModelConfig)}
+          | {f.name for f in dataclasses.fields(cfg.TrainConfig)})
+
+
+def _trials(out):
+    return {json.loads(p.read_text())["trial_id"]: json.loads(p.read_text())
+            for p in (out / "trials").glob("trial_*/trial.json")}
+
+
+@pytest.mark.parametrize("kind,tuner,objective", [("retrieval", "random", "val_ndcg@10"),
+                                                  ("ranking", "hyperband", "val_rmse")])
+def test_two_trial_search(kind, tuner, objective, tmp_path, capsys, monkeypatch):
+    scored = []  # every frame a trial was scored on
+    real = tuning._measure
+    monkeypatch.setattr(tuning, "_measure", lambda k, model, data, goal: (
+        scored.append(data.validation), real(k, model, data, goal))[1])
+    out = tmp_path / "search"
+    assert main(["tune", "--model", kind, "--tuner", tuner, "--max-trials", "2", "--epochs",
+                 "2", "--output", str(out)] + DATA) == 0
+
+    best = json.loads((out / "best_hyperparameters.json").read_text())
+    assert set(best) <= FIELDS and best["model"] == kind and 1 <= best["epochs"] <= 2
+    assert "tower_layers" in best and isinstance(best["tower_layers"], list)
+    assert ("temperature" in best) == (kind == "retrieval")
+    assert ("use_bias" in best) == (kind == "ranking")
+    model_config, _ = tuning.configs_with(cfg.ModelConfig(), cfg.TrainConfig(), best)
+    assert model_config.tower_layers == tuple(best["tower_layers"])
+
+    trials = _trials(out)
+    assert len(trials) == 2 and all(t["status"] == "COMPLETED" for t in trials.values())
+    results = json.loads((out / "results.json").read_text())
+    scores = [t["score"] for t in trials.values()]
+    assert results["best_value"] == (min(scores) if kind == "ranking" else max(scores))
+    assert results["objective"] == objective
+
+    # Scored on the validation share carved from train: never a test rating.
+    split = data_lib.make_split(data_lib.load(DATA_CONFIG), DATA_CONFIG)
+    test_pairs = set(zip(split.test["user_id"], split.test["movie_id"]))
+    train_pairs = set(zip(split.train["user_id"], split.train["movie_id"]))
+    assert len(scored) >= 2
+    for frame in scored:
+        pairs = set(zip(frame["user_id"], frame["movie_id"]))
+        assert pairs <= train_pairs and not pairs & test_pairs
+
+    printed = capsys.readouterr().out
+    assert printed.count(f" {objective}=") == 2  # one progress line per trial
+    assert "2 of 2 trials completed" in printed and "best_hyperparameters.json" in printed
+
+
+def test_failed_trial_is_recorded_and_the_search_resumes(tmp_path, monkeypatch):
+    calls = []
+    real = tuning.fit_model
+
+    def flaky(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 1:
+            raise ValueError("boom in fit")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "fit_model", flaky)
+    out = tmp_path / "search"
+    settings = dict(kind="retrieval", epochs=1, model_config=cfg.ModelConfig(embedding_dim=8))
+    best = tuning.tune(out, DATA_CONFIG, max_trials=2, **settings)
+    trials = _trials(out)
+    assert [trials[i]["status"] for i in sorted(trials)] == ["FAILED", "COMPLETED"]
+    assert "boom in fit" in trials[sorted(trials)[0]]["message"]
+    assert best["epochs"] == 1
+
+    # Rerun: the two finished trials are kept, only the third runs.
+    tuning.tune(out, DATA_CONFIG, max_trials=3, **settings)
+    assert len(calls) == 3 and len(_trials(out)) == 3
+    # ...and another search in the same directory is refused, naming what differs.
+    with pytest.raises(UserError, match="epochs: 1 -> 2"):
+        tuning.tune(out, DATA_CONFIG, "retrieval", max_trials=3, epochs=2)
+
+
+def test_train_accepts_best_hyperparameters(tmp_path, capsys):
+    search = tmp_path / "search"
+    assert main(["tune", "--model", "retrieval", "--max-trials", "1", "--epochs", "1",
+                 "--output", str(search)] + DATA) == 0
+    best_path = search / "best_hyperparameters.json"
+    best = json.loads(best_path.read_text())
+    run = tmp_path / "run"
+    assert main(["train", "--hparams", str(best_path), "--output", str(run)] + DATA) == 0
+    saved = cfg.load_configs(run / "config.json")
+    for key, value in best.items():
+        section = "model" if hasattr(saved["model"], key) else "train"
+        expected = tuple(value) if isinstance(value, list) else value
+        assert getattr(saved[section], key) == expected, key
+    assert (run / "models" / "retrieval" / "weights.index").exists()
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**best, "embeding_dim": 32}))
+    capsys.readouterr()
+    assert main(["train", "--hparams", str(bad), "--output", str(tmp_path / "r2")] + DATA) == 2
+    err = capsys.readouterr().err
+    assert "embeding_dim" in err and str(bad) in err and "\n" not in err.strip()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "retrieval", "--objective", "rmse"], "ndcg@10"),
+    (["--model", "ranking", "--objective", "ndcg@10"], "rmse"),
+    (["--model", "retrieval", "--max-trials", "0"], "--max-trials"),
+])
+def test_bad_settings_are_one_line_errors(args, message, tmp_path, capsys):
+    assert main(["tune", "--output", str(tmp_path / "s")] + args + DATA) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "\n" not in err.strip()
+
+
+def test_search_space_maps_to_config_fields():
+    for kind in tuning.KINDS:
+        space = tuning.search_space(kind)
+        values = {hp.name: hp.default for hp in space.space}
+        values["tuner/epochs"] = 3
+        fields = tuning.to_fields(values)
+        assert set(fields) <= FIELDS and "tuner/epochs" not in fields
+        model_config, _ = tuning.configs_with(cfg.ModelConfig(), cfg.TrainConfig(), fields)
+        assert model_config.tower_layers == ()
+    assert tuning.to_fields({"ranking_layers": "256,128"}) == {"ranking_layers": [256, 128]}
+    assert tuning.parse_objective("retrieval", "Recall@20") == tuning.Objective(
+        "recall@20", "max", 20)

@@ -1,0 +1,39 @@
+"""``python -m trainer analyze``: plots, a markdown report and Projector files for a run.
+
+Sample::
+
+    python -m trainer analyze --run runs/ml100k --output runs/ml100k/analysis \\
+        --movie "Star Wars (1977)" --movie 1 --user 42
+
+Writes ``report.md``, ``neighbours.png``, ``norm_popularity.png``, ``tsne.png``,
+``loss_curves.png`` and ``projector/`` (see ``tfrs_movies.analysis``).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def _analyze(args, argv) -> None:
+    from tfrs_movies.analysis import analyze
+    from tfrs_movies.runs import load_run
+
+    paths = analyze(load_run(args.run), args.output, movies=args.movie, user=args.user,
+                    kind=args.kind, k=args.k)
+    print(f"Wrote {len(paths)} files to {args.output} (start with {paths['report']})")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="embedding analysis of a run: neighbours, norms, t-SNE, losses",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True)
+    p.add_argument("--output", required=True, help="folder for the plots, report.md, projector/")
+    p.add_argument("--movie", action="append",
+                   help="id or title whose neighbours to list; repeatable (default: the three "
+                   "most rated movies)")
+    p.add_argument("--user", help="user whose recommendations to list (default: a test user "
+                   "of median activity)")
+    p.add_argument("--kind", help="which of the run's models (default: the retrieval one, "
+                   "else the rating one)")
+    p.add_argument("-k", type=int, default=10, help="neighbours and recommendations listed")
+    p.set_defaults(func=_analyze)
