@@ -162,7 +162,7 @@ def normalize_ids(column: pd.Series) -> tuple[np.ndarray, list[tuple[int, str]]]
     if pd.api.types.is_float_dtype(column):
         whole = ~missing & (column == np.floor(column)).to_numpy(dtype=bool)
         for i in np.flatnonzero(~whole & ~missing):
-            bad[int(i)] = f"user_id {column.iloc[i]!r} is not a whole number"
+            bad[int(i)] = f"user_id {float(column.iloc[i])!r} is not a whole number"
         column = column.where(whole, 0).astype(np.int64)
     if pd.api.types.is_integer_dtype(column):
         values = column.astype("string").to_numpy(dtype=object, na_value=None)

@@ -49,7 +49,7 @@ def exported(trained, tmp_path_factory):
     load = {name: tf.saved_model.load(str(path)).signatures["serving_default"]
             for name, path in paths.items()}
     load_scann = {name: tf.saved_model.load(str(path)).signatures["serving_default"]
-                  for name, path in scann_paths.items() if name == "retrieval"}
+                  for name, path in scann_paths.items() if name in ("retrieval", "recommender")}
     return root, load, load_scann
 
 
@@ -89,6 +89,29 @@ def test_retrieval_excludes_and_sorts(exported, trained, name):
         assert out["titles"].shape == ids.shape
         titles = dict(zip(trained.vocab.catalog_movies, trained.vocab.catalog_titles))
         assert list(_strings(out["titles"])[1]) == [titles[m] for m in ids[1]]
+
+
+@pytest.mark.parametrize("index", ["brute-force", "scann"])
+@pytest.mark.parametrize("name", ["retrieval", "recommender"])
+def test_a_users_rated_movies_are_never_served(exported, trained, index, name):
+    _, models, scann = exported
+    fn = (models if index == "brute-force" else scann)[name]
+    vocab = trained.vocab
+    users = vocab.user_ids[:10]
+    ids = _strings(fn(user_id=tf.constant(users),
+                      exclude_movie_ids=tf.fill([len(users), 1], ""))["movie_ids"])
+    for user, row in zip(users, ids):
+        seen = set(vocab.history[vocab.catalog_users.index(user)])
+        assert seen and not seen & set(row)
+
+
+def test_keep_seen_serves_rated_movies(trained, tmp_path):
+    paths = export(trained, tmp_path, ExportConfig(k=60, n=5, exclude_seen=False))
+    fn = tf.saved_model.load(str(paths["retrieval"])).signatures["serving_default"]
+    ids = _strings(fn(user_id=tf.constant(["u1"]), exclude_movie_ids=tf.constant([[""]]))[
+        "movie_ids"])[0]
+    seen = set(trained.vocab.history[trained.vocab.catalog_users.index("u1")])
+    assert seen <= set(ids)  # k covers the whole catalogue, so every rated movie is there
 
 
 def test_unknown_user_gets_popular_unseen_movies(exported, trained):

@@ -195,6 +195,8 @@ class ExportConfig:
       index: ``brute-force`` (exact, GPU-friendly) or ``scann`` (approximate, CPU).
       k: candidates retrieved (retrieval output width and recommender's candidate pool).
       n: recommendations the recommender returns after ranking.
+      exclude_seen: retrieval and recommender never return movies the user rated in the
+        run's train data (frozen at export), besides the ids the client excludes.
       version: version directory number (next free number when None).
       serving_root: where the export dir is mounted inside the TF Serving container.
     """
@@ -202,6 +204,7 @@ class ExportConfig:
     index: str = "brute-force"
     k: int = 100
     n: int = 10
+    exclude_seen: bool = True
     version: int | None = None
     serving_root: str = "/models"
 

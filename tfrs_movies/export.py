@@ -9,8 +9,10 @@
     DIR/similar_movies/N/          movie_ids [B,E] ("" pads) -> movie_ids, scores [B,K] (cosine)
 
 Every signature is ``serving_default`` with named outputs. Users, movies and their features are
-looked up in-graph (``FeatureSpace``), so clients send ids. Unknown users (no id, no history)
-and rows with no known seed movie get the most popular movies; excluded ids never come back.
+looked up in-graph (``FeatureSpace``), so clients send ids. Retrieval and the recommender leave
+out the movies each user rated in the run's train data (frozen at export; ``exclude_seen``)
+as well as the ids the client excludes. Unknown users (no id, no history) and rows with no
+known seed movie get the most popular movies; excluded ids never come back.
 Candidate embeddings are non-trainable variables (no 2 GB GraphDef limit at 10^6 movies).
 """
 from __future__ import annotations
@@ -32,6 +34,8 @@ MODELS = ("retrieval", "ranking", "recommender", "similar_movies")
 # The ScaNN index is asked for k + this many neighbours, so up to this many excluded hits can
 # be dropped and k results still remain.
 SCANN_EXCLUSION_SLACK = 100
+# ... plus the longest known history (seen movies are dropped too), up to this many.
+SCANN_MAX_SEEN = 1000
 _NEG = float("-inf")
 
 
@@ -76,7 +80,7 @@ class _Retriever(tf.Module):
     """Top-k catalogue movies for [B] users, with exclusions and a popularity fallback."""
 
     def __init__(self, model, movie_ids: np.ndarray, popularity: np.ndarray, k: int,
-                 index: str):
+                 index: str, exclude_seen: bool):
         super().__init__()
         self.model = model
         self.k = min(k, len(movie_ids))
@@ -86,10 +90,22 @@ class _Retriever(tf.Module):
         self.embeddings = tf.Variable(embeddings, trainable=False, name="candidate_embeddings")
         # Popularity scores for users the model knows nothing about.
         self.popularity = tf.constant(np.log1p(popularity).astype(np.float32))
+        # Catalogue positions of each known user's rated movies (row 0: unknown user), so the
+        # served lists hold unseen movies without the client sending the whole history.
+        self.seen = None
+        longest = 0
+        if exclude_seen:
+            position = {m: i for i, m in enumerate(movie_ids)}
+            seen = [[]] + [[position[m] for m in h if m in position]
+                           for h in model.space.vocab.history]
+            longest = max(map(len, seen))
+            self.seen = tf.RaggedTensor.from_row_lengths(
+                tf.constant([p for row in seen for p in row], tf.int64),
+                tf.constant([len(row) for row in seen], tf.int64))
         self.index = None
         if index == "scann":
-            self.index = scann_index(min(self.k + SCANN_EXCLUSION_SLACK, len(movie_ids)),
-                                     len(movie_ids))
+            fetch = self.k + SCANN_EXCLUSION_SLACK + min(longest, SCANN_MAX_SEEN)
+            self.index = scann_index(min(fetch, len(movie_ids)), len(movie_ids))
             self.index.index(tf.constant(embeddings), tf.constant(movie_ids))
 
     def known(self, user_id):
@@ -99,6 +115,10 @@ class _Retriever(tf.Module):
     def __call__(self, user_id, exclude_movie_ids):
         """[B], [B, E] -> (ids [B, k] string, scores [B, k]); excluded slots never returned."""
         excluded = self.positions.lookup(exclude_movie_ids)
+        if self.seen is not None:
+            rows = self.model.space.catalog_user_lookup(user_id)
+            seen = tf.gather(self.seen, rows).to_tensor(default_value=-1)
+            excluded = tf.concat([excluded, seen], axis=1)
         query = self.model.user_embedding(user_id)
         batch = tf.shape(user_id)[0]
         fallback = _mask(tf.tile(self.popularity[None, :], [batch, 1]), excluded)
@@ -110,7 +130,8 @@ class _Retriever(tf.Module):
         else:
             # Over-fetch from the approximate index, then drop excluded hits (exact masking).
             hit_scores, hit_ids = _pad(*self.index(query), self.k)
-            dropped = tf.reduce_any(hit_ids[:, :, None] == exclude_movie_ids[:, None, :], axis=2)
+            hit_positions = self.positions.lookup(hit_ids)  # padding "" -> -1, already -inf
+            dropped = tf.reduce_any(hit_positions[:, :, None] == excluded[:, None, :], axis=2)
             hit_scores = tf.where(dropped, _NEG, hit_scores)
             pop_scores, pop_top = tf.math.top_k(fallback, tf.shape(hit_scores)[1])
             known = self.known(user_id)[:, None]
@@ -233,7 +254,8 @@ def export(run, export_dir: str | Path, config: ExportConfig) -> dict[str, Path]
     popularity = np.asarray([counts.get(m, 0) for m in movie_ids], np.float64)
     modules = {}
     if retrieval is not None:
-        retriever = _Retriever(retrieval, movie_ids, popularity, config.k, config.index)
+        retriever = _Retriever(retrieval, movie_ids, popularity, config.k, config.index,
+                               config.exclude_seen)
         modules["retrieval"] = RetrievalModule(retriever)
         if ranking is not None:
             modules["recommender"] = RecommenderModule(retriever, ranking, config.n)

@@ -27,12 +27,15 @@ def popular_movies(run, exclude: set[str] = frozenset(), k: int = 10) -> pd.Data
                          "score": counts.to_numpy(np.float32)})
 
 
-def recommend(run, user_id: str, k: int = 10) -> tuple[pd.DataFrame, str | None]:
+def recommend(run, user_id: str, k: int = 10, candidates: int = 100
+              ) -> tuple[pd.DataFrame, str | None]:
     """Top ``k`` unseen catalogue movies for ``user_id``: (table, notice or None).
 
-    Columns: rank, movie_id, title, score (retrieval score, or predicted rating for a
-    ranking-only run) and rating (predicted, when the run has a ranking model). A user the run
-    has never seen gets the most popular movies and a notice saying so.
+    The same recipe as the exported ``recommender``: retrieve the ``candidates`` best unseen
+    movies by retrieval score, then order them by the ranking model's predicted rating (when
+    the run has one). Columns: rank, movie_id, title, score (retrieval score, or predicted
+    rating for a ranking-only run) and rating. A user the run has never seen gets the most
+    popular movies and a notice saying so.
     """
     if k < 1:
         raise UserError(f"-k must be >= 1, got {k}")
@@ -46,19 +49,24 @@ def recommend(run, user_id: str, k: int = 10) -> tuple[pd.DataFrame, str | None]
     catalog = catalog[~catalog["movie_id"].isin(seen)].reset_index(drop=True)
     movie_ids = catalog["movie_id"].to_numpy(dtype=str)
     retrieval, ranking = run.retrieval_model(), run.ranking_model()
-    users = np.asarray([user_id] * len(movie_ids))
+
+    def rate(ids):
+        users = tf.constant([user_id] * len(ids))
+        return ranking.predict_rating(users, tf.constant(ids)).numpy()
+
     if retrieval is not None:
         query = embed(retrieval.user_embedding, np.asarray([user_id]))[0]
         scores = embed(retrieval.movie_embedding, movie_ids) @ query
     else:
-        scores = ranking.predict_rating(tf.constant(users), tf.constant(movie_ids)).numpy()
-    top = np.argsort(-scores, kind="stable")[:k]
+        scores = rate(movie_ids)
+    top = np.argsort(-scores, kind="stable")[:max(k, candidates)]
     table = catalog.iloc[top].reset_index(drop=True)
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
     table["score"] = scores[top].astype(np.float32)
     if ranking is not None:
-        table["rating"] = ranking.predict_rating(tf.constant(users[:len(top)]),
-                                                 tf.constant(movie_ids[top])).numpy()
+        table["rating"] = rate(movie_ids[top])
+        table = table.sort_values("rating", ascending=False, kind="stable")
+    table = table.head(k).reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table, None
 
 

@@ -112,8 +112,10 @@ def configs_with(model_config: cfg.ModelConfig, train_config: cfg.TrainConfig, f
     if unknown:
         raise UserError(f"unknown config field(s) {', '.join(unknown)}")
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-    return (dataclasses.replace(model_config, **{k: v for k, v in fields.items() if k in model_keys}),
-            dataclasses.replace(train_config, **{k: v for k, v in fields.items() if k in train_keys}))
+    model_fields = {k: v for k, v in fields.items() if k in model_keys}
+    train_fields = {k: v for k, v in fields.items() if k in train_keys}
+    return (dataclasses.replace(model_config, **model_fields),
+            dataclasses.replace(train_config, **train_fields))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +132,6 @@ class Objective:
     @property
     def name(self) -> str:
         return f"val_{self.metric}"
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.direction == "max" else a < b
 
 
 def parse_objective(kind: str, text: str | None = None) -> Objective:
@@ -301,14 +300,15 @@ def _trial_line(tuner: ConfigTuner, trial) -> str:
     row = _row(tuner, trial)
     total = tuner.oracle.max_trials or "?"
     ended = len(tuner.oracle.end_order)
+    head = f"[{ended}/{total}] trial {trial.trial_id}"
     values = "  ".join(f"{k}={_short(v)}" for k, v in _values(trial).items())
     if trial.status != "COMPLETED":
         lines = (trial.message or "").strip().splitlines()
         why = lines[-1] if lines else "no result"
-        return (f"[{ended}/{total}] trial {trial.trial_id} {trial.status}: {why}  ({values}; record: "
-                f"{Path(tuner.project_dir) / f'trial_{trial.trial_id}' / 'trial.json'})")
-    return (f"[{ended}/{total}] trial {trial.trial_id} {tuner.objective_.name}={row[tuner.objective_.name]:.4f}"
-            f" at epoch {row['epochs']}  {row['seconds']}s  {values}")
+        record = Path(tuner.project_dir) / f"trial_{trial.trial_id}" / "trial.json"
+        return f"{head} {trial.status}: {why}  ({values}; record: {record})"
+    name = tuner.objective_.name
+    return f"{head} {name}={row[name]:.4f} at epoch {row['epochs']}  {row['seconds']}s  {values}"
 
 
 def _short(value) -> str:

@@ -82,7 +82,7 @@ def _export(args, argv) -> None:
     if args.index == "scann":
         import scann  # noqa: F401  (registers the ScaNN ops)
     config = cfg.ExportConfig(index=args.index, k=args.k, n=args.n, version=args.version,
-                              serving_root=args.serving_root)
+                              exclude_seen=args.exclude_seen, serving_root=args.serving_root)
     written = export(load_run(args.run), args.export_dir, config)
     print(f"Exported {', '.join(written)} to {args.export_dir} "
           f"(TF Serving config: {Path(args.export_dir) / 'models.config'})")
@@ -130,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     p.add_argument("-k", type=int, default=e.k, help="candidates retrieved")
     p.add_argument("-n", type=int, default=e.n, help="recommendations returned after ranking")
+    p.add_argument("--keep-seen", dest="exclude_seen", action="store_false",
+                   help="let retrieval/recommender return movies the user rated in train")
     p.add_argument("--serving-root", default=e.serving_root,
                    help="where the export dir is mounted in the TF Serving container")
     p.set_defaults(func=_export)
