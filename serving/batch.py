@@ -26,10 +26,13 @@ How a run is made safe to kill:
 
 Bad ids never stop a run: missing, blank, control-character or non-UTF-8 ids, and ids the
 server rejects (HTTP 400 / INVALID_ARGUMENT; the batch is split in halves until the culprits
-are alone), are written with the reason to ``OUT.errors.csv``. A request rejected as a whole
-while a probe request with a plain id also is rejected is a problem of the request or model,
-not of the ids, and stops the run. Unknown ids are not errors: the export answers them with the
-most popular movies (a client cannot tell known from unknown ids).
+are alone), are written with the reason to ``OUT.errors.csv``. Before splitting, one request
+with a plain id probes the server: if that is rejected too, the fault is the request or model
+(wrong export, signature mismatch), not the ids, and the run stops. Unknown ids are not errors:
+the export answers them with the most popular movies (a client cannot tell known from unknown).
+
+Exclusions: the export already drops the movies each user rated in its run's train data (unless
+exported with ``--keep-seen``); ``exclude`` adds more, e.g. ratings collected since the export.
 """
 from __future__ import annotations
 
@@ -506,37 +509,49 @@ def _write_errors(out: Path, errors: list[tuple[str, str]]) -> str | None:
 
 class _Progress:
     """``users 12,345/943,000  1,234 users/s  ETA 0:12:34`` on stderr: one line redrawn in
-    place on a terminal, else a new line every 10 s or 10% of the users."""
+    place on a terminal, else a new line every 10 s or 10% of the users.
+
+    After the first update the rate is measured from that update on, so the model's load
+    time (paid by the first part) does not skew the ETA.
+    """
 
     def __init__(self, total: int, done: int, stream: TextIO, enabled: bool = True,
                  clock: Callable[[], float] = time.monotonic):
-        self.total, self.done, self.start_done = total, done, done
-        self.stream, self.enabled, self.clock = stream, enabled and total > 0, clock
+        self.total, self.done, self.stream, self.clock = total, done, stream, clock
+        self.start_done = done
+        self.enabled = enabled and total > 0
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.start = self.last = clock()
+        self.since = (self.start, done)  # (time, users done) the rate is measured from
+        self.updates = 0
         self.last_decile = (10 * done) // max(total, 1)
 
     def line(self) -> str:
-        elapsed = self.clock() - self.start
-        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        start, done = self.since
+        if self.done == done:  # nothing since the first part: the whole run's rate
+            start, done = self.start, self.start_done
+        elapsed = self.clock() - start
+        rate = (self.done - done) / elapsed if elapsed > 0 else 0.0
         eta = (str(timedelta(seconds=round((self.total - self.done) / rate))) if rate > 0
                else "?")
         return f"users {self.done:,}/{self.total:,}  {rate:,.0f} users/s  ETA {eta}"
 
     def update(self, k: int) -> None:
         self.done += k
-        if not self.enabled:
-            return
-        now = self.clock()
-        decile = (10 * self.done) // self.total
-        if self.tty and now - self.last >= 0.2:
-            self.stream.write(f"\r{self.line()}\x1b[K")
-            self.stream.flush()
-            self.last = now
-        elif not self.tty and (now - self.last >= 10 or decile > self.last_decile):
-            self.stream.write(self.line() + "\n")
-            self.stream.flush()
-            self.last, self.last_decile = now, decile
+        self.updates += 1
+        if self.enabled:
+            now = self.clock()
+            decile = (10 * self.done) // self.total
+            if self.tty and now - self.last >= 0.2:
+                self.stream.write(f"\r{self.line()}\x1b[K")
+                self.stream.flush()
+                self.last = now
+            elif not self.tty and (now - self.last >= 10 or decile > self.last_decile):
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+                self.last, self.last_decile = now, decile
+        if self.updates == 1:
+            self.since = (self.clock(), self.done)
 
     def close(self) -> None:
         if self.enabled:

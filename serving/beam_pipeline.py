@@ -59,6 +59,8 @@ except ImportError as _err:  # the module stays importable; `build` explains wha
 
 _PARQUET = (".parquet", ".pq")
 _ALIASES = {"user_id": ("user_id", "userId", "user"), "movie_id": ("movie_id", "movieId")}
+# pyarrow's CSV writer (the local scorer's) quotes the header names.
+_CSV_HEADER = ",".join(f'"{name}"' for name in SCHEMA.names)
 _VALIDATE_BATCH = 10_000  # ids validated together (vectorized, like the local scorer)
 
 
@@ -260,8 +262,7 @@ def build(p, users: str, out: str, model_dir: str, n: int | None = None,
     else:
         (scored.tables | "CsvRows" >> beam.Map(_csv_text).with_output_types(str)
          | "DropEmpty" >> beam.Filter(bool)
-         | "WriteCsv" >> beam.io.WriteToText(out, header=",".join(SCHEMA.names),
-                                             **_sink(num_shards)))
+         | "WriteCsv" >> beam.io.WriteToText(out, header=_CSV_HEADER, **_sink(num_shards)))
     ((checked.errors, scored.errors) | "Errors" >> beam.Flatten()
      | "ErrorLines" >> beam.Map(_csv_line)
      | "WriteErrors" >> beam.io.WriteToText(f"{out}.errors.csv", header=",".join(ERROR_COLUMNS),

@@ -271,6 +271,9 @@ def test_progress_line_on_a_terminal_and_off_it():
     now[0] = 10.0
     bar.update(12_345)
     assert tty.getvalue() == "\rusers 12,345/943,000  1,234 users/s  ETA 0:12:34\x1b[K"
+    now[0] = 12.0  # later lines measure from the first part on (model loading excluded)
+    bar.update(4_000)
+    assert tty.getvalue().endswith("\rusers 16,345/943,000  2,000 users/s  ETA 0:07:43\x1b[K")
     log = io.StringIO()
     bar = _Progress(1000, 0, log, clock=lambda: now[0])
     for _ in range(20):  # 20 updates within a second: a line per 10%, not per update

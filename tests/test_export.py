@@ -143,8 +143,10 @@ def test_scann_agrees_with_brute_force(exported, trained):
     _, models, scann = exported
     users = tf.constant(trained.vocab.user_ids)
     no_exclusions = tf.fill([len(trained.vocab.user_ids), 1], "")
-    exact = _strings(models["retrieval"](user_id=users, exclude_movie_ids=no_exclusions)["movie_ids"])
-    approx = _strings(scann["retrieval"](user_id=users, exclude_movie_ids=no_exclusions)["movie_ids"])
+    exact = _strings(models["retrieval"](user_id=users,
+                                         exclude_movie_ids=no_exclusions)["movie_ids"])
+    approx = _strings(scann["retrieval"](user_id=users,
+                                         exclude_movie_ids=no_exclusions)["movie_ids"])
     recall = np.mean([len(set(a[:10]) & set(e[:10])) / 10 for a, e in zip(approx, exact)])
     assert recall >= 0.95
 

@@ -58,7 +58,8 @@ def test_history_excludes_the_target(space):
 CONFIGS = {
     "full": ModelConfig(embedding_dim=8),
     "ids-only": ModelConfig(embedding_dim=8, use_features=False, use_history=False),
-    "deep-sampled": ModelConfig(embedding_dim=8, tower_layers=(16,), num_sampled_negatives=7, gravity=0.1,
+    "deep-sampled": ModelConfig(embedding_dim=8, tower_layers=(16,), num_sampled_negatives=7,
+                                gravity=0.1,
                                 dropout=0.1, l2=1e-4, ranking_head="classes"),
 }
 

@@ -95,7 +95,8 @@ def test_softmax_history_serves_new_users_from_history(tiny_tables, space):
     # The id is not an input: a train user is their history (and demographics) too.
     features = space.user_features(tf.constant(["u1"]))
     features["user_index"] = tf.constant([0], tf.int64)
-    np.testing.assert_allclose(model.user_tower(features), model.user_embedding(tf.constant(["u1"])))
+    np.testing.assert_allclose(model.user_tower(features),
+                               model.user_embedding(tf.constant(["u1"])))
 
 
 def test_rating_classes_has_a_class_per_rating_value(tiny_tables, space):
@@ -119,7 +120,8 @@ def test_train_with_min_movie_ratings_then_analyze(tmp_path, capsys):
 
     out = tmp_path / "analysis"
     top = counts.index[0]
-    assert main(["analyze", "--run", str(run), "--output", str(out), "--movie", top, "-k", "5"]) == 0
+    assert main(["analyze", "--run", str(run), "--output", str(out), "--movie", top,
+                 "-k", "5"]) == 0
     for name in ("report.md", "neighbours.png", "norm_popularity.png", "tsne.png",
                  "loss_curves.png", "projector/vectors.tsv", "projector/metadata.tsv",
                  "projector/projector_config.pbtxt"):

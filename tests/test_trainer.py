@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from trainer.__main__ import main
 
-TINY = ["--epochs", "1", "--embedding-dim", "16", "--batch-size", "1024"]
+TINY = ["--epochs", "1", "--embedding-dim", "16", "--batch-size", "1024",
+        "--learning-rate", "0.005"]
 
 
 @pytest.fixture(scope="module")

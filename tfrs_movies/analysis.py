@@ -30,7 +30,7 @@ from tfrs_movies.evaluation import embed
 from tfrs_movies.recommend import resolve_movie
 
 # t-SNE is quadratic-ish in memory and slow beyond a few thousand points: the most rated ones.
-TSNE_MAX_MOVIES = 2000
+TSNE_MAX_MOVIES = 1000
 _COLOURED_GENRES = 12
 _SEEDS = 3
 

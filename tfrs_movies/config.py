@@ -61,7 +61,8 @@ class DataConfig:
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
-            raise UserError(f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
+            raise UserError(
+                f"unknown dataset {self.dataset!r}: choose one of {', '.join(DATASETS)}")
         if self.split not in SPLITS:
             raise UserError(f"unknown split {self.split!r}: choose one of {', '.join(SPLITS)}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -134,7 +135,8 @@ class ModelConfig:
         if self.embedding_dim < 1:
             raise UserError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
         if self.ranking_head not in ("regression", "classes"):
-            raise UserError(f"ranking_head must be 'regression' or 'classes', got {self.ranking_head!r}")
+            raise UserError(
+                f"ranking_head must be 'regression' or 'classes', got {self.ranking_head!r}")
         if self.temperature <= 0:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.dropout < 1.0:
@@ -182,9 +184,11 @@ class TrainConfig:
         if self.batch_size < 2:
             raise UserError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.lr_schedule not in ("constant", "cosine"):
-            raise UserError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+            raise UserError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.validation_fraction < 1.0:
-            raise UserError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+            raise UserError(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,4 +254,5 @@ def load_configs(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{path}: no such config file (is this a run directory?)") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
-    return {k: from_dict(_SECTIONS[k], v, source=str(path)) for k, v in raw.items() if k in _SECTIONS}
+    return {k: from_dict(_SECTIONS[k], v, source=str(path))
+            for k, v in raw.items() if k in _SECTIONS}

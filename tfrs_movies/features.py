@@ -154,7 +154,8 @@ class FeatureSpace(tf.keras.layers.Layer):
 
         # Row 0 of every catalogue table is the unknown user/movie.
         self.user_columns = {
-            name: tf.constant([0] + values, tf.int32) for name, values in vocab.user_features.items()
+            name: tf.constant([0] + values, tf.int32)
+            for name, values in vocab.user_features.items()
         }
         movie_index = {m: i + 1 for i, m in enumerate(vocab.movie_ids)}
         hist = [[movie_index[m] for m in h if m in movie_index][-max_history:]
@@ -179,7 +180,8 @@ class FeatureSpace(tf.keras.layers.Layer):
         self.title_strings = tf.constant([""] + list(vocab.catalog_titles))
         counts = np.asarray(vocab.movie_counts, np.float64)
         # Frequency of each embedding row among train positives; OOV gets the smallest one.
-        freq = np.concatenate([[counts.min() if len(counts) else 1.0], counts]) / max(counts.sum(), 1)
+        oov = counts.min() if len(counts) else 1.0
+        freq = np.concatenate([[oov], counts]) / max(counts.sum(), 1)
         self.movie_frequency = tf.constant(freq, tf.float32)
 
     @property

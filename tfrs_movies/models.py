@@ -113,8 +113,10 @@ class _RankingHead(tf.keras.layers.Layer):
         self.out = tf.keras.layers.Dense(len(space.vocab.rating_values) if classes else 1)
         self.user_bias = self.movie_bias = None
         if config.use_bias and not classes:
-            self.user_bias = tf.keras.layers.Embedding(space.num_users, 1, embeddings_initializer="zeros")
-            self.movie_bias = tf.keras.layers.Embedding(space.num_movies, 1, embeddings_initializer="zeros")
+            self.user_bias = tf.keras.layers.Embedding(space.num_users, 1,
+                                                       embeddings_initializer="zeros")
+            self.movie_bias = tf.keras.layers.Embedding(space.num_movies, 1,
+                                                        embeddings_initializer="zeros")
         loss = (tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True) if classes
                 else tf.keras.losses.MeanSquaredError())
         metrics = [] if classes else [tf.keras.metrics.RootMeanSquaredError()]

@@ -71,13 +71,13 @@ def is_trained(run_dir: Path, kind: str) -> bool:
 def build_trained(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig, run_dir: Path):
     """Builds a model of ``kind`` and restores its final weights from ``run_dir``."""
     model = build_model(kind, space, model_config)
-    _build_variables(model, space)
+    build_variables(model, space)
     model.load_weights(str(weights_prefix(run_dir, kind))).expect_partial()
     return model
 
 
-def _build_variables(model, space: FeatureSpace) -> None:
-    """Runs one tiny batch so every variable exists before weights are restored."""
+def build_variables(model, space: FeatureSpace) -> None:
+    """Runs one tiny batch so every variable exists (before restoring weights or a backup)."""
     some_user = space.vocab.user_ids[:1] or [""]
     some_movie = space.vocab.movie_ids[:1] or [""]
     model.compute_loss({

@@ -34,7 +34,8 @@ class _Head(tf.keras.layers.Layer):
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
-        self.hidden = [tf.keras.layers.Dense(units, activation="relu") for units in config.tower_layers]
+        self.hidden = [tf.keras.layers.Dense(units, activation="relu")
+                       for units in config.tower_layers]
         self.dropout = tf.keras.layers.Dropout(config.dropout) if config.dropout else None
         self.projection = tf.keras.layers.Dense(config.embedding_dim)
 

@@ -33,7 +33,8 @@ def make_dataset(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None 
         "user_rating": frame["user_rating"].to_numpy(dtype="float32"),
     })
     if shuffle_seed is not None:
-        ds = ds.shuffle(min(len(frame), 1_000_000), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(min(len(frame), 1_000_000), seed=shuffle_seed,
+                        reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -54,6 +55,7 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
     """
     tf.keras.utils.set_random_seed(train_config.seed)
     model = build_model(kind, space, model_config)
+    runs.build_variables(model, space)  # BackupAndRestore needs every variable up front
     steps = math.ceil(len(train) / train_config.batch_size) * train_config.epochs
     model.compile(optimizer=_optimizer(train_config, steps))
     callbacks = list(callbacks or [])

@@ -16,7 +16,8 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default=d.dataset, choices=cfg.DATASETS)
     g.add_argument("--data-dir", help="raw extracted MovieLens folder (default: env "
                    "TFRS_MOVIES_DATA_DIR; unset = read through TFDS)")
-    g.add_argument("--tfds-manual-dir", help="folder holding the official MovieLens zip (offline TFDS)")
+    g.add_argument("--tfds-manual-dir",
+                   help="folder holding the official MovieLens zip (offline TFDS)")
     g.add_argument("--tfds-data-dir", help="where TFDS keeps prepared datasets")
     g.add_argument("--ratings", help="csv: interactions file user_id,movie_id,rating[,timestamp]"
                    f" (csv/parquet); synthetic: number of ratings (default {d.synthetic_ratings})")
@@ -63,7 +64,8 @@ def ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
 
 
 def pick(cls, values: dict, overrides: dict | None = None):

@@ -1,0 +1,1 @@
+"""Quality and speed benchmarks: each writes JSON and a markdown table."""

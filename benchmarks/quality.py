@@ -1,0 +1,247 @@
+"""Quality benchmark on MovieLens 100K: our default models against baselines run here.
+
+Protocols (each on its own seeded split of ``--data-dir``):
+  top-n      per-user random 75/25 split, every rating a positive, train items excluded,
+             k=10: nDCG/P/R/MAP@10 of the *exported* retrieval and recommender models,
+             against popularity and EASE (closed form, lambda=500) on the same split.
+  rating     random 90/10 split and the fixed u1.base/u1.test split: RMSE and MAE of the
+             ranking model, against scikit-surprise SVD and SVD++ (extra ``[bench]``).
+  tutorial   the TFRS basic-retrieval tutorial: random 80/20 split seeded 42, top-100
+             accuracy against all movies, seen movies not excluded.
+  ablations  (``--ablations``) the top-n protocol with one lever of the default retrieval
+             model changed at a time.
+
+Our models are trained with the defaults of ``python -m trainer train`` (only the split
+differs); nothing here is tuned on a test split. Run::
+
+    python -m benchmarks.quality --data-dir ../shared/data/ml-100k --output bench/quality
+
+Writes ``quality.json`` (flat keys) and ``quality.md`` (the table) into ``--output``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from tfrs_movies import metrics as M
+from tfrs_movies.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
+
+PUBLISHED_TOPN = {"BiVAE": 0.475, "BPR": 0.442, "LightGCN": 0.420, "NCF": 0.396, "SAR": 0.382}
+ABLATIONS = {
+    "no history": {"use_history": False},
+    "no side features": {"use_features": False},
+    "ids only (no history, no features)": {"use_history": False, "use_features": False},
+    "no logQ correction": {"logq_correction": False},
+    "temperature 0.1": {"temperature": 0.1},
+    "+256 sampled negatives": {"num_sampled_negatives": 256},
+    "no user id embedding": {"use_user_id": False},
+}
+
+
+def _index(train: pd.DataFrame, test: pd.DataFrame, movies: list[str]):
+    users = sorted(set(train["user_id"]) | set(test["user_id"]))
+    user_pos = {u: i for i, u in enumerate(users)}
+    movie_pos = {m: i for i, m in enumerate(movies)}
+
+    def pairs(frame):
+        keep = frame["movie_id"].isin(movie_pos)
+        return (frame.loc[keep, "user_id"].map(user_pos).to_numpy(np.int64),
+                frame.loc[keep, "movie_id"].map(movie_pos).to_numpy(np.int64))
+
+    return users, user_pos, movie_pos, pairs(train), pairs(test)
+
+
+def _relevant(test_pairs, users_with_test):
+    frame = pd.DataFrame({"u": test_pairs[0], "m": test_pairs[1]})
+    groups = frame.groupby("u")["m"].agg(lambda s: np.unique(s.to_numpy()))
+    return [groups[u] for u in users_with_test]
+
+
+def baselines_topn(train, test, movies, k=10, ease_lambda=500.0) -> dict:
+    """Popularity and EASE on the same split, train items excluded."""
+    users, _, _, tr, te = _index(train, test, movies)
+    evaluated = np.unique(te[0])
+    relevant = _relevant(te, evaluated)
+    out = {}
+    pop = np.bincount(tr[1], minlength=len(movies)).astype(np.float64)
+    scores = np.tile(pop, (len(users), 1))
+    out["popularity"] = M.ranking_metrics(M.topk_from_scores(scores, tr, k)[evaluated], relevant, k)
+    x = np.zeros((len(users), len(movies)), np.float64)
+    x[tr] = 1.0
+    gram = x.T @ x + ease_lambda * np.eye(len(movies))
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    out[f"EASE (lambda={ease_lambda:g})"] = M.ranking_metrics(
+        M.topk_from_scores(x @ b, tr, k)[evaluated], relevant, k)
+    return out
+
+
+def exported_topn(export_dir: Path, train, test, movies, k=10) -> dict:
+    """nDCG/P/R/MAP@k of the exported retrieval and recommender models (train items are
+    excluded in-graph by the export, so the client sends no exclusions)."""
+    import tensorflow as tf
+
+    users, user_pos, movie_pos, tr, te = _index(train, test, movies)
+    evaluated = np.unique(te[0])
+    relevant = _relevant(te, evaluated)
+    out = {}
+    for name in ("retrieval", "recommender"):
+        fn = tf.saved_model.load(str(export_dir / name / "1")).signatures["serving_default"]
+        ids = np.asarray(users)[evaluated]
+        rows = []
+        for i in range(0, len(ids), 512):
+            batch = tf.constant(ids[i:i + 512])
+            got = fn(user_id=batch, exclude_movie_ids=tf.fill([len(ids[i:i + 512]), 1], ""))
+            rows.append(got["movie_ids"].numpy().astype(str)[:, :k])
+        topk = np.vectorize(lambda m: movie_pos.get(m, -1))(np.concatenate(rows))
+        out[f"ours: exported {name}"] = M.ranking_metrics(topk, relevant, k)
+    return out
+
+
+def _train(data: DataConfig, out: Path, kind: str = "all", **model) -> Path:
+    from tfrs_movies.training import train
+
+    train(out, data, dataclasses.replace(ModelConfig(), **model),
+          TrainConfig(model=kind, verbose=0))
+    return out
+
+
+def surprise_rmse(train: pd.DataFrame, test: pd.DataFrame, seed: int = 42) -> dict:
+    """scikit-surprise SVD and SVD++ (library defaults) on the same split; {} if missing."""
+    try:
+        import surprise
+    except ImportError:
+        print("scikit-surprise not installed (pip install '.[bench]'): skipping SVD rows")
+        return {}
+    reader = surprise.Reader(rating_scale=(1, 5))
+    full = surprise.Dataset.load_from_df(train[["user_id", "movie_id", "user_rating"]], reader)
+    trainset = full.build_full_trainset()
+    testset = list(test[["user_id", "movie_id", "user_rating"]].itertuples(index=False, name=None))
+    out = {}
+    for name, algo in (("SVD", surprise.SVD(random_state=seed)),
+                       ("SVD++", surprise.SVDpp(random_state=seed))):
+        start = time.perf_counter()
+        algo.fit(trainset)
+        pred = np.asarray([p.est for p in algo.test(testset)])
+        out[f"surprise {name}"] = M.rating_metrics(test["user_rating"].to_numpy(np.float64), pred)
+        print(f"  surprise {name}: rmse {out[f'surprise {name}']['rmse']:.4f} "
+              f"({time.perf_counter() - start:.0f}s)")
+    return out
+
+
+def run(data_dir: Path, output: Path, ablations: bool = False) -> dict:
+    from tfrs_movies.evaluation import evaluate_retrieval
+    from tfrs_movies.export import export
+    from tfrs_movies.runs import load_run
+
+    results: dict[str, dict] = {}
+    work = Path(tempfile.mkdtemp(prefix="quality-"))
+    base = DataConfig(data_dir=str(data_dir))
+
+    print("top-n: per-user 75/25 split")
+    topn = dataclasses.replace(base, split="user", test_fraction=0.25)
+    run_dir = _train(topn, work / "topn")
+    trained = load_run(run_dir)
+    export(trained, work / "topn-export", ExportConfig())
+    movies = trained.vocab.catalog_movies
+    split = trained.split
+    results["top-n"] = {**exported_topn(work / "topn-export", split.train, split.test, movies),
+                        **baselines_topn(split.train, split.test, movies)}
+    if ablations:
+        for label, change in ABLATIONS.items():
+            print(f"ablation: {label}")
+            ablated = load_run(_train(topn, work / f"ablation-{len(results)}-{label[:8]}",
+                                      kind="retrieval", **change))
+            results["top-n"][f"ablation: {label}"] = evaluate_retrieval(
+                ablated.retrieval_model(), movies, split.train, split.test, 10)
+
+    print("rating: random 90/10 split and u1.base/u1.test")
+    results["rating"] = {}
+    for label, data in (("random 90/10", dataclasses.replace(base, test_fraction=0.1)),
+                        ("u1", dataclasses.replace(base, test_ratings=str(data_dir / "u1.test")))):
+        rated = load_run(_train(data, work / f"rating-{label[:2]}", kind="ranking"))
+        test = rated.split.test
+        section = {"ours: ranking": rated_metrics(rated, test)}
+        section.update(surprise_rmse(rated.split.train, test))
+        results["rating"][label] = section
+
+    print("tutorial: random 80/20 split seeded 42, top-100 accuracy, seen not excluded")
+    tut = load_run(_train(base, work / "tutorial", kind="retrieval"))
+    results["tutorial"] = {"ours: retrieval": {"top100_accuracy": evaluate_retrieval(
+        tut.retrieval_model(), tut.vocab.catalog_movies, tut.split.train, tut.split.test,
+        100, exclude_seen=False)["top100_accuracy"]}}
+    return results
+
+
+def rated_metrics(run, test) -> dict:
+    from tfrs_movies.evaluation import predict_ratings
+
+    return M.rating_metrics(test["user_rating"].to_numpy(np.float64),
+                            predict_ratings(run.ranking_model(), test).astype(np.float64))
+
+
+def flatten(results: dict) -> dict:
+    flat = {}
+    for protocol, rows in results.items():
+        for row, values in rows.items():
+            if protocol == "rating":
+                for model, metrics in values.items():
+                    for key, value in metrics.items():
+                        flat[f"{protocol}/{row}/{model}/{key}"] = value
+            else:
+                for key, value in values.items():
+                    flat[f"{protocol}/{row}/{key}"] = value
+    return flat
+
+
+def table(results: dict) -> str:
+    lines = ["| protocol | model | nDCG@10 | P@10 | R@10 | MAP@10 |", "|---|---|---|---|---|---|"]
+    for model, m in results["top-n"].items():
+        lines.append(f"| top-n (per-user 75/25) | {model} | {m['ndcg@10']:.4f} | "
+                     f"{m['precision@10']:.4f} | {m['recall@10']:.4f} | {m['map@10']:.4f} |")
+    for model, value in PUBLISHED_TOPN.items():
+        lines.append(f"| top-n (per-user 75/25) | {model} (published, not run here) | "
+                     f"{value:.3f} | | | |")
+    lines += ["", "| protocol | model | RMSE | MAE |", "|---|---|---|---|"]
+    for split, rows in results["rating"].items():
+        for model, m in rows.items():
+            lines.append(f"| rating ({split}) | {model} | {m['rmse']:.4f} | {m['mae']:.4f} |")
+    lines.append("| rating (u1) | GLocal-K (published, not run here) | 0.889 | |")
+    lines += ["", "| protocol | model | top-100 accuracy |", "|---|---|---|"]
+    for model, m in results["tutorial"].items():
+        lines.append(f"| TFRS tutorial (80/20, seed 42) | {model} | {m['top100_accuracy']:.4f} |")
+    lines.append("| TFRS tutorial (80/20, seed 42) | TFRS tutorial (published) | 0.233-0.238 |")
+    lines.append("| TFRS tutorial (80/20, seed 42) | TFRS deep variant (published) | 0.29 |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k")
+    parser.add_argument("--output", type=Path, default=Path("bench/quality"))
+    parser.add_argument("--ablations", action="store_true", help="add one row per lever")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    results = run(args.data_dir, args.output, args.ablations)
+    args.output.mkdir(parents=True, exist_ok=True)
+    flat = flatten(results)
+    flat["wall_seconds"] = round(time.perf_counter() - start, 1)
+    (args.output / "quality.json").write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n")
+    (args.output / "quality.md").write_text(table(results))
+    print(table(results))
+    print(f"wrote {args.output / 'quality.json'} and quality.md in {flat['wall_seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
