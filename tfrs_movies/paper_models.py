@@ -17,8 +17,11 @@ them like the core models. Importing this module registers them in ``models.KIND
 
 Sample::
 
-    python -m trainer train --model mf-gravity --gravity 1 --data-dir ../shared/data/ml-100k \\
+    python -m trainer train --model mf-gravity --l2 1e-5 --data-dir ../shared/data/ml-100k \\
         --output runs/mf-gravity
+
+(gravity weight ``DEFAULT_GRAVITY`` unless ``ModelConfig.gravity`` says otherwise, e.g. through
+``--hparams FILE`` holding ``{"gravity": 10}``).
 """
 from __future__ import annotations
 

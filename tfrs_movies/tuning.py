@@ -375,6 +375,7 @@ def tune(output: str | Path, data_config: cfg.DataConfig, kind: str, tuner: str 
     if not 0.0 < validation_fraction < 1.0:
         raise UserError(f"validation fraction must be in (0, 1), got {validation_fraction}")
     goal = parse_objective(kind, objective)
+    oracle = _oracle(tuner, goal, search_space(kind), max_trials, epochs, data_config.seed)
     model_config = model_config or cfg.ModelConfig()
     train_config = dataclasses.replace(train_config or cfg.TrainConfig(seed=data_config.seed),
                                        model=kind, epochs=epochs, validation_fraction=0.0,
@@ -385,9 +386,7 @@ def tune(output: str | Path, data_config: cfg.DataConfig, kind: str, tuner: str 
                           "data": cfg.to_dict(data_config), "model": cfg.to_dict(model_config),
                           "train": cfg.to_dict(train_config)})
     data = _prepare(data_config, validation_fraction, model_config.max_history)
-    search = ConfigTuner(_oracle(tuner, goal, search_space(kind), max_trials, epochs,
-                                 data_config.seed),
-                         kind=kind, data=data, objective=goal, model_config=model_config,
+    search = ConfigTuner(oracle, kind=kind, data=data, objective=goal, model_config=model_config,
                          train_config=train_config, directory=str(out), project_name=_PROJECT,
                          overwrite=False)
     search.oracle.verbose = 0  # one line per trial is printed by ConfigTuner instead

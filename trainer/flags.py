@@ -45,6 +45,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=m.temperature)
     g.add_argument("--num-sampled-negatives", type=int, default=m.num_sampled_negatives)
     g.add_argument("--l2", type=float, default=m.l2)
+    g.add_argument("--gravity", type=float, default=m.gravity,
+                   help="gravity regularizer weight on the id embeddings (mf-gravity: 1.0 if 0)")
     g.add_argument("--dropout", type=float, default=m.dropout)
     g.add_argument("--ranking-layers", type=ints, default=m.ranking_layers)
     g.add_argument("--ranking-head", default=m.ranking_head, choices=("regression", "classes"))
