@@ -9,9 +9,10 @@ The ids are written to a Parquet file first, so the timing covers what ``python 
 batch`` does after loading the model: reading the ids, scoring, writing the part files and
 concatenating them into the output. The model is loaded and warmed up on one request before
 the clock starts (``load_seconds`` reports that separately). ``--known-from`` cycles over the
-users of a ratings file (the model's own path); without it the ids are made up, so every one
+users of a ratings file (the model's own path; repeats are scored once, so "users scored" is
+at most the number of known users); without it the ids are made up and distinct, so every one
 takes the export's unknown-user (popularity) path. Writes ``--output`` JSON and prints one
-markdown table row.
+markdown table row (with ``--repeat``, the best run; every run's users/s is in the JSON).
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from serving.batch import DEFAULT_BATCH_SIZE, score_users
 from serving.client import make_client
 
-HEADER = ("| run | users | n | batch | concurrency | exclude | seconds | users/s |\n"
-          "|---|---:|---:|---:|---:|---|---:|---:|")
+HEADER = ("| run | input ids | users scored | n | batch | concurrency | exclude | seconds | "
+          "users/s |\n|---|---:|---:|---:|---:|---:|---|---:|---:|")
 
 
 def _ids(args) -> list[str]:
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude-seen", help="ratings file passed as exclusions")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="score the ids this many times; users/s of each run is reported")
     p.add_argument("--output", help="JSON results file")
     args = p.parse_args(argv)
 
@@ -69,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         pd.DataFrame({"user_id": ids}).to_parquet(users)
         start = time.perf_counter()
         client = make_client(model_dir=args.export_dir)
-        client.recommend([ids[0]], n=1)  # load + first call (graph warm-up)
+        client.recommend(ids[:args.batch_size], n=1)  # load + first full-batch call (warm-up)
         load = time.perf_counter() - start
-        report = score_users(client, users, Path(tmp) / "recs.parquet", n=args.n,
-                             exclude=args.exclude_seen, batch_size=args.batch_size,
-                             concurrency=args.concurrency, progress=True)
+        reports = [score_users(client, users, Path(tmp) / "recs.parquet", n=args.n,
+                               exclude=args.exclude_seen, batch_size=args.batch_size,
+                               concurrency=args.concurrency, progress=True)
+                   for _ in range(args.repeat)]
         client.close()
+    report = max(reports, key=lambda r: r.users_per_second)
     import tensorflow as tf
 
     result = {
@@ -83,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size, "concurrency": args.concurrency,
         "exclude_seen": args.exclude_seen, "seconds": round(report.seconds, 3),
         "users_per_second": round(report.users_per_second, 1),
+        "users_per_second_each_run": [round(r.users_per_second, 1) for r in reports],
         "load_seconds": round(load, 3), "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
         "machine": platform.platform(), "tensorflow": tf.__version__,
         "command": " ".join(["python -m benchmarks.batch_scoring"] + (argv or sys.argv[1:])),
     }
@@ -91,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(HEADER)
-    print(f"| {args.name} | {len(ids):,} | {args.n} | {args.batch_size} | {args.concurrency} | "
-          f"{'yes' if args.exclude_seen else 'no'} | {report.seconds:.1f} | "
+    print(f"| {args.name} | {len(ids):,} | {report.users:,} | {args.n} | {args.batch_size} | "
+          f"{args.concurrency} | {'yes' if args.exclude_seen else 'no'} | {report.seconds:.1f} | "
           f"{report.users_per_second:,.0f} |")
     return 0
 

@@ -106,9 +106,12 @@ def _rank(args, client, out) -> None:
 def _batch(args, client, out) -> None:
     from serving.batch import score_users
 
-    report = score_users(client, args.users, args.out, n=args.n, exclude=args.exclude_seen,
-                         batch_size=args.batch_size, resume=args.resume,
-                         progress=args.progress, concurrency=args.concurrency)
+    try:
+        report = score_users(client, args.users, args.out, n=args.n, exclude=args.exclude_seen,
+                             batch_size=args.batch_size, resume=args.resume,
+                             progress=args.progress, concurrency=args.concurrency)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # score_users printed how to resume
     if args.format == "json":
         json.dump(asdict(report), out, indent=2)
         out.write("\n")
