@@ -79,7 +79,7 @@ def search_space(kind: str) -> kt.HyperParameters:
         hp.Float("temperature", 0.02, 1.0, sampling="log", default=0.1)
         hp.Choice("num_sampled_negatives", [0, 256, 1024], default=0)
     elif kind == "ranking":
-        hp.Choice("l2", [0.0, 1e-5, 1e-4, 1e-3], default=0.0)
+        hp.Choice("l2", [0.0, 1e-6, 1e-5, 1e-4], default=0.0)
         hp.Choice("dropout", [0.0, 0.1, 0.2, 0.3, 0.5], default=0.0)
         hp.Choice("ranking_layers", ["64", "128,64", "256,128", "256,128,64"], default="128,64")
         hp.Boolean("use_bias", default=True)
@@ -430,10 +430,13 @@ def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: b
     if compare_defaults:
         baseline = _defaults(search, out, goal, model_config, train_config)
         gain = best.score - baseline["value"]
+        if goal.direction == "min":
+            gain = -gain
         summary["defaults"] = baseline
         print(f"Defaults: {goal.name}={baseline['value']:.4f} at epoch {baseline['epoch']} "
-              f"(final epoch {baseline['values'][-1]:.4f}); best trial "
-              f"{'+' if gain >= 0 else ''}{gain:.4f} ({100 * gain / abs(baseline['value']):+.1f}%)")
+              f"(final epoch {baseline['values'][-1]:.4f}); the best trial is "
+              f"{'better' if gain > 0 else 'worse'} by {abs(gain):.4f} "
+              f"({100 * abs(gain) / abs(baseline['value']):.1f}%)")
     write_json(out / "results.json", summary)
     return values
 
