@@ -92,8 +92,8 @@ def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.Model
                             "pass the same flags to resume it, or a new --output")
         print(f"Resuming the run in {run_dir}")
         split = data_lib.load_split(run_dir)
-        return split, *_validation(split, train_config, data_config.seed), \
-            Vocabulary.load(run_dir / "vocab.json")
+        fit, validation = _validation(split, train_config, data_config.seed)
+        return split, fit, validation, Vocabulary.load(run_dir / "vocab.json")
 
     dataset = data_lib.load(data_config)
     split = data_lib.make_split(dataset, data_config)
