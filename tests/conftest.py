@@ -8,6 +8,13 @@ import pandas as pd
 import pytest
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices, so `--strategy mirrored` really runs two replicas in the tests
+# (test_distribute); it has to happen before TensorFlow initializes its devices.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ML_100K = SHARED_DATA / "ml-100k"

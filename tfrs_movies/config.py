@@ -16,6 +16,7 @@ from tfrs_movies.errors import UserError
 DATASETS = ("movielens/100k", "movielens/1m", "movielens/10m", "movielens/20m", "movielens/25m",
             "movielens/latest-small", "csv", "synthetic")
 SPLITS = ("random", "user", "temporal", "leave-last", "strong")
+STRATEGIES = ("default", "mirrored", "multi-worker", "parameter-server")
 MODELS = ("retrieval", "ranking", "multitask", "all", "mf", "mf-gravity", "softmax-history",
           "rating-classes")
 
@@ -105,6 +106,9 @@ class ModelConfig:
       logq_correction: subtract log of the train item frequency from in-batch logits.
       remove_accidental_hits: ignore in-batch negatives that equal the positive.
       num_sampled_negatives: extra uniformly sampled negatives per batch (0 = in-batch only).
+      cross_replica_negatives: under a distribution strategy, every replica's softmax uses
+        the in-batch candidates of all replicas (gathered), as one process with the global
+        batch would; off, each replica uses only its own share of the batch.
       ranking_layers: hidden sizes of the ranking MLP.
       ranking_head: ``regression`` (MSE, output bounded to the rating range) or ``classes``
         (softmax over the rating values, predicted rating is the expectation).
@@ -125,6 +129,7 @@ class ModelConfig:
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     num_sampled_negatives: int = 0
+    cross_replica_negatives: bool = True
     ranking_layers: tuple[int, ...] = (128, 64)
     ranking_head: str = "regression"
     use_bias: bool = True
@@ -162,6 +167,8 @@ class TrainConfig:
       early_stopping_patience: epochs without validation improvement before stopping (0 = off).
       eval_k: cut-off for the top-K metrics in ``metrics.json``.
       seed: seeds weight init and shuffling.
+      strategy: one of ``STRATEGIES`` (see ``tfrs_movies.distribute``); ``batch_size`` is the
+        global batch, split over the replicas.
       verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
     """
 
@@ -174,9 +181,13 @@ class TrainConfig:
     early_stopping_patience: int = 0
     eval_k: int = 10
     seed: int = 42
+    strategy: str = "default"
     verbose: int = 1
 
     def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise UserError(
+                f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if self.model not in MODELS:
             raise UserError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
         if self.epochs < 1:

@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrs_movies.config import ModelConfig
+from tfrs_movies.distribute import global_mean, per_replica_share, replicas
 from tfrs_movies.features import FeatureSpace
 from tfrs_movies.towers import MovieTower, UserTower
 
@@ -45,8 +46,30 @@ class _TwoTowers(tfrs.Model):
         """``loss`` plus ``config.gravity`` times the gravity term of the id embeddings."""
         if not self.config.gravity:
             return loss
-        return loss + self.config.gravity * gravity(self.user_tower.id_embedding.embeddings,
-                                                    self.movie_tower.id_embedding.embeddings)
+        return loss + per_replica_share(self.config.gravity * gravity(
+            self.user_tower.id_embedding.embeddings, self.movie_tower.id_embedding.embeddings))
+
+    def losses_of(self, inputs, training=False):
+        """(task loss, regularization loss) of one replica's batch; their gradients, summed
+        over the replicas, are the single-process gradients of the global batch."""
+        loss = self.compute_loss(inputs, training=training)
+        regularization = tf.reduce_sum([tf.reduce_sum(term) for term in self.losses])
+        return loss, per_replica_share(regularization)
+
+    def train_step(self, inputs):
+        """``tfrs.Model.train_step`` with the regularization losses (computed in full on every
+        replica) divided by the replica count, so distributed gradients match one process.
+
+        Task losses are means over the global batch already (``distribute.global_mean``).
+        """
+        with tf.GradientTape() as tape:
+            loss, regularization_loss = self.losses_of(inputs, training=True)
+            total_loss = loss + regularization_loss
+        gradients = tape.gradient(total_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        metrics = {metric.name: metric.result() for metric in self.metrics}
+        metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)
+        return metrics
 
 
 def gravity(users: tf.Tensor, movies: tf.Tensor) -> tf.Tensor:
@@ -74,10 +97,14 @@ class _RetrievalTask(tf.keras.layers.Layer):
         # The target is dropped from the user's history so the tower cannot copy it.
         query = model.user_embedding(features["user_id"], movie_ids, training=training)
         candidates = model.movie_embedding(movie_ids, training=training)
+        # Embedding rows, not strings: collectives cannot gather strings.
+        candidate_ids = self.space.movie_lookup(movie_ids)
+        frequency = self.space.sampling_probability(movie_ids)
+        if self.config.cross_replica_negatives and replicas() > 1:
+            candidates, candidate_ids, frequency = _gather_replicas(
+                candidates, candidate_ids, frequency)
         # Probability that a movie is one of the batch's candidates: B * train frequency.
-        batch = tf.cast(tf.shape(movie_ids)[0], tf.float32)
-        probability = batch * self.space.sampling_probability(movie_ids)
-        candidate_ids = movie_ids
+        probability = tf.cast(tf.shape(candidate_ids)[0], tf.float32) * frequency
         extra = self.config.num_sampled_negatives
         if extra:
             index = tf.random.uniform([extra], 0, tf.shape(self.train_movies)[0], tf.int32)
@@ -85,12 +112,24 @@ class _RetrievalTask(tf.keras.layers.Layer):
             candidates = tf.concat([candidates, model.movie_embedding(sampled, training)], 0)
             uniform = extra / len(self.space.vocab.movie_ids)
             probability = tf.concat([probability, tf.fill([extra], uniform)], 0)
-            candidate_ids = tf.concat([candidate_ids, sampled], 0)
-        return self.task(
+            candidate_ids = tf.concat([candidate_ids, self.space.movie_lookup(sampled)], 0)
+        loss = self.task(
             query, candidates,
             candidate_sampling_probability=probability if self.config.logq_correction else None,
             candidate_ids=candidate_ids if self.config.remove_accidental_hits else None,
             compute_metrics=False)
+        # TFRS sums over the batch; a mean keeps l2/gravity weights per example, as in ranking.
+        return global_mean(loss, tf.shape(query)[0])
+
+
+def _gather_replicas(*tensors: tf.Tensor) -> list[tf.Tensor]:
+    """Every replica's rows of each [B_local, ...] tensor, this replica's rows first (the task
+    reads candidate i as query i's positive). Gradients flow back to the replica that
+    computed each row."""
+    context = tf.distribute.get_replica_context()
+    shift = -context.replica_id_in_sync_group * tf.shape(tensors[0])[0]
+    # One gather per tensor: a batched gather concatenates, so all dtypes would have to match.
+    return [tf.roll(context.all_gather(t, axis=0), shift, axis=0) for t in tensors]
 
 
 class _RankingHead(tf.keras.layers.Layer):
@@ -117,8 +156,9 @@ class _RankingHead(tf.keras.layers.Layer):
                                                        embeddings_initializer="zeros")
             self.movie_bias = tf.keras.layers.Embedding(space.num_movies, 1,
                                                         embeddings_initializer="zeros")
-        loss = (tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True) if classes
-                else tf.keras.losses.MeanSquaredError())
+        # Summed here, averaged over the global batch in ``call`` (distribution-safe).
+        loss = (tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+                if classes else tf.keras.losses.MeanSquaredError(reduction="sum"))
         metrics = [] if classes else [tf.keras.metrics.RootMeanSquaredError()]
         self.task = tfrs.tasks.Ranking(loss=loss, metrics=metrics)
 
@@ -153,9 +193,12 @@ class _RankingHead(tf.keras.layers.Layer):
         rating = features["user_rating"]
         if self.config.ranking_head == "classes":
             labels = tf.searchsorted(self.values, tf.reshape(rating, [-1]))
-            return self.task(labels=labels, predictions=out)
-        prediction = self.low + (self.high - self.low) * tf.sigmoid(out)
-        return self.task(labels=rating, predictions=prediction)
+            loss = self.task(labels=labels, predictions=out)
+        else:
+            prediction = self.low + (self.high - self.low) * tf.sigmoid(out)
+            # [B, 1]: Keras' MSE averages the last axis, so [B] inputs would be pre-averaged.
+            loss = self.task(labels=rating[:, None], predictions=prediction[:, None])
+        return global_mean(loss, tf.shape(rating)[0])
 
 
 class RetrievalModel(_TwoTowers):

@@ -32,6 +32,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrs_movies import models
 from tfrs_movies.config import ModelConfig
+from tfrs_movies.distribute import global_mean
 from tfrs_movies.errors import UserError
 from tfrs_movies.features import FeatureSpace
 from tfrs_movies.towers import MovieTower, UserTower
@@ -88,7 +89,7 @@ class MatrixFactorization(_PaperModel):
         self.movie_bias = tf.keras.layers.Embedding(space.num_movies, 1, name="movie_bias",
                                                     embeddings_initializer="zeros")
         self.global_bias = self.add_weight(name="global_bias", shape=(), initializer="zeros")
-        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError(),
+        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.MeanSquaredError(reduction="sum"),
                                        metrics=[tf.keras.metrics.RootMeanSquaredError()])
 
     @staticmethod
@@ -122,7 +123,9 @@ class MatrixFactorization(_PaperModel):
 
     def compute_loss(self, features, training=False):
         prediction = self.predict_rating(features["user_id"], features["movie_id"], training)
-        return self.regularized(self.task(labels=features["user_rating"], predictions=prediction))
+        # [B, 1]: Keras' MSE averages the last axis, so [B] inputs would be pre-averaged.
+        loss = self.task(labels=features["user_rating"][:, None], predictions=prediction[:, None])
+        return self.regularized(global_mean(loss, tf.shape(prediction)[0]))
 
 
 class GravityMatrixFactorization(MatrixFactorization):
@@ -143,7 +146,8 @@ class _FullSoftmax(tf.keras.layers.Layer):
     def call(self, query: tf.Tensor, candidates: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         """query [B, D], candidates [N, D], labels [B] in [0, N) -> scalar mean loss."""
         logits = tf.matmul(query, candidates, transpose_b=True)
-        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        return global_mean(tf.reduce_sum(losses), tf.shape(labels)[0])
 
 
 class SoftmaxHistory(_PaperModel):
@@ -199,7 +203,7 @@ class RatingClasses(_PaperModel):
         self.dropout = tf.keras.layers.Dropout(config.dropout) if config.dropout else None
         self.logits = tf.keras.layers.Dense(len(space.vocab.rating_values), name="rating_logits")
         self.task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum"))
 
     def class_logits(self, user_ids, movie_ids, training=False):
         """[B] ids -> [B, C] logits over ``vocab.rating_values``."""
@@ -221,7 +225,8 @@ class RatingClasses(_PaperModel):
     def compute_loss(self, features, training=False):
         logits = self.class_logits(features["user_id"], features["movie_id"], training)
         labels = _nearest_class(self.values, features["user_rating"])
-        return self.regularized(self.task(labels=labels, predictions=logits))
+        loss = self.task(labels=labels, predictions=logits)
+        return self.regularized(global_mean(loss, tf.shape(labels)[0]))
 
 
 KINDS = {"mf": MatrixFactorization, "mf-gravity": GravityMatrixFactorization,

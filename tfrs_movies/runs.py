@@ -77,13 +77,22 @@ def build_trained(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
 
 
 def build_variables(model, space: FeatureSpace) -> None:
-    """Runs one tiny batch so every variable exists (before restoring weights or a backup)."""
+    """Runs one tiny batch so every variable exists (before restoring weights or a backup).
+
+    Inside a distribution strategy's scope the batch runs in replica context (the task
+    metrics can only be updated there).
+    """
     some_user = space.vocab.user_ids[:1] or [""]
     some_movie = space.vocab.movie_ids[:1] or [""]
-    model.compute_loss({
+    batch = {
         "user_id": tf.constant(some_user * 2), "movie_id": tf.constant(some_movie * 2),
         "user_rating": tf.constant([space.vocab.rating_values[0]] * 2, tf.float32),
-    }, training=False)
+    }
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        # In a tf.function: eager replica calls are slow and TensorFlow warns about them.
+        tf.distribute.get_strategy().run(tf.function(model.compute_loss), args=(batch,))
+    else:
+        model.compute_loss(batch, training=False)
 
 
 def load_run(run_dir: str | Path, require_trained: bool = True) -> Run:

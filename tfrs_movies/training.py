@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
+from tfrs_movies import distribute
 from tfrs_movies import runs
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import evaluate
@@ -25,17 +27,45 @@ from tfrs_movies.models import build_model
 log = logging.getLogger(__name__)
 
 
-def make_dataset(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None):
-    """Rating rows -> batches of ``{"user_id", "movie_id": [B] string, "user_rating": [B]}``."""
-    ds = tf.data.Dataset.from_tensor_slices({
+def _examples(frame: pd.DataFrame) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices({
         "user_id": frame["user_id"].to_numpy(dtype=str),
         "movie_id": frame["movie_id"].to_numpy(dtype=str),
         "user_rating": frame["user_rating"].to_numpy(dtype="float32"),
     })
-    if shuffle_seed is not None:
-        ds = ds.shuffle(min(len(frame), 1_000_000), seed=shuffle_seed,
-                        reshuffle_each_iteration=True)
+
+
+def _shuffled(ds: tf.data.Dataset, size: int, seed: int | None) -> tf.data.Dataset:
+    if seed is None:
+        return ds
+    return ds.shuffle(min(size, 1_000_000), seed=seed, reshuffle_each_iteration=True)
+
+
+def make_dataset(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None):
+    """Rating rows -> batches of ``{"user_id", "movie_id": [B] string, "user_rating": [B]}``."""
+    ds = _shuffled(_examples(frame), len(frame), shuffle_seed)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_dataset(strategy: tf.distribute.Strategy, frame: pd.DataFrame,
+                        global_batch: int, shuffle_seed: int | None = None):
+    """(dataset, steps per epoch) for ``strategy``: each input pipeline (one per worker)
+    reads its shard of the rows and yields per-replica batches, repeated forever so that
+    every worker runs the same number of steps (``len(frame) // global_batch``)."""
+    def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = _examples(frame).shard(context.num_input_pipelines, context.input_pipeline_id)
+        ds = _shuffled(ds, len(frame), shuffle_seed).repeat()
+        ds = ds.batch(context.get_per_replica_batch_size(global_batch), drop_remainder=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    steps = max(1, len(frame) // global_batch)
+    if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+        return tf.keras.utils.experimental.DatasetCreator(per_worker), steps
+    return strategy.distribute_datasets_from_function(per_worker), steps
+
+
+def _distributed(strategy: tf.distribute.Strategy) -> bool:
+    return strategy is not tf.distribute.get_strategy()
 
 
 def _optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
@@ -48,20 +78,35 @@ def _optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers
 def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
               train_config: cfg.TrainConfig, train: pd.DataFrame,
               validation: pd.DataFrame | None = None, run_dir: Path | None = None,
-              callbacks: list | None = None):
+              callbacks: list | None = None, strategy: tf.distribute.Strategy | None = None):
     """Builds and fits one model; with ``run_dir`` it checkpoints each epoch and resumes.
 
-    Returns ``(model, history_dict)``. Shared by ``train`` and the tuner.
+    ``strategy`` (from ``distribute.make_strategy``; default: none) holds the variables and
+    splits each ``batch_size`` batch over its replicas. Returns ``(model, history_dict)``.
+    Shared by ``train`` and the tuner.
     """
     tf.keras.utils.set_random_seed(train_config.seed)
-    model = build_model(kind, space, model_config)
-    runs.build_variables(model, space)  # BackupAndRestore needs every variable up front
-    steps = math.ceil(len(train) / train_config.batch_size) * train_config.epochs
-    model.compile(optimizer=_optimizer(train_config, steps))
+    strategy = strategy or tf.distribute.get_strategy()
+    batch = train_config.batch_size
+    fit_args = {}
+    if _distributed(strategy):
+        train_ds, fit_args["steps_per_epoch"] = distributed_dataset(
+            strategy, train, batch, train_config.seed)
+        steps = fit_args["steps_per_epoch"] * train_config.epochs
+    else:
+        train_ds = make_dataset(train, batch, train_config.seed)
+        steps = math.ceil(len(train) / batch) * train_config.epochs
+    with strategy.scope():
+        model = build_model(kind, space, model_config)
+        runs.build_variables(model, space)  # BackupAndRestore needs every variable up front
+        model.compile(optimizer=_optimizer(train_config, steps))
     callbacks = list(callbacks or [])
     val_ds = None
     if validation is not None and len(validation):
-        val_ds = make_dataset(validation, train_config.batch_size)
+        if _distributed(strategy):
+            val_ds, fit_args["validation_steps"] = distributed_dataset(strategy, validation, batch)
+        else:
+            val_ds = make_dataset(validation, batch)
         if train_config.early_stopping_patience:
             callbacks.append(tf.keras.callbacks.EarlyStopping(
                 patience=train_config.early_stopping_patience, restore_best_weights=True))
@@ -70,15 +115,18 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
             tf.keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / kind)),
             tf.keras.callbacks.TensorBoard(str(run_dir / "logs" / kind), write_graph=False),
         ]
-    history = model.fit(make_dataset(train, train_config.batch_size, train_config.seed),
-                        validation_data=val_ds, epochs=train_config.epochs,
-                        callbacks=callbacks, verbose=train_config.verbose)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs,
+                        callbacks=callbacks, verbose=train_config.verbose, **fit_args)
     return model, history.history
 
 
 def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.ModelConfig,
-             train_config: cfg.TrainConfig):
-    """Writes config, catalogue, split and vocabulary, or checks and reuses them on resume."""
+             train_config: cfg.TrainConfig, write: bool = True):
+    """Writes config, catalogue, split and vocabulary, or checks and reuses them on resume.
+
+    With ``write=False`` (a non-chief worker) the same deterministic split and vocabulary are
+    computed but nothing is written.
+    """
     config_path = run_dir / "config.json"
     if config_path.exists():
         saved = cfg.load_configs(config_path)
@@ -86,7 +134,7 @@ def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.Model
         changed = [f"{section}.{key}: {getattr(saved[section], key)!r} -> {value!r}"
                    for section, conf in new.items()
                    for key, value in dataclasses.asdict(conf).items()
-                   if key != "verbose" and getattr(saved[section], key) != value]
+                   if key not in _RESUMABLE_CHANGES and getattr(saved[section], key) != value]
         if changed:
             raise UserError(f"{run_dir} holds a run with other settings ({'; '.join(changed)}); "
                             "pass the same flags to resume it, or a new --output")
@@ -98,21 +146,26 @@ def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.Model
     dataset = data_lib.load(data_config)
     split = data_lib.make_split(dataset, data_config)
     fit, validation = _validation(split, train_config, data_config.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "catalog").mkdir(exist_ok=True)
-    dataset.movies.to_parquet(run_dir / "catalog" / "movies.parquet")
-    dataset.users.to_parquet(run_dir / "catalog" / "users.parquet")
-    data_lib.save_split(split, run_dir)
     vocab = Vocabulary.build(fit, dataset.movies, dataset.users, split.fold_in)
-    vocab.save(run_dir / "vocab.json")
-    # config.json last: its presence marks a run whose inputs are complete.
-    cfg.save_configs(config_path, data=data_config, model=model_config, train=train_config)
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "catalog").mkdir(exist_ok=True)
+        dataset.movies.to_parquet(run_dir / "catalog" / "movies.parquet")
+        dataset.users.to_parquet(run_dir / "catalog" / "users.parquet")
+        data_lib.save_split(split, run_dir)
+        vocab.save(run_dir / "vocab.json")
+        # config.json last: its presence marks a run whose inputs are complete.
+        cfg.save_configs(config_path, data=data_config, model=model_config, train=train_config)
     print(f"{dataset.name}: {len(dataset.ratings):,} ratings, {len(dataset.users):,} users, "
           f"{len(dataset.movies):,} movies; split {data_config.split}: "
           f"train {len(split.train):,}, test {len(split.test):,}"
           + (f" (of which validation {len(validation):,})" if validation is not None else "")
           + (f", fold-in {len(split.fold_in):,}" if len(split.fold_in) else ""))
     return split, fit, validation, vocab
+
+
+# Settings that may differ when a run is resumed: they change how, not what, is trained.
+_RESUMABLE_CHANGES = ("verbose", "strategy")
 
 
 def _validation(split, train_config: cfg.TrainConfig, seed: int):
@@ -124,12 +177,21 @@ def _validation(split, train_config: cfg.TrainConfig, seed: int):
 
 def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.ModelConfig,
           train_config: cfg.TrainConfig) -> dict:
-    """Runs the whole train job into ``output`` and returns the metrics written there."""
+    """Runs the whole train job into ``output`` and returns the metrics written there.
+
+    Under ``multi-worker`` or ``parameter-server`` every worker calls this with the same
+    arguments; only the chief writes ``output`` and evaluates (the others return ``{}``).
+    """
+    # First: multi-worker strategies must exist before any other TensorFlow op runs.
+    strategy, role = distribute.make_strategy(train_config.strategy)
+    print(f"Strategy {train_config.strategy}: {distribute.describe(strategy, role)}")
     run_dir = Path(output)
-    split, fit, validation, vocab = _prepare(run_dir, data_config, model_config, train_config)
+    split, fit, validation, vocab = _prepare(run_dir, data_config, model_config, train_config,
+                                             write=role.chief)
     if not len(fit):
         raise UserError(f"the train split of {data_config.dataset} is empty")
-    space = FeatureSpace(vocab, max_history=model_config.max_history)
+    with strategy.scope():  # parameter-server: the lookup tables are replicated to workers
+        space = FeatureSpace(vocab, max_history=model_config.max_history)
     models = {}
     for kind in runs.kinds_of(train_config.model):
         if runs.is_trained(run_dir, kind):
@@ -137,11 +199,27 @@ def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.Mod
             models[kind] = runs.build_trained(kind, space, model_config, run_dir)
             continue
         print(f"[{kind}] training on {len(fit):,} ratings for {train_config.epochs} epochs")
-        model, _ = fit_model(kind, space, model_config, train_config, fit, validation, run_dir)
-        model.save_weights(str(runs.weights_prefix(run_dir, kind)))
+        model, _ = fit_model(kind, space, model_config, train_config, fit, validation, run_dir,
+                             strategy=strategy)
+        _save_weights(model, runs.weights_prefix(run_dir, kind), role)
         models[kind] = model
-    run = runs.load_run(run_dir, require_trained=False)
-    run.models = models
+    if not role.chief:
+        print(f"{role}: training done; the chief evaluates and writes {run_dir}")
+        return {}
+    if _distributed(strategy):
+        run = runs.load_run(run_dir)  # evaluates single-process copies of the trained models
+    else:
+        run = runs.load_run(run_dir, require_trained=False)
+        run.models = models
     metrics = evaluate(run)
     runs.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _save_weights(model, prefix: Path, role: distribute.Role) -> None:
+    """Saves on every worker (saving may use collectives); non-chiefs write to a temp dir."""
+    if role.chief:
+        model.save_weights(str(prefix))
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save_weights(str(Path(scratch) / "weights"))

@@ -44,6 +44,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-history", dest="use_history", action="store_false")
     g.add_argument("--temperature", type=float, default=m.temperature)
     g.add_argument("--num-sampled-negatives", type=int, default=m.num_sampled_negatives)
+    g.add_argument("--per-replica-negatives", dest="cross_replica_negatives",
+                   action="store_false", help="distributed retrieval: softmax over each "
+                   "replica's own batch share instead of all replicas' candidates")
     g.add_argument("--l2", type=float, default=m.l2)
     g.add_argument("--gravity", type=float, default=m.gravity,
                    help="gravity regularizer weight on the id embeddings (mf-gravity: 1.0 if 0)")
@@ -58,6 +61,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--validation-fraction", type=float, default=t.validation_fraction)
     g.add_argument("--early-stopping-patience", type=int, default=t.early_stopping_patience)
     g.add_argument("--eval-k", type=int, default=t.eval_k)
+    g.add_argument("--strategy", default=t.strategy, choices=cfg.STRATEGIES,
+                   help="tf.distribute strategy (multi-worker kinds read TF_CONFIG); "
+                   "--batch-size is the global batch")
     g.add_argument("--hparams", help="JSON of ModelConfig/TrainConfig values (from `tune`); "
                    "they override the defaults, explicit flags override them")
 
