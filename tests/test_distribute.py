@@ -97,26 +97,46 @@ def test_mirrored_training_matches_single_process(tmp_path, single_process):
 def test_multi_worker_with_two_local_processes(tmp_path, single_process):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    out = tmp_path / "run"
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        log = open(tmp_path / f"worker{index}.log", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "trainer", "train", "--strategy", "multi-worker",
-             "--model", "all", "--epochs", "3", "--output", str(out), *SIZES],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
-    try:
-        codes = [p.wait(timeout=420) for p in procs]
-    finally:
-        for p in procs:  # bounded: a hung collective never outlives the test
-            p.kill()
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    codes, logs = _run_cluster(tmp_path, "multi-worker", cluster,
+                               [("worker", 0), ("worker", 1)], wait_for=[0, 1])
     assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert "2 replica(s) in sync; this process: worker 0" in logs[0]
     assert "worker 1: training done" in logs[1]
-    _assert_close(json.loads((out / "metrics.json").read_text()), single_process)
+    _assert_close(json.loads((tmp_path / "run" / "metrics.json").read_text()), single_process)
+
+
+def test_parameter_server_with_local_chief_worker_and_ps(tmp_path, single_process):
+    chief, worker, ps = (f"127.0.0.1:{p}" for p in _free_ports(3))
+    cluster = {"chief": [chief], "worker": [worker], "ps": [ps]}
+    # The worker and ps tasks serve until killed; the chief's exit ends the job.
+    codes, logs = _run_cluster(tmp_path, "parameter-server", cluster,
+                               [("chief", 0), ("worker", 0), ("ps", 0)], wait_for=[0])
+    assert codes[0] == 0, "\n\n".join(log[-3000:] for log in logs)
+    assert "Serving as parameter-server cluster task ps 0" in logs[2]
+    _assert_close(json.loads((tmp_path / "run" / "metrics.json").read_text()), single_process)
+
+
+def _run_cluster(tmp_path: Path, strategy: str, cluster: dict, tasks: list[tuple[str, int]],
+                 wait_for: list[int]) -> tuple[list[int], list[str]]:
+    """Starts one ``trainer train`` process per task; waits (bounded) for ``wait_for`` and
+    kills the rest. Returns the exit codes of ``wait_for`` and every task's log."""
+    procs, paths = [], []
+    for task_type, index in tasks:
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": task_type, "index": index}}))
+        paths.append(tmp_path / f"{task_type}{index}.log")
+        with open(paths[-1], "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "trainer", "train", "--strategy", strategy,
+                 "--model", "all", "--epochs", "3", "--output", str(tmp_path / "run"), *SIZES],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        codes = [procs[i].wait(timeout=420) for i in wait_for]
+    finally:
+        for p in procs:  # bounded: a hung collective or a serving task never outlives the test
+            p.kill()
+            p.wait()
+    return codes, [path.read_text() for path in paths]
 
 
 def _free_ports(n: int) -> list[int]:
