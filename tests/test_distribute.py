@@ -20,9 +20,10 @@ from tfrs_movies import config as cfg
 from tfrs_movies import distribute
 from tfrs_movies.data.synthetic import synthetic
 from tfrs_movies.errors import UserError
+from tfrs_movies.export import export
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
-from tfrs_movies.runs import build_variables
+from tfrs_movies.runs import build_variables, load_run
 from tfrs_movies.training import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,6 +93,11 @@ def test_mirrored_training_matches_single_process(tmp_path, single_process):
                     cfg.TrainConfig(model="all", strategy="mirrored", **TRAIN))
     _assert_close(metrics, single_process)
     assert json.loads((tmp_path / "config.json").read_text())["train"]["strategy"] == "mirrored"
+    # The run exports and serves like any other: weights do not depend on the strategy.
+    paths = export(load_run(tmp_path), tmp_path / "export", cfg.ExportConfig(k=20, n=5))
+    recommend = tf.saved_model.load(str(paths["recommender"])).signatures["serving_default"]
+    out = recommend(user_id=tf.constant(["u1"]), exclude_movie_ids=tf.constant([[""]]))
+    assert out["movie_ids"].shape == (1, 5)
 
 
 def test_multi_worker_with_two_local_processes(tmp_path, single_process):
