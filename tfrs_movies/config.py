@@ -89,6 +89,9 @@ class DataConfig:
 class ModelConfig:
     """Tower and model shapes, shared by retrieval, ranking and multitask models.
 
+    The defaults (with TrainConfig's learning rate and schedule) come from KerasTuner searches
+    on ML-100K validation splits (``python -m trainer tune``; README "Tuning").
+
     Attributes:
       embedding_dim: width of every id/feature embedding and of the tower outputs.
       tower_layers: hidden Dense sizes on top of each tower's concatenated features; the
@@ -116,16 +119,16 @@ class ModelConfig:
       retrieval_weight, ranking_weight: loss weights of the multitask model.
     """
 
-    embedding_dim: int = 64
+    embedding_dim: int = 32
     tower_layers: tuple[int, ...] = ()
     use_features: bool = True
     use_history: bool = True
     use_user_id: bool = True
     max_history: int = 200
     dropout: float = 0.0
-    l2: float = 0.0
+    l2: float = 5e-4
     gravity: float = 0.0
-    temperature: float = 0.5
+    temperature: float = 0.02
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     num_sampled_negatives: int = 0
@@ -175,8 +178,8 @@ class TrainConfig:
     model: str = "all"
     epochs: int = 5
     batch_size: int = 256
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"
+    learning_rate: float = 9e-3
+    lr_schedule: str = "cosine"
     validation_fraction: float = 0.0
     early_stopping_patience: int = 0
     eval_k: int = 10

@@ -12,9 +12,11 @@
 ``{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}``.
 
 The batch size is global: each step consumes ``batch_size`` examples split evenly over the
-replicas, so results are comparable across strategies. Retrieval's in-batch negatives are the
-*per-replica* batch (``batch_size / replicas`` candidates per softmax); losses are scaled so
-that the summed replica gradients equal the single-process gradient of the global batch.
+replicas. Every task loss is a mean over that global batch and regularizers are divided by the
+replica count, so the summed replica gradients equal the single-process gradient (tested).
+Retrieval's in-batch negatives are gathered across replicas by default
+(``ModelConfig.cross_replica_negatives``): each softmax sees all ``batch_size`` candidates,
+as in one process; ``--per-replica-negatives`` keeps each replica's own share only.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +69,43 @@ def _distributed(strategy: tf.distribute.Strategy) -> bool:
     return strategy is not tf.distribute.get_strategy()
 
 
+class Progress(tf.keras.callbacks.Callback):
+    """A line every ``every`` seconds (steps, examples/s, ETA) and a summary at the end: the
+    progress of long epochs where Keras prints one line per epoch (``verbose=2``)."""
+
+    def __init__(self, name: str, batch_size: int, every: float = 30.0):
+        super().__init__()
+        self.name, self.batch_size, self.every = name, batch_size, every
+        self.examples_per_s = float("nan")
+
+    def on_train_begin(self, logs=None):
+        self.start = self.last = time.perf_counter()
+        self.steps = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        now = time.perf_counter()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        per_epoch = self.params.get("steps") or 0
+        rate = self.steps * self.batch_size / (now - self.start)
+        left = ((self.params["epochs"] - self.epoch) * per_epoch - batch - 1) if per_epoch else 0
+        eta = f", ETA {left * self.batch_size / rate / 60:.1f} min" if left > 0 else ""
+        print(f"[{self.name}] epoch {self.epoch + 1}/{self.params['epochs']} step {batch + 1}"
+              f"{'/' + str(per_epoch) if per_epoch else ''}: {rate:,.0f} examples/s{eta}",
+              flush=True)
+
+    def on_train_end(self, logs=None):
+        seconds = time.perf_counter() - self.start
+        self.examples_per_s = self.steps * self.batch_size / max(seconds, 1e-9)
+        print(f"[{self.name}] {self.steps:,} steps of {self.batch_size} in {seconds:.1f} s: "
+              f"{self.examples_per_s:,.0f} examples/s (validation included)", flush=True)
+
+
 def _optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
     rate = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
@@ -112,6 +150,7 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
                 patience=train_config.early_stopping_patience, restore_best_weights=True))
     if run_dir is not None:
         callbacks += [
+            Progress(kind, batch),
             tf.keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / kind)),
             tf.keras.callbacks.TensorBoard(str(run_dir / "logs" / kind), write_graph=False),
         ]
