@@ -71,11 +71,16 @@ def _distributed(strategy: tf.distribute.Strategy) -> bool:
 
 class Progress(tf.keras.callbacks.Callback):
     """A line every ``every`` seconds (steps, examples/s, ETA) and a summary at the end: the
-    progress of long epochs where Keras prints one line per epoch (``verbose=2``)."""
+    progress of long epochs where Keras prints one line per epoch (``verbose=2``).
+
+    It never reads the batch logs, so it declares ``_supports_tf_logs``: Keras then lets it run
+    under ``ParameterServerStrategy``, whose logs are remote values (steps are counted when they
+    are scheduled there, so the rate lines run ahead of the workers; the summary does not)."""
 
     def __init__(self, name: str, batch_size: int, every: float = 30.0):
         super().__init__()
         self.name, self.batch_size, self.every = name, batch_size, every
+        self._supports_tf_logs = True
         self.examples_per_s = float("nan")
 
     def on_train_begin(self, logs=None):
