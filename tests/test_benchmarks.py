@@ -1,0 +1,159 @@
+"""The speed benchmarks' plumbing on tiny sizes: every section produces its keys and the table.
+
+Timings themselves are never asserted (they belong to ``python -m benchmarks``); what is checked
+is the arithmetic (examples per block, recall, percentiles) and that each section measures the
+thing it names.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import __main__ as bench
+from benchmarks import batch_speed, scann_speed, serving_speed, speed_exports, train_speed
+from benchmarks.timing import median, percentile_ms, time_calls
+from tfrs_movies.data.synthetic import synthetic
+
+
+def test_examples_in_counts_the_partial_last_batch():
+    # 10 rows in batches of 4: passes are 4, 4, 2
+    assert train_speed.examples_in(10, 4, 0, 3) == 10
+    assert train_speed.examples_in(10, 4, 2, 2) == 2 + 4
+    assert train_speed.examples_in(8, 4, 0, 5) == 20
+
+
+def test_percentiles_and_medians():
+    assert percentile_ms([0.001] * 98 + [0.5, 0.5], 50) == pytest.approx(1.0)
+    assert percentile_ms([0.001] * 98 + [0.5, 0.5], 99) > 100
+    assert median([3, 1, 2]) == 2
+    with pytest.raises(ValueError):
+        median([])
+    calls = []
+    assert len(time_calls(calls.append, 4, warmup=2)) == 4 and calls == [0, 1, 0, 1, 2, 3]
+
+
+def test_recall_at_k():
+    exact = np.array([[1, 2, 3], [4, 5, 6]])
+    assert scann_speed.recall_at_k(exact, exact) == 1.0
+    assert scann_speed.recall_at_k(np.array([[3, 2, 9], [7, 8, 9]]), exact) == pytest.approx(1 / 3)
+
+
+def test_scann_section_finds_the_exact_neighbours_when_searching_every_leaf(monkeypatch):
+    monkeypatch.setattr(scann_speed, "plan", lambda quick: scann_speed.Plan(
+        candidates=5000, queries=50, calls=2, leaves=20, settings=((1, 20), (20, 500))))
+    monkeypatch.setattr(scann_speed, "matmul_gflops", lambda: 10.0)
+    got = scann_speed.run(quick=True)
+    assert got["scann_sweep.20-500.recall_at_10"] >= 0.99  # every leaf, wide re-scoring
+    assert got["scann_sweep.1-20.recall_at_10"] < got["scann_sweep.20-500.recall_at_10"]
+    assert (got["scann_params.leaves_to_search"], got["scann_params.reorder"]) in ((1, 20),
+                                                                                 (20, 500))
+    assert got["scann_recall_at_10"] >= scann_speed.RECALL_GOAL
+    # 5000 x 32 multiply-adds at 10 G/s
+    assert got["brute_force_bound_ms_per_query.batch1"] == pytest.approx(0.016)
+    for batch in (1, 64):
+        assert got[f"scann_ms_per_query.batch{batch}"] > 0
+        assert got[f"brute_force_ms_per_query.batch{batch}"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    work = tmp_path_factory.mktemp("speed")
+    catalogue = speed_exports.Catalogue("tiny", users=120, movies=60, ratings=2400,
+                                        fit_rows=1000)
+    return speed_exports.build(catalogue, None, work)
+
+
+def test_speed_export_holds_every_user(tiny_export):
+    assert sorted(tiny_export.users) == sorted(f"u{i}" for i in range(1, 121))
+    assert (tiny_export.dirs["brute-force"] / "recommender").is_dir()
+
+
+def test_serving_section_measures_each_batch_and_thread_count(tiny_export):
+    plan = serving_speed.Plan(calls=3, warmup=1, batches=(1, 4), threads=(1, 2),
+                              loop_seconds=0.3)
+    got = serving_speed.measure(tiny_export.dirs["brute-force"], tiny_export.users, "tiny", plan)
+    for batch in (1, 4):
+        key = f"recommender.tiny.batch{batch}"
+        assert 0 < got[f"serving_p50_ms.{key}"] <= got[f"serving_p99_ms.{key}"]
+        assert got[f"serving_signature_p50_ms.{key}"] > 0
+    for threads in (1, 2):
+        assert got[f"serving_concurrent_rps.recommender.tiny.threads{threads}"] > 0
+
+
+def test_batch_section_scores_every_user(monkeypatch, tmp_path):
+    monkeypatch.setattr(batch_speed, "plan", lambda quick: batch_speed.Plan(
+        users=150, ratings=1500, repeats=1, baseline_users=5))
+    got = batch_speed.run(None, tmp_path, quick=True)
+    name = "synthetic-150-users"
+    assert got[f"batch_users.{name}"] == 150
+    assert got[f"batch_users_per_s.{name}"] > 0 and got[f"batch_users_per_s.{name}.one_by_one"] > 0
+
+
+def test_train_children_run_both_recipes(tmp_path):
+    data = synthetic(80, 40, 1500)
+    for name, table in (("ratings", data.ratings), ("movies", data.movies),
+                        ("users", data.users)):
+        table.to_parquet(tmp_path / f"{name}.parquet")
+    for recipe in train_speed.RECIPES:
+        for kind in train_speed.KINDS:
+            result = tmp_path / f"{recipe}-{kind}.json"
+            assert train_speed.main(["--child", "--recipe", recipe, "--kind", kind, "--data",
+                                     str(tmp_path), "--steps", "2", "--repeats", "1",
+                                     "--result", str(result)]) == 0
+            got = json.loads(result.read_text())
+            assert got["examples_per_s"] > 0 and got["peak_rss_mb"] > 0
+            flat = train_speed.flatten(got, kind, "tiny", recipe)
+            suffix = ".tutorial" if recipe == "tutorial" else ""
+            assert f"train_examples_per_s.{kind}.tiny{suffix}" in flat
+
+
+def test_table_renders_every_section():
+    r = {"machine.cpu_count": 2, "run.quick": True, "run.date": "2026-11-23", "run.seconds": 5.0,
+         "train_rows.ml100k": 80000}
+    for kind in ("retrieval", "ranking"):
+        r.update({f"train_examples_per_s.{kind}.ml100k": 9000.0,
+                  f"train_examples_per_s.{kind}.ml100k.tutorial": 3000.0,
+                  f"train_examples_per_s.{kind}.ml100k.ratio": 3.0,
+                  f"peak_rss_mb.train.{kind}.ml100k": 900.0,
+                  f"peak_rss_mb.train.{kind}.ml100k.tutorial": 800.0})
+    for batch in (1, 64):
+        r.update({f"serving_p50_ms.recommender.cat.scann.batch{batch}": 1.5,
+                  f"serving_p99_ms.recommender.cat.scann.batch{batch}": 2.5,
+                  f"brute_force_ms_per_query.batch{batch}": 10.0,
+                  f"brute_force_bound_ms_per_query.batch{batch}": 1.0,
+                  f"brute_force_bound_ratio.batch{batch}": 10.0,
+                  f"scann_ms_per_query.batch{batch}": 0.5,
+                  f"scann_speedup_vs_brute_force.batch{batch}": 20.0})
+    for threads in (1, 8):
+        r.update({f"serving_concurrent_rps.recommender.cat.threads{threads}": 100.0 * threads,
+                  f"serving_concurrent_p50_ms.recommender.cat.threads{threads}": 5.0,
+                  f"serving_concurrent_p99_ms.recommender.cat.threads{threads}": 9.0})
+    r.update({"scann_recall_at_10": 0.97, "scann_candidates": 10**6, "scann_dims": 32,
+              "scann_params.leaves": 1000, "scann_params.leaves_to_search": 40,
+              "scann_params.reorder": 200, "scann_build_seconds": 50.0, "matmul_gflops": 80.0,
+              "batch_users.s": 10, "batch_users_per_s.s.one_by_one": 100.0,
+              "batch_users_per_s.s": 2000.0, "batch_users_per_s.s.ratio": 20.0})
+    text = bench.table(r)
+    assert "| ml100k (80,000 ratings) | retrieval | 9,000 | 3,000 | 3.00 | 900 / 800 |" in text
+    assert "| cat.scann | 64 | 1.50 | 2.50 | - |" in text
+    assert "| cat | 8 | 800.0 | 5.00 | 9.00 |" in text
+    assert "recall@10 **0.9700**" in text
+    assert "| 1 | 10.000 | 1.000 | 10.0 | 0.500 | 20.0x |" in text
+    assert "| s | 10 | 2,000 | 100 | 20.0 |" in text
+
+
+def test_cli_rejects_unknown_sections_and_missing_data(tmp_path):
+    with pytest.raises(SystemExit, match="choose from"):
+        bench.main(["--output", str(tmp_path), "--only", "train,gpu"])
+    with pytest.raises(SystemExit, match="has no u.data"):
+        bench.main(["--output", str(tmp_path), "--data-dir", str(tmp_path)])
+    assert not (tmp_path / "speed.json").exists()
+
+
+def test_synthetic_users_table_is_complete():
+    # batch_speed relies on every synthetic user having ratings (a history to look up)
+    data = synthetic(150, 60, 1500)
+    assert pd.Series(data.ratings["user_id"]).nunique() == 150
