@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 
@@ -28,12 +29,26 @@ from tfrs_movies.models import build_model
 log = logging.getLogger(__name__)
 
 
-def _examples(frame: pd.DataFrame) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices({
-        "user_id": frame["user_id"].to_numpy(dtype=str),
-        "movie_id": frame["movie_id"].to_numpy(dtype=str),
-        "user_rating": frame["user_rating"].to_numpy(dtype="float32"),
-    })
+def _examples(frame: pd.DataFrame):
+    """(dataset of int32 row codes, ``decode``): the rows as small integer codes into the
+    distinct user and movie ids, and a function that turns a *batch* of codes back into the
+    string features the models read. Shuffling and batching move 12 bytes per row, not
+    strings; the ids are materialised once, as distinct values (10^7 rows of 10^6 users and
+    10^5 movies: 80 MB of codes instead of two 10^7-string tensors)."""
+    users, user_ids = pd.factorize(frame["user_id"])
+    movies, movie_ids = pd.factorize(frame["movie_id"])
+    ds = tf.data.Dataset.from_tensor_slices({
+        "user": users.astype(np.int32), "movie": movies.astype(np.int32),
+        "user_rating": frame["user_rating"].to_numpy(dtype="float32")})
+    user_table = tf.constant(np.asarray(user_ids, dtype=str))
+    movie_table = tf.constant(np.asarray(movie_ids, dtype=str))
+
+    def decode(codes):
+        return {"user_id": tf.gather(user_table, codes["user"]),
+                "movie_id": tf.gather(movie_table, codes["movie"]),
+                "user_rating": codes["user_rating"]}
+
+    return ds, decode
 
 
 def _shuffled(ds: tf.data.Dataset, size: int, seed: int | None) -> tf.data.Dataset:
@@ -44,8 +59,9 @@ def _shuffled(ds: tf.data.Dataset, size: int, seed: int | None) -> tf.data.Datas
 
 def make_dataset(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None):
     """Rating rows -> batches of ``{"user_id", "movie_id": [B] string, "user_rating": [B]}``."""
-    ds = _shuffled(_examples(frame), len(frame), shuffle_seed)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds, decode = _examples(frame)
+    ds = _shuffled(ds, len(frame), shuffle_seed).batch(batch_size)
+    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, frame: pd.DataFrame,
@@ -54,10 +70,11 @@ def distributed_dataset(strategy: tf.distribute.Strategy, frame: pd.DataFrame,
     reads its shard of the rows and yields per-replica batches, repeated forever so that
     every worker runs the same number of steps (``len(frame) // global_batch``)."""
     def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        ds = _examples(frame).shard(context.num_input_pipelines, context.input_pipeline_id)
+        ds, decode = _examples(frame)
+        ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
         ds = _shuffled(ds, len(frame), shuffle_seed).repeat()
         ds = ds.batch(context.get_per_replica_batch_size(global_batch), drop_remainder=True)
-        return ds.prefetch(tf.data.AUTOTUNE)
+        return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     steps = max(1, len(frame) // global_batch)
     if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
