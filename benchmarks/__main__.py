@@ -107,13 +107,16 @@ def table(r: dict) -> str:
                 f"searched, {r['scann_params.reorder']} re-scored exactly; index built in "
                 f"{_fmt(r['scann_build_seconds'], 1)} s): recall@10 "
                 f"**{r['scann_recall_at_10']:.4f}** against brute force. Matmul rate "
-                f"{_fmt(r['matmul_gflops'], 1)} G multiply-adds/s.", "",
-                "| batch | brute force ms/query | its bound ms/query | measured / bound | "
-                "ScaNN ms/query | ScaNN speed-up |", "|---:|---:|---:|---:|---:|---:|"]
+                f"{_fmt(r['matmul_gflops'], 1)} G multiply-adds/s, memory read "
+                f"{_fmt(r.get('memory_read_gb_per_s'), 1)} GB/s.", "",
+                "| batch | brute force ms/query | arithmetic bound ms/query | measured / bound | "
+                "memory bound ms/query | ScaNN ms/query | ScaNN speed-up |",
+                "|---:|---:|---:|---:|---:|---:|---:|"]
         for batch in (1, 64):
             out.append(f"| {batch} | {_fmt(r[f'brute_force_ms_per_query.batch{batch}'], 3)} | "
                        f"{_fmt(r[f'brute_force_bound_ms_per_query.batch{batch}'], 3)} | "
                        f"{_fmt(r[f'brute_force_bound_ratio.batch{batch}'], 1)} | "
+                       f"{_fmt(r.get(f'brute_force_memory_bound_ms_per_query.batch{batch}'), 3)} | "
                        f"{_fmt(r[f'scann_ms_per_query.batch{batch}'], 3)} | "
                        f"{_fmt(r[f'scann_speedup_vs_brute_force.batch{batch}'], 1)}x |")
         out.append("")

@@ -23,6 +23,10 @@ Figures (``B`` is 1 or 64 queries per call):
   matmul_gflops                            float32 multiply-add rate of a large square matmul
   brute_force_bound_ms_per_query.batchB    candidates x dims multiply-adds at that rate
   brute_force_bound_ratio.batchB           measured / bound (1.0 would be the bound)
+  memory_read_gb_per_s                     rate of one pass summing the candidate table
+  brute_force_memory_bound_ms_per_query.batchB   reading the table once per call at that
+                                           rate, shared by the call's B queries (at batch 1
+                                           brute force is bound by memory, not arithmetic)
 """
 from __future__ import annotations
 
@@ -89,6 +93,13 @@ def matmul_gflops(size: int = 2048, calls: int = 10) -> float:
     return size ** 3 / median(seconds) / 1e9
 
 
+def memory_gb_per_s(table: tf.Tensor, calls: int = 10) -> float:
+    """Bytes per second (10^9) of reading ``table`` once (a sum over it), median of calls."""
+    total = tf.function(lambda: tf.reduce_sum(table))
+    seconds = time_calls(lambda i: total().numpy(), calls, warmup=2)
+    return table.shape.num_elements() * table.dtype.size / median(seconds) / 1e9
+
+
 def _per_query_ms(fn, queries: np.ndarray, batch: int, calls: int) -> float:
     """Median ms per query of ``fn(batch of queries)`` over ``calls`` calls."""
     rows = len(queries) - batch + 1
@@ -151,6 +162,8 @@ def run(quick: bool) -> dict:
 
     gflops = matmul_gflops()
     out["matmul_gflops"] = round(gflops, 1)
+    bandwidth = memory_gb_per_s(table)
+    out["memory_read_gb_per_s"] = round(bandwidth, 1)
     chosen = scann_search(leaves, reorder)
     for batch in (1, 64):
         brute_ms = _per_query_ms(lambda q: brute(q).numpy(), queries, batch, settings.calls)
@@ -161,5 +174,7 @@ def run(quick: bool) -> dict:
         out[f"scann_speedup_vs_brute_force.batch{batch}"] = round(brute_ms / scann_ms, 2)
         out[f"brute_force_bound_ms_per_query.batch{batch}"] = round(bound_ms, 4)
         out[f"brute_force_bound_ratio.batch{batch}"] = round(brute_ms / bound_ms, 2)
+        out[f"brute_force_memory_bound_ms_per_query.batch{batch}"] = round(
+            candidates.nbytes / (bandwidth * 1e9) * 1000.0 / batch, 4)
     out["scann_speedup_vs_brute_force"] = out["scann_speedup_vs_brute_force.batch1"]
     return out

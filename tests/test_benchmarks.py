@@ -53,6 +53,10 @@ def test_scann_section_finds_the_exact_neighbours_when_searching_every_leaf(monk
     assert got["scann_recall_at_10"] >= scann_speed.RECALL_GOAL
     # 5000 x 32 multiply-adds at 10 G/s
     assert got["brute_force_bound_ms_per_query.batch1"] == pytest.approx(0.016)
+    assert got["memory_read_gb_per_s"] > 0
+    # one read of the 5000 x 32 float32 table (640,000 bytes) per call
+    assert got["brute_force_memory_bound_ms_per_query.batch1"] == pytest.approx(
+        0.64 / got["memory_read_gb_per_s"], rel=0.02)
     for batch in (1, 64):
         assert got[f"scann_ms_per_query.batch{batch}"] > 0
         assert got[f"brute_force_ms_per_query.batch{batch}"] > 0
@@ -141,7 +145,7 @@ def test_table_renders_every_section():
     assert "| cat.scann | 64 | 1.50 | 2.50 | - |" in text
     assert "| cat | 8 | 800.0 | 5.00 | 9.00 |" in text
     assert "recall@10 **0.9700**" in text
-    assert "| 1 | 10.000 | 1.000 | 10.0 | 0.500 | 20.0x |" in text
+    assert "| 1 | 10.000 | 1.000 | 10.0 | - | 0.500 | 20.0x |" in text
     assert "| s | 10 | 2,000 | 100 | 20.0 |" in text
 
 

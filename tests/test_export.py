@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfrs_movies.config import ExportConfig, ModelConfig
 from tfrs_movies.errors import UserError
-from tfrs_movies.export import export, models_config
+from tfrs_movies.export import PopularFallback, export, models_config
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.training import make_dataset
@@ -162,3 +162,18 @@ def test_versions_are_never_overwritten(trained, tmp_path):
         export(trained, tmp_path, ExportConfig(k=10, n=3, version=1))
     assert marker.read_bytes() == before
     assert not (tmp_path / "ranking" / "3").exists()
+
+
+def test_popular_fallback_equals_masking_the_whole_catalogue():
+    rng = np.random.default_rng(0)
+    popularity = rng.integers(0, 6, size=300).astype(np.float64)  # many ties
+    excluded = rng.integers(-1, 300, size=(7, 40))
+    excluded[0] = np.argsort(-popularity, kind="stable")[:40]  # the 40 most popular
+    got_scores, got = PopularFallback(popularity)(tf.constant(excluded), 25)
+    full = np.tile(np.log1p(popularity).astype(np.float32), (7, 1))
+    for row, ex in enumerate(excluded):
+        full[row, ex[ex >= 0]] = -np.inf
+    want_scores, want = tf.math.top_k(full, 25)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    np.testing.assert_array_equal(got_scores.numpy(), want_scores.numpy())
+    assert not set(got.numpy()[0]) & set(excluded[0])

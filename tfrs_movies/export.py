@@ -76,6 +76,30 @@ def _pad(scores: tf.Tensor, ids: tf.Tensor, width: int):
             tf.pad(ids, [[0, 0], [0, missing]], constant_values=""))
 
 
+class PopularFallback(tf.Module):
+    """The top ``k`` catalogue positions by popularity, each row's exclusions masked out.
+
+    Only the ``k + E`` most popular movies can be among them (E: exclusions per row), so only
+    those are scored: O(batch x (k + E)), never a [batch, catalogue] matrix.
+    """
+
+    def __init__(self, popularity: np.ndarray):
+        super().__init__()
+        order = np.argsort(-popularity, kind="stable")  # ties keep catalogue order
+        self.order = tf.constant(order, tf.int64)
+        self.scores = tf.constant(np.log1p(popularity[order]).astype(np.float32))
+        self.rank = tf.constant(np.argsort(order, kind="stable"), tf.int64)  # position -> rank
+
+    def __call__(self, excluded, k):
+        """[B, E] catalogue positions (-1: none), k <= catalogue -> (scores, positions) [B, k]."""
+        width = tf.minimum(tf.shape(self.order)[0], k + tf.shape(excluded)[1])
+        scores = tf.tile(self.scores[None, :width], [tf.shape(excluded)[0], 1])
+        ranks = tf.gather(self.rank, tf.maximum(excluded, 0))
+        ranks = tf.where((excluded >= 0) & (ranks < tf.cast(width, tf.int64)), ranks, -1)
+        scores, top = tf.math.top_k(_mask(scores, ranks), k)
+        return scores, tf.gather(self.order, top)
+
+
 class _Retriever(tf.Module):
     """Top-k catalogue movies for [B] users, with exclusions and a popularity fallback."""
 
@@ -88,8 +112,8 @@ class _Retriever(tf.Module):
         self.positions = _id_table(movie_ids)
         embeddings = embed(model.movie_embedding, movie_ids)
         self.embeddings = tf.Variable(embeddings, trainable=False, name="candidate_embeddings")
-        # Popularity scores for users the model knows nothing about.
-        self.popularity = tf.constant(np.log1p(popularity).astype(np.float32))
+        # Users the model knows nothing about get the most popular allowed movies.
+        self.fallback = PopularFallback(popularity)
         # Catalogue positions of each known user's rated movies (row 0: unknown user), so the
         # served lists hold unseen movies without the client sending the whole history.
         self.seen = None
@@ -120,21 +144,20 @@ class _Retriever(tf.Module):
             seen = tf.gather(self.seen, rows).to_tensor(default_value=-1)
             excluded = tf.concat([excluded, seen], axis=1)
         query = self.model.user_embedding(user_id)
-        batch = tf.shape(user_id)[0]
-        fallback = _mask(tf.tile(self.popularity[None, :], [batch, 1]), excluded)
+        known = self.known(user_id)[:, None]
         if self.index is None:
             scores = tf.matmul(query, self.embeddings, transpose_b=True)
-            scores = tf.where(self.known(user_id)[:, None], _mask(scores, excluded), fallback)
-            scores, top = tf.math.top_k(scores, self.k)
-            ids = tf.gather(self.movie_ids, top)
+            scores, top = tf.math.top_k(_mask(scores, excluded), self.k)
+            pop_scores, pop_top = self.fallback(excluded, self.k)
+            scores = tf.where(known, scores, pop_scores)
+            ids = tf.gather(self.movie_ids, tf.where(known, top, tf.cast(pop_top, top.dtype)))
         else:
             # Over-fetch from the approximate index, then drop excluded hits (exact masking).
             hit_scores, hit_ids = _pad(*self.index(query), self.k)
             hit_positions = self.positions.lookup(hit_ids)  # padding "" -> -1, already -inf
             dropped = tf.reduce_any(hit_positions[:, :, None] == excluded[:, None, :], axis=2)
             hit_scores = tf.where(dropped, _NEG, hit_scores)
-            pop_scores, pop_top = tf.math.top_k(fallback, tf.shape(hit_scores)[1])
-            known = self.known(user_id)[:, None]
+            pop_scores, pop_top = self.fallback(excluded, tf.shape(hit_scores)[1])
             hit_scores = tf.where(known, hit_scores, pop_scores)
             hit_ids = tf.where(known, hit_ids, tf.gather(self.movie_ids, pop_top))
             scores, top = tf.math.top_k(hit_scores, self.k)
