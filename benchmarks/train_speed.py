@@ -109,7 +109,8 @@ def prepare(dataset: Dataset, data_dir: Path, folder: Path) -> Path:
 
 def run(data_dir: Path, work: Path, quick: bool) -> dict:
     """Every (data, kind, recipe) measurement, each in a child process; flat keys."""
-    out: dict = {"train_batch_size.ours": 256, "train_batch_size.tutorial": TUTORIAL_BATCH}
+    out: dict = {"train_batch_size.ours": TrainConfig().batch_size,
+                 "train_batch_size.tutorial": TUTORIAL_BATCH}
     for dataset in datasets(quick):
         print(f"train: preparing {dataset.name}", flush=True)
         folder = prepare(dataset, data_dir, work / f"train-{dataset.name}")
@@ -170,9 +171,11 @@ def timed_fit(model, dataset, rows: int, batch: int, steps: int, repeats: int) -
     return {"examples_per_s": median(rates), "warmup_seconds": seconds[0]}
 
 
-def _ours(kind: str, ratings: pd.DataFrame, movies, users, steps: int, repeats: int) -> dict:
+def _ours(kind: str, ratings: pd.DataFrame, movies, users, steps: int, repeats: int,
+          batch_size: int | None = None) -> dict:
     """Our training path, compiled as `fit_model` compiles it (no callbacks, no run dir)."""
-    config, train_config = ModelConfig(), TrainConfig()
+    config = ModelConfig()
+    train_config = TrainConfig(**({"batch_size": batch_size} if batch_size else {}))
     start = time.perf_counter()
     vocab = Vocabulary.build(ratings, movies, users)
     vocab_seconds = time.perf_counter() - start
@@ -253,7 +256,8 @@ def child(args) -> int:
     ratings, movies, users = (pd.read_parquet(Path(args.data) / f"{name}.parquet")
                               for name in _TABLES)
     if args.recipe == "ours":
-        result = _ours(args.kind, ratings, movies, users, args.steps, args.repeats)
+        result = _ours(args.kind, ratings, movies, users, args.steps, args.repeats,
+                       args.batch_size)
     else:
         result = _tutorial(args.kind, ratings, movies, args.steps, args.repeats)
     write_result(args.result, result)
@@ -269,6 +273,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, help="folder written by prepare()")
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int,
+                        help="our recipe's batch (default: TrainConfig's)")
     parser.add_argument("--result", required=True)
     return child(parser.parse_args(argv))
 
