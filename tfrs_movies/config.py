@@ -102,7 +102,9 @@ class ModelConfig:
         history and demographics, which generalizes to users unseen in training).
       max_history: longest history used per user (most recent kept).
       dropout: dropout rate inside the towers and the ranking MLP.
-      l2: L2 weight on the embedding tables.
+      l2: L2 weight on the embedding tables; None: the model kind's own default
+        (``default_l2`` of its class: 5e-4, tuned on ML-100K, for retrieval, ranking and
+        multitask; 0 for the seed-report models, which that weight flattens).
       gravity: weight of the gravity regularizer ``sum((U^T U) * (V^T V)) / (M N)`` on the
         user and movie id embedding tables (pushes unobserved pairs' scores towards 0).
       temperature: softmax temperature of the retrieval task.
@@ -126,7 +128,7 @@ class ModelConfig:
     use_user_id: bool = True
     max_history: int = 200
     dropout: float = 0.0
-    l2: float = 5e-4
+    l2: float | None = None
     gravity: float = 0.0
     temperature: float = 0.02
     logq_correction: bool = True

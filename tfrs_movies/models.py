@@ -6,6 +6,8 @@ Every model takes batches of ``{"user_id": [B] string, "movie_id": [B] string,
 """
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -25,6 +27,7 @@ class _TwoTowers(tfrs.Model):
 
     retrieves = False
     rates = False
+    default_l2 = 5e-4  # ``ModelConfig.l2`` when left at None: tuned on ML-100K validation
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -255,7 +258,11 @@ KINDS = {"retrieval": RetrievalModel, "ranking": RankingModel, "multitask": Mult
 
 
 def build_model(kind: str, space: FeatureSpace, config: ModelConfig) -> _TwoTowers:
-    """The one model builder, shared by train and tune: ``kind`` is a key of ``KINDS``."""
+    """The one model builder, shared by train and tune: ``kind`` is a key of ``KINDS``.
+
+    ``config.l2`` left at None becomes the kind's ``default_l2``."""
+    if config.l2 is None:
+        config = dataclasses.replace(config, l2=KINDS[kind].default_l2)
     return KINDS[kind](space, config, name=kind)
 
 
