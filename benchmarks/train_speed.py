@@ -5,7 +5,7 @@
 Figures (``KIND`` is retrieval or ranking, ``DATA`` ml100k or synthetic-10M/-1M):
   train_examples_per_s.KIND.DATA           ours: `tfrs_movies.training.make_dataset` + the
                                            `build_model` models with `ModelConfig()` defaults,
-                                           Adam as `fit_model` compiles it, batch 256
+                                           the optimizer `fit_model` compiles, batch 256
   train_examples_per_s.KIND.DATA.tutorial  the TFRS basic retrieval / basic ranking tutorials,
                                            written out below: StringLookup + Embedding(32)
                                            towers, Adagrad(0.1), batch 8192, shuffle(100_000)
@@ -44,7 +44,7 @@ from tfrs_movies.data import load, make_split
 from tfrs_movies.data.synthetic import synthetic
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
-from tfrs_movies.training import make_dataset
+from tfrs_movies.training import make_dataset, make_optimizer
 
 KINDS = ("retrieval", "ranking")
 RECIPES = ("ours", "tutorial")
@@ -185,7 +185,7 @@ def _ours(kind: str, ratings: pd.DataFrame, movies, users, steps: int, repeats: 
     tf.keras.utils.set_random_seed(train_config.seed)
     model = build_model(kind, space, config)
     runs.build_variables(model, space)
-    model.compile(optimizer=tf.keras.optimizers.Adam(train_config.learning_rate))
+    model.compile(optimizer=make_optimizer(train_config, steps * (repeats + 1)))
     dataset = make_dataset(ratings, train_config.batch_size, train_config.seed).repeat()
     result = timed_fit(model, dataset, len(ratings), train_config.batch_size, steps, repeats)
     return {**result, "vocab_seconds": vocab_seconds, "feature_space_seconds": space_seconds}

@@ -98,7 +98,6 @@ class Progress(tf.keras.callbacks.Callback):
         super().__init__()
         self.name, self.batch_size, self.every = name, batch_size, every
         self._supports_tf_logs = True
-        self.examples_per_s = float("nan")
 
     def on_train_begin(self, logs=None):
         self.start = self.last = time.perf_counter()
@@ -123,12 +122,13 @@ class Progress(tf.keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         seconds = time.perf_counter() - self.start
-        self.examples_per_s = self.steps * self.batch_size / max(seconds, 1e-9)
+        rate = self.steps * self.batch_size / max(seconds, 1e-9)
         print(f"[{self.name}] {self.steps:,} steps of {self.batch_size} in {seconds:.1f} s: "
-              f"{self.examples_per_s:,.0f} examples/s (validation included)", flush=True)
+              f"{rate:,.0f} examples/s (validation included)", flush=True)
 
 
-def _optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
+def make_optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
+    """Adam at ``learning_rate``, decayed to 0 over ``steps`` with the cosine schedule."""
     rate = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(steps, 1))
@@ -159,7 +159,7 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
     with strategy.scope():
         model = build_model(kind, space, model_config)
         runs.build_variables(model, space)  # BackupAndRestore needs every variable up front
-        model.compile(optimizer=_optimizer(train_config, steps))
+        model.compile(optimizer=make_optimizer(train_config, steps))
     callbacks = list(callbacks or [])
     val_ds = None
     if validation is not None and len(validation):
