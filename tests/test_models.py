@@ -124,3 +124,36 @@ def test_gravity_equals_the_dense_definition():
     dense = np.sum((users @ movies.T) ** 2) / (5 * 7)
     got = gravity(tf.constant(users, tf.float32), tf.constant(movies, tf.float32)).numpy()
     assert got == pytest.approx(dense, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ranking", "multitask"])
+def test_listwise_rate_equals_pairs(tiny_tables, space, kind):
+    """``rate`` on [B, K] lists gives what ``predict_rating`` gives each pair (K = 1)."""
+    tf.keras.utils.set_random_seed(2)
+    model = build_model(kind, space, CONFIGS["full"])
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    model.fit(make_dataset(tiny_tables[0], 64, shuffle_seed=2), epochs=1, verbose=0)
+    users, movies = ["u1", "u2"], ["m1", "m2", "m3", "nothing"]
+    lists = model.rate(model.rating_user(tf.constant(users)),
+                       tf.stack([model.rating_movie(tf.constant(movies))] * 2))
+    pairs = model.predict_rating(tf.constant([u for u in users for _ in movies]),
+                                 tf.constant(movies * 2))
+    np.testing.assert_allclose(lists.numpy().ravel(), pairs.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["full", "deep-sampled"])
+def test_multitask_runs_each_tower_once_per_step(tiny_tables, space, name):
+    model = build_model("multitask", space, CONFIGS[name])
+    calls = {"user_tower": 0, "movie_tower": 0}
+    for tower in calls:
+        layer = getattr(model, tower)
+        original = layer.call
+
+        def counted(*args, _original=original, _tower=tower, **kwargs):
+            calls[_tower] += 1
+            return _original(*args, **kwargs)
+
+        layer.call = counted
+    batch = next(iter(make_dataset(tiny_tables[0], 16)))
+    model.compute_loss(batch, training=True)
+    assert calls == {"user_tower": 1, "movie_tower": 1}

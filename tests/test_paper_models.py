@@ -11,7 +11,8 @@ import tensorflow as tf
 from tfrs_movies import runs
 from tfrs_movies.config import MODELS, ModelConfig
 from tfrs_movies.features import FeatureSpace, Vocabulary
-from tfrs_movies.models import KINDS, build_model, gravity
+from tfrs_movies.kinds import KINDS, model_class
+from tfrs_movies.models import _TwoTowers, build_model, gravity
 from tfrs_movies.paper_models import DEFAULT_GRAVITY
 from tfrs_movies.training import make_dataset
 from trainer.__main__ import main
@@ -37,8 +38,10 @@ def _fit(kind, space, ratings, config=CONFIG, epochs=2):
     return model, history.history["loss"]
 
 
-def test_variants_are_registered():
-    assert set(VARIANTS) <= set(KINDS) and set(VARIANTS) <= set(MODELS)
+def test_every_kind_is_registered_once_and_built_through_its_base_class():
+    assert set(VARIANTS) <= set(KINDS) and set(KINDS) | {"all"} == set(MODELS)
+    for kind in KINDS:
+        assert issubclass(model_class(kind), _TwoTowers)
 
 
 @pytest.mark.parametrize("kind", VARIANTS)
@@ -47,9 +50,11 @@ def test_variant_trains_embeds_and_reloads(tiny_tables, space, kind, tmp_path):
     model, losses = _fit(kind, space, ratings)
     assert np.all(np.isfinite(losses))
     users, movies = tf.constant(["u1", "u0", "nobody"]), tf.constant(["m1", "m2", "nothing"])
-    # mf folds the movie bias into the embeddings: [u, 1] . [v, b_m] (D + 1 wide).
+    # mf folds the movie bias into the embeddings: [u, 1] . [v, b_m] (D + 1 wide); the config
+    # still says D, the width of its towers.
     width = 9 if kind.startswith("mf") else 8
-    assert model.config.embedding_dim == width
+    assert model.config.embedding_dim == 8
+    assert model.user_tower(space.user_features(users)).shape == (3, 8)
     assert model.user_embedding(users).shape == (3, width)
     assert model.movie_embedding(movies).shape == (3, width)
     assert model.retrieves == (kind != "rating-classes")
@@ -101,8 +106,10 @@ def test_softmax_history_serves_new_users_from_history(tiny_tables, space):
 
 def test_rating_classes_has_a_class_per_rating_value(tiny_tables, space):
     model, _ = _fit("rating-classes", space, tiny_tables[0])
-    logits = model.class_logits(tf.constant(["u1"]), tf.constant(["m1"]))
-    assert logits.shape == (1, len(space.vocab.rating_values))
+    users = model.rating_user(tf.constant(["u1", "u2"]))
+    movies = model.rating_movie(tf.constant(["m1", "m2", "m3", "m1", "m2", "m3"]))
+    logits = model.head(users, tf.reshape(movies, [2, 3, -1]))
+    assert logits.shape == (2, 3, len(space.vocab.rating_values))
 
 
 def test_train_with_min_movie_ratings_then_analyze(tmp_path, capsys):

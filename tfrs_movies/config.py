@@ -11,14 +11,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tfrs_movies import kinds
 from tfrs_movies.errors import UserError
 
 DATASETS = ("movielens/100k", "movielens/1m", "movielens/10m", "movielens/20m", "movielens/25m",
             "movielens/latest-small", "csv", "synthetic")
 SPLITS = ("random", "user", "temporal", "leave-last", "strong")
 STRATEGIES = ("default", "mirrored", "multi-worker", "parameter-server")
-MODELS = ("retrieval", "ranking", "multitask", "all", "mf", "mf-gravity", "softmax-history",
-          "rating-classes")
+MODELS = kinds.CHOICES  # every model kind (``tfrs_movies.kinds``) and ``all``
 
 
 @dataclasses.dataclass(frozen=True)

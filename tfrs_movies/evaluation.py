@@ -55,9 +55,9 @@ def evaluate_retrieval(model, movie_ids: list[str], seen: pd.DataFrame, test: pd
     movie_pos = pd.Series(np.arange(len(movies)), index=movies)
     test_rows, test_cols = _pairs(test, user_pos, movie_pos)
     scored = np.unique(test_rows)
-    user_emb = np.zeros((len(users), model.config.embedding_dim), np.float32)
-    user_emb[scored] = embed(model.user_embedding, users[scored])
     movie_emb = embed(model.movie_embedding, movies)
+    user_emb = np.zeros((len(users), movie_emb.shape[1]), np.float32)
+    user_emb[scored] = embed(model.user_embedding, users[scored])
     result = M.evaluate_topk(user_emb, movie_emb, _pairs(seen, user_pos, movie_pos),
                              (test_rows, test_cols), k=min(k, len(movies)),
                              exclude_train=exclude_seen)

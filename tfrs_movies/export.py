@@ -1,4 +1,4 @@
-"""Serving modules and the TF Serving export layout (the serving contract of DESIGN.md).
+"""Serving modules and the TF Serving export layout (signatures: ``tfrs_movies.contract``).
 
 ``export(run, export_dir, config)`` writes::
 
@@ -8,12 +8,17 @@
     DIR/recommender/N/             as retrieval -> movie_ids, titles, scores, ratings [B,n]
     DIR/similar_movies/N/          movie_ids [B,E] ("" pads) -> movie_ids, scores [B,K] (cosine)
 
-Every signature is ``serving_default`` with named outputs. Users, movies and their features are
-looked up in-graph (``FeatureSpace``), so clients send ids. Retrieval and the recommender leave
-out the movies each user rated in the run's train data (frozen at export; ``exclude_seen``)
-as well as the ids the client excludes. Unknown users (no id, no history) and rows with no
-known seed movie get the most popular movies; excluded ids never come back.
-Candidate embeddings are non-trainable variables (no 2 GB GraphDef limit at 10^6 movies).
+Towers are computed once, here: every known user's query embedding and rating representation
+and every catalogue movie's candidate embedding and rating representation are stored as
+non-trainable variables (no 2 GB GraphDef limit at 10^6 movies). Every user the run knows (the
+users table and the train users) has a row; row 0 is the unknown user, whose representation is
+what the towers give an unknown id. A request is id lookups, gathers, one index search, top-k
+and one ``[B, K]`` call of the rating head; no tower runs in a serving graph.
+
+Retrieval and the recommender leave out the movies each user rated in the run's train data
+(``exclude_seen``) as well as the ids the client excludes. Unknown users (no row) and rows with
+no known seed movie get the most popular allowed movies. Requests are processed in chunks of
+``contract.MAX_ROWS_PER_CALL`` rows, so one call's memory is bounded by the chunk.
 """
 from __future__ import annotations
 
@@ -24,218 +29,270 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
+from tfrs_movies import contract
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import embed
+from tfrs_movies.index import BruteForce, Popular, make_index
 
-MODELS = ("retrieval", "ranking", "recommender", "similar_movies")
-# The ScaNN index is asked for k + this many neighbours, so up to this many excluded hits can
-# be dropped and k results still remain.
-SCANN_EXCLUSION_SLACK = 100
-# ... plus the longest known history (seen movies are dropped too), up to this many.
-SCANN_MAX_SEEN = 1000
+MODELS = contract.MODELS
 _NEG = float("-inf")
+_DTYPES = {"string": tf.string, "float32": tf.float32}
 
 
-def _id_table(ids: np.ndarray) -> tf.lookup.StaticHashTable:
-    """String id -> its position in ``ids``; unknown ids (and "") -> -1."""
+def _spec(model: str) -> list[tf.TensorSpec]:
+    """The contract's inputs of ``model`` as TensorSpecs, every dimension dynamic."""
+    return [tf.TensorSpec([None] * len(t.shape), _DTYPES[t.dtype], name=t.name)
+            for t in contract.signature(model).inputs]
+
+
+def _id_table(ids: np.ndarray, first: int = 0) -> tf.lookup.StaticHashTable:
+    """String id -> ``first`` + its position in ``ids``; unknown ids (and "") -> ``first - 1``."""
     return tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)),
-        default_value=-1)
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(ids, tf.string), tf.range(first, first + len(ids), dtype=tf.int64)),
+        default_value=first - 1)
 
 
-def _mask(scores: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
-    """Sets ``scores[b, positions[b, e]]`` to -inf for every position >= 0.
+def _chunked(fn, inputs: list[tf.Tensor], outputs: dict[str, tf.TensorSpec],
+             rows: int = contract.MAX_ROWS_PER_CALL) -> dict[str, tf.Tensor]:
+    """``fn(*inputs)`` on at most ``rows`` rows at a time; every input is [B, ...].
 
-    O(batch x exclusions) scatter, never a catalogue x exclusions comparison.
+    A request of up to ``rows`` rows runs as one call; a larger one is padded to a multiple
+    of ``rows`` (strings with "", an unknown id) and mapped over its chunks one after the
+    other, so its memory is that of one chunk plus the outputs.
     """
-    hit = tf.where(positions >= 0)  # [H, 2]: (row, column in positions)
-    index = tf.stack([hit[:, 0], tf.gather_nd(positions, hit)], axis=1)
-    return tf.tensor_scatter_nd_update(scores, index, tf.fill([tf.shape(index)[0]], _NEG))
+    b = tf.shape(inputs[0])[0]
+
+    def in_chunks():
+        n = (b + rows - 1) // rows
+        parts = []
+        for t in inputs:
+            padding = [[0, n * rows - b]] + [[0, 0]] * (t.shape.rank - 1)
+            t = tf.pad(t, padding, constant_values="" if t.dtype == tf.string else 0)
+            parts.append(tf.reshape(t, tf.concat([[n, rows], tf.shape(t)[1:]], 0)))
+        out = tf.map_fn(lambda xs: fn(*xs), parts, fn_output_signature=outputs,
+                        parallel_iterations=1)
+        return {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))[:b]
+                for k, v in out.items()}
+
+    return tf.cond(b <= rows, lambda: fn(*inputs), in_chunks)
 
 
-def scann_index(k: int, num_candidates: int) -> tfrs.layers.factorized_top_k.ScaNN:
-    """A ScaNN layer sized for the catalogue: about sqrt(M) partitions (leaves), enough of them
-    searched to hold about 4k candidates (at least a tenth), and exact re-scoring of the best
-    ``max(10k, 200)`` of those."""
-    leaves = max(2, min(2000, int(np.sqrt(num_candidates))))
-    searched = int(np.ceil(leaves * min(1.0, 4.0 * k / num_candidates)))
-    return tfrs.layers.factorized_top_k.ScaNN(
-        k=k, distance_measure="dot_product", num_leaves=leaves,
-        num_leaves_to_search=min(leaves, max(1, leaves // 10, searched)),
-        training_iterations=12, dimensions_per_block=2,
-        num_reordering_candidates=max(10 * k, 200))
+def _same_rows(a: tf.Tensor, b: tf.Tensor, a_name: str, b_name: str):
+    """Asserts that the request's two inputs have as many rows, naming both."""
+    return tf.debugging.assert_equal(
+        tf.shape(a)[0], tf.shape(b)[0],
+        message=f"{a_name} and {b_name} must have the same number of rows (B); got "
+                f"{a_name} rows, {b_name} rows")
 
 
-def _pad(scores: tf.Tensor, ids: tf.Tensor, width: int):
-    """Pads [B, w] hits to at least ``width`` columns with (-inf, "")."""
-    missing = tf.maximum(width - tf.shape(scores)[1], 0)
-    return (tf.pad(scores, [[0, 0], [0, missing]], constant_values=_NEG),
-            tf.pad(ids, [[0, 0], [0, missing]], constant_values=""))
+class _Users(tf.Module):
+    """Every user the run knows -> a row (1..U) of the per-user tables; unknown -> 0."""
 
-
-class PopularFallback(tf.Module):
-    """The top ``k`` catalogue positions by popularity, each row's exclusions masked out.
-
-    Only the ``k + E`` most popular movies can be among them (E: exclusions per row), so only
-    those are scored: O(batch x (k + E)), never a [batch, catalogue] matrix.
-    """
-
-    def __init__(self, popularity: np.ndarray):
+    def __init__(self, vocab):
         super().__init__()
-        order = np.argsort(-popularity, kind="stable")  # ties keep catalogue order
-        self.order = tf.constant(order, tf.int64)
-        self.scores = tf.constant(np.log1p(popularity[order]).astype(np.float32))
-        self.rank = tf.constant(np.argsort(order, kind="stable"), tf.int64)  # position -> rank
+        self.ids = np.asarray(sorted(set(vocab.catalog_users) | set(vocab.user_ids)), dtype=str)
+        self.rows = _id_table(self.ids, first=1)
+        # The towers' input for row 0: "" is unknown everywhere, so row 0 is the OOV user.
+        self.with_unknown = np.concatenate([[""], self.ids])
 
-    def __call__(self, excluded, k):
-        """[B, E] catalogue positions (-1: none), k <= catalogue -> (scores, positions) [B, k]."""
-        width = tf.minimum(tf.shape(self.order)[0], k + tf.shape(excluded)[1])
-        scores = tf.tile(self.scores[None, :width], [tf.shape(excluded)[0], 1])
-        ranks = tf.gather(self.rank, tf.maximum(excluded, 0))
-        ranks = tf.where((excluded >= 0) & (ranks < tf.cast(width, tf.int64)), ranks, -1)
-        scores, top = tf.math.top_k(_mask(scores, ranks), k)
-        return scores, tf.gather(self.order, top)
+    def table(self, fn, name: str) -> tf.Variable:
+        """``fn`` ([B] ids -> [B, D]) of every row, as a [U + 1, D] non-trainable variable."""
+        return tf.Variable(embed(fn, self.with_unknown), trainable=False, name=name)
+
+
+class _Catalogue(tf.Module):
+    """Catalogue movies: id -> position (-1 unknown), titles, popularity, seen lists."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.ids_np = np.asarray(vocab.catalog_movies, dtype=str)
+        self.ids = tf.constant(self.ids_np)
+        self.titles = tf.constant(np.asarray(vocab.catalog_titles, dtype=str))
+        self.positions = _id_table(self.ids_np)
+        counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
+        self.popularity = np.asarray([counts.get(m, 0) for m in self.ids_np], np.float64)
+
+    def lookup(self, ids: tf.Tensor) -> tf.Tensor:
+        return self.positions.lookup(ids)
+
+    def strings(self, table: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+        """``table[positions]``, "" where the slot is empty (score -inf)."""
+        return tf.where(tf.math.is_inf(scores), "", tf.gather(table, tf.maximum(positions, 0)))
+
+
+def _seen(users: _Users, vocab, catalogue: _Catalogue) -> tf.RaggedTensor:
+    """Per user row, the catalogue positions of the movies they rated (row 0: none)."""
+    position = {m: i for i, m in enumerate(catalogue.ids_np)}
+    history = dict(zip(vocab.catalog_users, vocab.history))
+    rows = [[]] + [[position[m] for m in history.get(u, []) if m in position] for u in users.ids]
+    return tf.RaggedTensor.from_row_lengths(
+        tf.constant([p for row in rows for p in row], tf.int64),
+        tf.constant([len(row) for row in rows], tf.int64))
 
 
 class _Retriever(tf.Module):
-    """Top-k catalogue movies for [B] users, with exclusions and a popularity fallback."""
+    """Top-k catalogue positions for user rows, with exclusions and the popularity fallback."""
 
-    def __init__(self, model, movie_ids: np.ndarray, popularity: np.ndarray, k: int,
-                 index: str, exclude_seen: bool):
+    def __init__(self, model, users: _Users, catalogue: _Catalogue, config: ExportConfig):
         super().__init__()
-        self.model = model
-        self.k = min(k, len(movie_ids))
-        self.movie_ids = tf.constant(movie_ids)
-        self.positions = _id_table(movie_ids)
-        embeddings = embed(model.movie_embedding, movie_ids)
-        self.embeddings = tf.Variable(embeddings, trainable=False, name="candidate_embeddings")
-        # Users the model knows nothing about get the most popular allowed movies.
-        self.fallback = PopularFallback(popularity)
-        # Catalogue positions of each known user's rated movies (row 0: unknown user), so the
-        # served lists hold unseen movies without the client sending the whole history.
-        self.seen = None
-        longest = 0
-        if exclude_seen:
-            position = {m: i for i, m in enumerate(movie_ids)}
-            seen = [[]] + [[position[m] for m in h if m in position]
-                           for h in model.space.vocab.history]
-            longest = max(map(len, seen))
-            self.seen = tf.RaggedTensor.from_row_lengths(
-                tf.constant([p for row in seen for p in row], tf.int64),
-                tf.constant([len(row) for row in seen], tf.int64))
-        self.index = None
-        if index == "scann":
-            fetch = self.k + SCANN_EXCLUSION_SLACK + min(longest, SCANN_MAX_SEEN)
-            self.index = scann_index(min(fetch, len(movie_ids)), len(movie_ids))
-            self.index.index(tf.constant(embeddings), tf.constant(movie_ids))
+        self.k = min(config.k, len(catalogue.ids_np))
+        self.queries = users.table(model.user_embedding, "query_embeddings")
+        self.seen = _seen(users, model.space.vocab, catalogue) if config.exclude_seen else None
+        longest = int(tf.reduce_max(self.seen.row_lengths())) if self.seen is not None else 0
+        candidates = embed(model.movie_embedding, catalogue.ids_np)
+        self.index = make_index(config.index, candidates, self.k, longest)
+        self.popular = Popular(catalogue.popularity)
 
-    def known(self, user_id):
-        space = self.model.space
-        return (space.user_lookup(user_id) > 0) | (space.catalog_user_lookup(user_id) > 0)
-
-    def __call__(self, user_id, exclude_movie_ids):
-        """[B], [B, E] -> (ids [B, k] string, scores [B, k]); excluded slots never returned."""
-        excluded = self.positions.lookup(exclude_movie_ids)
+    def __call__(self, rows: tf.Tensor, excluded: tf.Tensor):
+        """rows [B] user rows, excluded [B, E] positions (-1: none) -> (scores, positions)
+        [B, k]; empty slots (fewer than k allowed movies) score -inf."""
         if self.seen is not None:
-            rows = self.model.space.catalog_user_lookup(user_id)
-            seen = tf.gather(self.seen, rows).to_tensor(default_value=-1)
-            excluded = tf.concat([excluded, seen], axis=1)
-        query = self.model.user_embedding(user_id)
-        known = self.known(user_id)[:, None]
-        if self.index is None:
-            scores = tf.matmul(query, self.embeddings, transpose_b=True)
-            scores, top = tf.math.top_k(_mask(scores, excluded), self.k)
-            pop_scores, pop_top = self.fallback(excluded, self.k)
-            scores = tf.where(known, scores, pop_scores)
-            ids = tf.gather(self.movie_ids, tf.where(known, top, tf.cast(pop_top, top.dtype)))
-        else:
-            # Over-fetch from the approximate index, then drop excluded hits (exact masking).
-            hit_scores, hit_ids = _pad(*self.index(query), self.k)
-            hit_positions = self.positions.lookup(hit_ids)  # padding "" -> -1, already -inf
-            dropped = tf.reduce_any(hit_positions[:, :, None] == excluded[:, None, :], axis=2)
-            hit_scores = tf.where(dropped, _NEG, hit_scores)
-            pop_scores, pop_top = self.fallback(excluded, tf.shape(hit_scores)[1])
-            hit_scores = tf.where(known, hit_scores, pop_scores)
-            hit_ids = tf.where(known, hit_ids, tf.gather(self.movie_ids, pop_top))
-            scores, top = tf.math.top_k(hit_scores, self.k)
-            ids = tf.gather(hit_ids, top, batch_dims=1)
-        # Fewer than k allowed movies: the missing slots are "" with score -inf.
-        return tf.where(tf.math.is_inf(scores), "", ids), scores
+            excluded = tf.concat([excluded, tf.gather(self.seen, rows).to_tensor(-1)], axis=1)
+        query = tf.gather(self.queries, rows)
+        scores, positions = self.index(query, excluded, self.k)
+        popular_scores, popular = self.popular(query, excluded, self.k)
+        known = (rows > 0)[:, None]
+        return tf.where(known, scores, popular_scores), tf.where(known, positions, popular)
+
+
+class _Ranker(tf.Module):
+    """The rating head on stored representations: user rows [B] x positions [B, K] -> [B, K]."""
+
+    def __init__(self, model, users: _Users, catalogue: _Catalogue):
+        super().__init__()
+        self.head = model.head
+        self.users = users.table(model.rating_user, "rating_users")
+        # Row 0 is the unknown movie (what the towers give an unknown id), then the catalogue.
+        ids = np.concatenate([[""], catalogue.ids_np])
+        self.movies = tf.Variable(embed(model.rating_movie, ids), trainable=False,
+                                  name="rating_movies")
+
+    def __call__(self, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+        users = tf.gather(self.users, rows)
+        movies = tf.gather(self.movies, positions + 1)
+        return self.head.rating(self.head(users, movies, training=False))
 
 
 class RetrievalModule(tf.Module):
-    def __init__(self, retriever: _Retriever):
+    def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever):
         super().__init__()
-        self.retriever = retriever
+        self.users, self.catalogue, self.retriever = users, catalogue, retriever
+        k = retriever.k
+        self._outputs = {"movie_ids": tf.TensorSpec([None, k], tf.string),
+                         "scores": tf.TensorSpec([None, k], tf.float32)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
-                                  tf.TensorSpec([None, None], tf.string, name="exclude_movie_ids")])
+    def _serve(self, user_id, exclude_movie_ids):
+        scores, positions = self.retriever(self.users.rows.lookup(user_id),
+                                           self.catalogue.lookup(exclude_movie_ids))
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
+                "scores": scores}
+
+    @tf.function(input_signature=_spec("retrieval"))
     def serve(self, user_id, exclude_movie_ids):
-        ids, scores = self.retriever(user_id, exclude_movie_ids)
-        return {"movie_ids": ids, "scores": scores}
+        with tf.control_dependencies([_same_rows(user_id, exclude_movie_ids, "user_id",
+                                                 "exclude_movie_ids")]):
+            return _chunked(self._serve, [user_id, exclude_movie_ids], self._outputs)
 
 
 class RankingModule(tf.Module):
-    def __init__(self, model):
+    def __init__(self, users: _Users, catalogue: _Catalogue, ranker: _Ranker):
         super().__init__()
-        self.model = model
+        self.users, self.catalogue, self.ranker = users, catalogue, ranker
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
-                                  tf.TensorSpec([None], tf.string, name="movie_id")])
+    def _serve(self, user_id, movie_id):
+        ratings = self.ranker(self.users.rows.lookup(user_id),
+                              self.catalogue.lookup(movie_id)[:, None])
+        return {"rating": ratings[:, 0]}
+
+    @tf.function(input_signature=_spec("ranking"))
     def serve(self, user_id, movie_id):
-        return {"rating": self.model.predict_rating(user_id, movie_id)}
+        with tf.control_dependencies([_same_rows(user_id, movie_id, "user_id", "movie_id")]):
+            return _chunked(self._serve, [user_id, movie_id],
+                            {"rating": tf.TensorSpec([None], tf.float32)})
 
 
 class RecommenderModule(tf.Module):
-    """Retrieve k candidates, rank them with the rating model, return the best n."""
+    """Retrieve k candidates, rank them with the rating head, return the best n."""
 
-    def __init__(self, retriever: _Retriever, ranker, n: int):
+    def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever,
+                 ranker: _Ranker, n: int):
         super().__init__()
-        self.retriever = retriever
-        self.ranker = ranker
+        self.users, self.catalogue = users, catalogue
+        self.retriever, self.ranker = retriever, ranker
         self.n = min(n, retriever.k)
+        self._outputs = {name: tf.TensorSpec([None, self.n], _DTYPES[t.dtype])
+                         for name, t in ((t.name, t) for t in
+                                         contract.signature("recommender").outputs)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="user_id"),
-                                  tf.TensorSpec([None, None], tf.string, name="exclude_movie_ids")])
-    def serve(self, user_id, exclude_movie_ids):
-        ids, scores = self.retriever(user_id, exclude_movie_ids)
-        k = tf.shape(ids)[1]
-        ratings = self.ranker.predict_rating(tf.repeat(user_id, k), tf.reshape(ids, [-1]))
-        ratings = tf.where(ids == "", _NEG, tf.reshape(ratings, tf.shape(ids)))
+    def _serve(self, user_id, exclude_movie_ids):
+        rows = self.users.rows.lookup(user_id)
+        scores, positions = self.retriever(rows, self.catalogue.lookup(exclude_movie_ids))
+        ratings = tf.where(tf.math.is_inf(scores), _NEG, self.ranker(rows, positions))
         ratings, top = tf.math.top_k(ratings, self.n)
-        ids = tf.gather(ids, top, batch_dims=1)
-        return {"movie_ids": ids, "titles": self.ranker.space.titles_of(ids),
+        positions = tf.gather(positions, top, batch_dims=1)
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, ratings),
+                "titles": self.catalogue.strings(self.catalogue.titles, positions, ratings),
                 "scores": tf.gather(scores, top, batch_dims=1), "ratings": ratings}
+
+    @tf.function(input_signature=_spec("recommender"))
+    def serve(self, user_id, exclude_movie_ids):
+        with tf.control_dependencies([_same_rows(user_id, exclude_movie_ids, "user_id",
+                                                 "exclude_movie_ids")]):
+            return _chunked(self._serve, [user_id, exclude_movie_ids], self._outputs)
 
 
 class SimilarMoviesModule(tf.Module):
     """Cosine neighbours of the mean of the normalized embeddings of up to E seed movies."""
 
-    def __init__(self, model, movie_ids: np.ndarray, popularity: np.ndarray, k: int):
+    def __init__(self, model, catalogue: _Catalogue, k: int):
         super().__init__()
-        self.k = min(k, len(movie_ids))
-        self.movie_ids = tf.constant(movie_ids)
-        self.positions = _id_table(movie_ids)
-        emb = embed(model.movie_embedding, movie_ids)
+        self.catalogue = catalogue
+        self.k = min(k, len(catalogue.ids_np))
+        emb = embed(model.movie_embedding, catalogue.ids_np)
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        self.embeddings = tf.Variable(emb, trainable=False, name="normalized_embeddings")
-        self.popularity = tf.constant(np.log1p(popularity).astype(np.float32))
+        self.index = BruteForce(emb, name="normalized_embeddings")
+        self.popular = Popular(catalogue.popularity)
+        self._outputs = {"movie_ids": tf.TensorSpec([None, self.k], tf.string),
+                         "scores": tf.TensorSpec([None, self.k], tf.float32)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="movie_ids")])
-    def serve(self, movie_ids):
-        seeds = self.positions.lookup(movie_ids)
+    def _serve(self, movie_ids):
+        seeds = self.catalogue.lookup(movie_ids)
         valid = tf.cast(seeds >= 0, tf.float32)[:, :, None]
-        vectors = tf.gather(self.embeddings, tf.maximum(seeds, 0)) * valid
+        vectors = tf.gather(self.index.embeddings, tf.maximum(seeds, 0)) * valid
         query = tf.math.l2_normalize(tf.reduce_sum(vectors, axis=1), axis=1)
-        scores = tf.matmul(query, self.embeddings, transpose_b=True)
+        scores, positions = self.index(query, seeds, self.k)
+        popular_scores, popular = self.popular(query, seeds, self.k)
         has_seed = tf.reduce_any(seeds >= 0, axis=1)[:, None]
-        scores = tf.where(has_seed, scores, self.popularity[None, :])
-        scores, top = tf.math.top_k(_mask(scores, seeds), self.k)
-        ids = tf.where(tf.math.is_inf(scores), "", tf.gather(self.movie_ids, top))
-        return {"movie_ids": ids, "scores": scores}
+        scores = tf.where(has_seed, scores, popular_scores)
+        positions = tf.where(has_seed, positions, popular)
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
+                "scores": scores}
+
+    @tf.function(input_signature=_spec("similar_movies"))
+    def serve(self, movie_ids):
+        return _chunked(self._serve, [movie_ids], self._outputs)
+
+
+def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
+    """The serving modules ``run`` supports, by contract name (in memory, not saved)."""
+    vocab = run.vocab
+    retrieval, ranking = run.retrieval_model(), run.ranking_model()
+    users, catalogue = _Users(vocab), _Catalogue(vocab)
+    modules = {}
+    ranker = _Ranker(ranking, users, catalogue) if ranking is not None else None
+    if retrieval is not None:
+        retriever = _Retriever(retrieval, users, catalogue, config)
+        modules["retrieval"] = RetrievalModule(users, catalogue, retriever)
+        if ranker is not None:
+            modules["recommender"] = RecommenderModule(users, catalogue, retriever, ranker,
+                                                       config.n)
+    if ranker is not None:
+        modules["ranking"] = RankingModule(users, catalogue, ranker)
+    modules["similar_movies"] = SimilarMoviesModule(run.embedding_model(), catalogue, config.k)
+    return {name: modules[name] for name in MODELS if name in modules}
 
 
 def next_version(model_dir: Path) -> int:
@@ -250,7 +307,7 @@ def _save(module: tf.Module, model_dir: Path, version: int, scann: bool) -> Path
     tmp = model_dir / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if scann else None)
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve},
+    tf.saved_model.save(module, str(tmp), signatures={contract.SIGNATURE: module.serve},
                         options=options)
     try:
         os.rename(tmp, final)  # fails rather than overwrite if another writer got there first
@@ -271,38 +328,25 @@ def models_config(names: list[str], serving_root: str) -> str:
 def export(run, export_dir: str | Path, config: ExportConfig) -> dict[str, Path]:
     """Writes every model the run supports into ``export_dir``; returns name -> version dir."""
     export_dir = Path(export_dir)
-    retrieval, ranking = run.retrieval_model(), run.ranking_model()
-    movie_ids = np.asarray(run.vocab.catalog_movies, dtype=str)
-    counts = dict(zip(run.vocab.movie_ids, run.vocab.movie_counts))
-    popularity = np.asarray([counts.get(m, 0) for m in movie_ids], np.float64)
-    modules = {}
-    if retrieval is not None:
-        retriever = _Retriever(retrieval, movie_ids, popularity, config.k, config.index,
-                               config.exclude_seen)
-        modules["retrieval"] = RetrievalModule(retriever)
-        if ranking is not None:
-            modules["recommender"] = RecommenderModule(retriever, ranking, config.n)
-    if ranking is not None:
-        modules["ranking"] = RankingModule(ranking)
-    modules["similar_movies"] = SimilarMoviesModule(run.embedding_model(), movie_ids,
-                                                    popularity, config.k)
     if config.version is not None:
-        taken = [n for n in modules if (export_dir / n / str(config.version)).exists()]
+        taken = [n for n in MODELS if (export_dir / n / str(config.version)).exists()]
         if taken:
             raise UserError(f"version {config.version} already exists for {', '.join(taken)} in "
                             f"{export_dir}: versions are never overwritten; omit --version to "
                             "write the next one")
+    start = time.perf_counter()
+    modules = build_modules(run, config)
+    print(f"Computed the serving tables in {time.perf_counter() - start:.1f}s")
     written = {}
-    for name in MODELS:
-        if name not in modules:
-            continue
+    for name, module in modules.items():
         model_dir = export_dir / name
         model_dir.mkdir(parents=True, exist_ok=True)
         version = config.version or next_version(model_dir)
         start = time.perf_counter()
-        if config.index == "scann" and name in ("retrieval", "recommender"):
-            modules[name].serve(tf.constant([""]), tf.constant([[""]]))  # builds the index once
-        written[name] = _save(modules[name], model_dir, version, config.index == "scann")
+        scann = config.index == "scann" and name in ("retrieval", "recommender")
+        if scann:
+            module.serve(*[tf.zeros([1] * len(s.shape), tf.string) for s in _spec(name)])
+        written[name] = _save(module, model_dir, version, scann)
         print(f"[{name}] wrote {written[name]} ({time.perf_counter() - start:.1f}s)")
     tmp = export_dir / "models.config.tmp"
     tmp.write_text(models_config(list(written), config.serving_root))

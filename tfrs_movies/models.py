@@ -1,8 +1,19 @@
-"""RetrievalModel, RankingModel and MultitaskModel on the shared towers, and their builder.
+"""Models on the shared towers: tasks and heads take tensors, towers run once per step.
 
 Every model takes batches of ``{"user_id": [B] string, "movie_id": [B] string,
 "user_rating": [B] float32}`` and looks features up through its ``FeatureSpace``.
-``build_model`` is the one builder that training and tuning both call.
+``compute_loss`` runs the user tower once and the movie tower once (on the batch's movies plus
+any sampled negatives), then hands the tensors to the retrieval task and the rating head.
+
+Two interfaces the rest of the package reads (evaluation, export, analysis):
+  retrieval (``retrieves``): ``user_embedding(ids) [B, D]`` and ``movie_embedding(ids)
+    [B, D]`` score candidates by dot product.
+  rating (``rates``): ``rating_user(ids) [B, Du]`` and ``rating_movie(ids) [N, Dm]`` are the
+    per-user and per-movie representations, ``rate(users [B, Du], movies [B, K, Dm]) ->
+    [B, K]`` scores lists of candidates with the head (a pair is K = 1). Export stores the
+    representations as tables, so a request runs only ``rate``.
+
+``build_model`` (kinds from ``tfrs_movies.kinds``) is the one builder train and tune call.
 """
 from __future__ import annotations
 
@@ -11,6 +22,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrs_movies import kinds
 from tfrs_movies.config import ModelConfig
 from tfrs_movies.distribute import global_mean, per_replica_share, replicas
 from tfrs_movies.features import FeatureSpace
@@ -18,33 +30,75 @@ from tfrs_movies.towers import MovieTower, UserTower
 
 
 class _TwoTowers(tfrs.Model):
-    """Feature space plus one user and one movie tower; the embedding entry points.
+    """Feature space, a user tower and a movie tower, and the entry points built on them.
 
-    Capabilities that evaluation, ``recommend`` and export look at:
-      ``retrieves``: user and movie embeddings score candidates by dot product.
-      ``rates``: ``predict_rating(user_ids, movie_ids)`` gives ratings.
+    ``user_config``/``movie_config`` (default ``config``) shape the two towers, so a kind can
+    make one of them a plain id table. Subclasses set ``retrieves``/``rates``, and a rating
+    ``head`` attribute when they rate (no class-level default: a class attribute of that name
+    would stop Keras from tracking the instance's layer).
     """
 
     retrieves = False
     rates = False
     default_l2 = 5e-4  # ``ModelConfig.l2`` when left at None: tuned on ML-100K validation
 
-    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+    def __init__(self, space: FeatureSpace, config: ModelConfig,
+                 user_config: ModelConfig | None = None,
+                 movie_config: ModelConfig | None = None, **kwargs):
         super().__init__(**kwargs)
         self.space = space
         self.config = config
-        self.user_tower = UserTower(space, config, name="user_tower")
-        self.movie_tower = MovieTower(space, config, name="movie_tower")
+        self.user_tower = UserTower(space, user_config or config, name="user_tower")
+        self.movie_tower = MovieTower(space, movie_config or config, name="movie_tower")
+
+    # -- towers: features in, [B, D] out -------------------------------------------------
+    def user_tower_of(self, user_ids, exclude_movie_ids=None, training=False):
+        """([B, D] user tower output, the user feature dict)."""
+        features = self.space.user_features(user_ids, exclude_movie_ids)
+        return self.user_tower(features, training=training), features
+
+    def movie_tower_of(self, movie_ids, training=False):
+        """([N, D] movie tower output, the movie feature dict)."""
+        features = self.space.movie_features(movie_ids)
+        return self.movie_tower(features, training=training), features
+
+    # -- retrieval ---------------------------------------------------------------------
+    def query(self, user, features):
+        """User tower output -> query embedding (identity; mf appends its bias slot)."""
+        return user
+
+    def candidate(self, movie, features):
+        """Movie tower output -> candidate embedding (identity; mf appends the movie bias)."""
+        return movie
 
     def user_embedding(self, user_ids, exclude_movie_ids=None, training=False):
         """[B] string user ids -> [B, D] query embeddings (unknown ids use the OOV row)."""
-        features = self.space.user_features(user_ids, exclude_movie_ids)
-        return self.user_tower(features, training=training)
+        return self.query(*self.user_tower_of(user_ids, exclude_movie_ids, training))
 
     def movie_embedding(self, movie_ids, training=False):
-        """[B] string movie ids -> [B, D] candidate embeddings."""
-        return self.movie_tower(self.space.movie_features(movie_ids), training=training)
+        """[N] string movie ids -> [N, D] candidate embeddings."""
+        return self.candidate(*self.movie_tower_of(movie_ids, training))
 
+    # -- rating ------------------------------------------------------------------------
+    def rating_user(self, user_ids, training=False):
+        """[B] user ids -> [B, Du]: what ``rate`` needs of each user (export: a table)."""
+        return self.head.user_inputs(*self.user_tower_of(user_ids, training=training))
+
+    def rating_movie(self, movie_ids, training=False):
+        """[N] movie ids -> [N, Dm]: what ``rate`` needs of each movie (export: a table)."""
+        return self.head.movie_inputs(*self.movie_tower_of(movie_ids, training))
+
+    def rate(self, users, movies, training=False):
+        """users [B, Du], movies [B, K, Dm] -> [B, K] predicted ratings."""
+        return self.head.rating(self.head(users, movies, training=training))
+
+    def predict_rating(self, user_ids, movie_ids, training=False):
+        """[B] ids -> [B] float32 predicted ratings (a list of K = 1 per user)."""
+        users = self.rating_user(user_ids, training)
+        movies = self.rating_movie(movie_ids, training)[:, None, :]
+        return self.rate(users, movies, training)[:, 0]
+
+    # -- training ----------------------------------------------------------------------
     def regularized(self, loss):
         """``loss`` plus ``config.gravity`` times the gravity term of the id embeddings."""
         if not self.config.gravity:
@@ -84,8 +138,12 @@ def gravity(users: tf.Tensor, movies: tf.Tensor) -> tf.Tensor:
                          * tf.matmul(movies, movies, transpose_a=True)) / (m * n)
 
 
-class _RetrievalTask(tf.keras.layers.Layer):
-    """In-batch softmax with logQ correction, plus optional uniformly sampled extra negatives."""
+class RetrievalTask(tf.keras.layers.Layer):
+    """In-batch softmax with logQ correction, plus optional uniformly sampled negatives.
+
+    ``sample()`` draws the extra negatives' ids (None without them); the model runs its movie
+    tower once on the batch's movies and those, and passes the embeddings to ``call``.
+    """
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -95,11 +153,17 @@ class _RetrievalTask(tf.keras.layers.Layer):
                                          remove_accidental_hits=config.remove_accidental_hits)
         self.train_movies = tf.constant(space.vocab.movie_ids)
 
-    def call(self, model: _TwoTowers, features, training=False):
-        movie_ids = features["movie_id"]
-        # The target is dropped from the user's history so the tower cannot copy it.
-        query = model.user_embedding(features["user_id"], movie_ids, training=training)
-        candidates = model.movie_embedding(movie_ids, training=training)
+    def sample(self):
+        """[S] uniformly drawn train movie ids, or None."""
+        extra = self.config.num_sampled_negatives
+        if not extra:
+            return None
+        index = tf.random.uniform([extra], 0, tf.shape(self.train_movies)[0], tf.int32)
+        return tf.gather(self.train_movies, index)
+
+    def call(self, query, candidates, movie_ids, sampled=None, sampled_ids=None):
+        """query [B, D], candidates [B, D] (row i is query i's positive), movie_ids [B];
+        sampled [S, D] with their ids [S] -> scalar mean loss over the global batch."""
         # Embedding rows, not strings: collectives cannot gather strings.
         candidate_ids = self.space.movie_lookup(movie_ids)
         frequency = self.space.sampling_probability(movie_ids)
@@ -108,14 +172,11 @@ class _RetrievalTask(tf.keras.layers.Layer):
                 candidates, candidate_ids, frequency)
         # Probability that a movie is one of the batch's candidates: B * train frequency.
         probability = tf.cast(tf.shape(candidate_ids)[0], tf.float32) * frequency
-        extra = self.config.num_sampled_negatives
-        if extra:
-            index = tf.random.uniform([extra], 0, tf.shape(self.train_movies)[0], tf.int32)
-            sampled = tf.gather(self.train_movies, index)
-            candidates = tf.concat([candidates, model.movie_embedding(sampled, training)], 0)
-            uniform = extra / len(self.space.vocab.movie_ids)
-            probability = tf.concat([probability, tf.fill([extra], uniform)], 0)
-            candidate_ids = tf.concat([candidate_ids, self.space.movie_lookup(sampled)], 0)
+        if sampled is not None:
+            candidates = tf.concat([candidates, sampled], 0)
+            uniform = self.config.num_sampled_negatives / len(self.space.vocab.movie_ids)
+            probability = tf.concat([probability, tf.fill(tf.shape(sampled_ids), uniform)], 0)
+            candidate_ids = tf.concat([candidate_ids, self.space.movie_lookup(sampled_ids)], 0)
         loss = self.task(
             query, candidates,
             candidate_sampling_probability=probability if self.config.logq_correction else None,
@@ -135,23 +196,33 @@ def _gather_replicas(*tensors: tf.Tensor) -> list[tf.Tensor]:
     return [tf.roll(context.all_gather(t, axis=0), shift, axis=0) for t in tensors]
 
 
-class _RankingHead(tf.keras.layers.Layer):
-    """Tower outputs + genre multi-hot (+ user/movie biases) -> an MLP -> a bounded rating.
+class RatingHead(tf.keras.layers.Layer):
+    """Listwise rating head: ``call(users [B, Du], movies [B, K, Dm]) -> [B, K]`` raw outputs
+    (``[B, K, C]`` class logits with ``classes``); ``rating`` turns them into stars.
 
-    ``regression``: ``low + (high - low) * sigmoid(mlp + b_user + b_movie)`` and MSE.
-    ``classes``: logits over the train rating values and cross-entropy; the predicted rating
-    is the expectation under the softmax.
+    The per-user input is ``[user tower output, user bias]`` and the per-movie input
+    ``[movie tower output, genre multi-hot, movie bias]`` (biases with ``use_bias``, regression
+    only). The MLP reads ``[user, movie, user * movie (with interaction), genres]`` per
+    candidate. ``regression``: ``low + (high - low) * sigmoid(mlp + b_user + b_movie)`` and
+    MSE; ``classes``: logits over the train rating values and cross-entropy, the rating being
+    the expectation under the softmax.
     """
 
-    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+    def __init__(self, space: FeatureSpace, config: ModelConfig, *, classes: bool,
+                 interaction: bool = True, kernel_l2: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.space = space
-        self.config = config
+        # Only sizes of the feature space: the head is saved into the serving graphs, and a
+        # reference to the space would drag its lookup tables along.
+        self.genre_width = int(space.genres.shape[1])
+        self.classes = classes
+        self.interaction = interaction
+        self.dim = config.embedding_dim
         self.values = tf.constant(space.vocab.rating_values, tf.float32)
         self.low, self.high = space.vocab.rating_range
-        self.layers_ = [tf.keras.layers.Dense(u, activation="relu") for u in config.ranking_layers]
+        regularizer = tf.keras.regularizers.l2(kernel_l2) if kernel_l2 else None
+        self.layers_ = [tf.keras.layers.Dense(u, activation="relu", kernel_regularizer=regularizer)
+                        for u in config.ranking_layers]
         self.dropout = tf.keras.layers.Dropout(config.dropout) if config.dropout else None
-        classes = config.ranking_head == "classes"
         self.out = tf.keras.layers.Dense(len(space.vocab.rating_values) if classes else 1)
         self.user_bias = self.movie_bias = None
         if config.use_bias and not classes:
@@ -159,81 +230,118 @@ class _RankingHead(tf.keras.layers.Layer):
                                                        embeddings_initializer="zeros")
             self.movie_bias = tf.keras.layers.Embedding(space.num_movies, 1,
                                                         embeddings_initializer="zeros")
-        # Summed here, averaged over the global batch in ``call`` (distribution-safe).
+        # Summed here, averaged over the global batch in ``loss`` (distribution-safe).
         loss = (tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
                 if classes else tf.keras.losses.MeanSquaredError(reduction="sum"))
         metrics = [] if classes else [tf.keras.metrics.RootMeanSquaredError()]
         self.task = tfrs.tasks.Ranking(loss=loss, metrics=metrics)
 
-    def outputs(self, model: _TwoTowers, user_ids, movie_ids, training=False):
-        """[B] ids -> [B] raw output (regression) or [B, C] logits (classes)."""
-        user = model.user_embedding(user_ids, movie_ids, training=training)
-        movie_features = model.space.movie_features(movie_ids)
-        movie = model.movie_tower(movie_features, training=training)
-        x = tf.concat([user, movie, user * movie, movie_features["genres"]], axis=1)
+    def user_inputs(self, user, features):
+        """[B, D] tower output -> [B, Du]."""
+        if self.user_bias is None:
+            return user
+        return tf.concat([user, self.user_bias(features["user_index"])], axis=-1)
+
+    def movie_inputs(self, movie, features):
+        """[N, D] tower output -> [N, Dm]."""
+        parts = [movie, features["genres"]]
+        if self.movie_bias is not None:
+            parts.append(self.movie_bias(features["movie_index"]))
+        return tf.concat(parts, axis=-1)
+
+    def call(self, users, movies, training=False):
+        d = self.dim
+        k = tf.shape(movies)[1]
+        user = tf.repeat(users[:, None, :d], k, axis=1)  # [B, K, D]
+        movie, genres = movies[..., :d], movies[..., d:d + self.genre_width]
+        parts = [user, movie] + ([user * movie] if self.interaction else []) + [genres]
+        x = tf.concat(parts, axis=-1)
         for layer in self.layers_:
             x = layer(x)
             if self.dropout is not None:
                 x = self.dropout(x, training=training)
         x = self.out(x)
-        if self.config.ranking_head == "classes":
+        if self.classes:
             return x
-        x = tf.squeeze(x, 1)
+        x = x[..., 0]
         if self.user_bias is not None:
-            x += tf.squeeze(self.user_bias(self.space.user_lookup(user_ids)), 1)
-            x += tf.squeeze(self.movie_bias(self.space.movie_lookup(movie_ids)), 1)
+            x += users[:, None, -1] + movies[..., -1]
         return x
 
-    def predict_rating(self, model, user_ids, movie_ids, training=False):
-        """[B] ids -> [B] float32 predicted ratings within the train rating range."""
-        out = self.outputs(model, user_ids, movie_ids, training)
-        if self.config.ranking_head == "classes":
-            return tf.reduce_sum(tf.nn.softmax(out) * self.values, axis=1)
-        return self.low + (self.high - self.low) * tf.sigmoid(out)
+    def rating(self, outputs):
+        """Raw outputs -> [B, K] ratings within the train rating range."""
+        if self.classes:
+            return tf.reduce_sum(tf.nn.softmax(outputs) * self.values, axis=-1)
+        return self.low + (self.high - self.low) * tf.sigmoid(outputs)
 
-    def call(self, model, features, training=False):
-        out = self.outputs(model, features["user_id"], features["movie_id"], training)
-        rating = features["user_rating"]
-        if self.config.ranking_head == "classes":
-            labels = tf.searchsorted(self.values, tf.reshape(rating, [-1]))
-            loss = self.task(labels=labels, predictions=out)
+    def loss(self, outputs, ratings):
+        """outputs of lists of one ([B, 1] or [B, 1, C]), ratings [B] -> scalar mean loss."""
+        if self.classes:
+            loss = self.task(labels=nearest_class(self.values, ratings), predictions=outputs[:, 0])
         else:
-            prediction = self.low + (self.high - self.low) * tf.sigmoid(out)
             # [B, 1]: Keras' MSE averages the last axis, so [B] inputs would be pre-averaged.
-            loss = self.task(labels=rating[:, None], predictions=prediction[:, None])
-        return global_mean(loss, tf.shape(rating)[0])
+            loss = self.task(labels=ratings[:, None], predictions=self.rating(outputs))
+        return global_mean(loss, tf.shape(ratings)[0])
 
 
-class RetrievalModel(_TwoTowers):
+def nearest_class(values: tf.Tensor, rating: tf.Tensor) -> tf.Tensor:
+    """[C] sorted rating values, [B] ratings -> [B] index of the nearest value."""
+    return tf.argmin(tf.abs(tf.reshape(rating, [-1, 1]) - values[None, :]), axis=1)
+
+
+class _PairModel(_TwoTowers):
+    """A model whose loss reads both towers once: ``retrieval_weight`` times the retrieval
+    task (when it has one) plus ``ranking_weight`` times the rating head's loss (when it
+    rates). Retrieval, ranking and multitask differ only in which parts they build."""
+
+    def compute_loss(self, features, training=False):
+        movie_ids = features["movie_id"]
+        retrieval = getattr(self, "retrieval", None)
+        sampled_ids = retrieval.sample() if retrieval is not None else None
+        all_ids = movie_ids if sampled_ids is None else tf.concat([movie_ids, sampled_ids], 0)
+        # The target is dropped from the user's history so the tower cannot copy it.
+        user, user_features = self.user_tower_of(features["user_id"], movie_ids, training)
+        movie, movie_features = self.movie_tower_of(all_ids, training)
+        batch = tf.shape(movie_ids)[0]
+        loss = 0.0
+        if retrieval is not None:
+            candidates = self.candidate(movie, movie_features)
+            sampled = None if sampled_ids is None else candidates[batch:]
+            loss += self.config.retrieval_weight * retrieval(
+                self.query(user, user_features), candidates[:batch], movie_ids, sampled,
+                sampled_ids)
+        if self.rates:
+            batch_features = {k: v[:batch] for k, v in movie_features.items()}
+            outputs = self.head(self.head.user_inputs(user, user_features),
+                                self.head.movie_inputs(movie[:batch], batch_features)[:, None],
+                                training=training)
+            loss += self.config.ranking_weight * self.head.loss(outputs,
+                                                                 features["user_rating"])
+        return self.regularized(loss)
+
+
+class RetrievalModel(_PairModel):
     """Two-tower retrieval: softmax over in-batch (and sampled) negatives."""
 
     retrieves = True
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(space, config, **kwargs)
-        self.retrieval = _RetrievalTask(space, config, name="retrieval_task")
-
-    def compute_loss(self, features, training=False):
-        return self.regularized(self.retrieval(self, features, training=training))
+        self.retrieval = RetrievalTask(space, config, name="retrieval_task")
 
 
-class RankingModel(_TwoTowers):
+class RankingModel(_PairModel):
     """Hybrid rating model: towers, genres and biases into an MLP."""
 
     rates = True
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(space, config, **kwargs)
-        self.ranking = _RankingHead(space, config, name="ranking_head")
-
-    def predict_rating(self, user_ids, movie_ids, training=False):
-        return self.ranking.predict_rating(self, user_ids, movie_ids, training)
-
-    def compute_loss(self, features, training=False):
-        return self.regularized(self.ranking(self, features, training=training))
+        self.head = RatingHead(space, config, classes=config.ranking_head == "classes",
+                               name="ranking_head")
 
 
-class MultitaskModel(_TwoTowers):
+class MultitaskModel(_PairModel):
     """Retrieval and ranking on one set of towers, losses weighted by the config."""
 
     retrieves = True
@@ -241,29 +349,16 @@ class MultitaskModel(_TwoTowers):
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(space, config, **kwargs)
-        self.retrieval = _RetrievalTask(space, config, name="retrieval_task")
-        self.ranking = _RankingHead(space, config, name="ranking_head")
-
-    def predict_rating(self, user_ids, movie_ids, training=False):
-        return self.ranking.predict_rating(self, user_ids, movie_ids, training)
-
-    def compute_loss(self, features, training=False):
-        return self.regularized(
-            self.config.retrieval_weight * self.retrieval(self, features, training=training)
-            + self.config.ranking_weight * self.ranking(self, features, training=training))
-
-
-# Model kind -> class; every ``--model`` choice but ``all`` is a key here.
-KINDS = {"retrieval": RetrievalModel, "ranking": RankingModel, "multitask": MultitaskModel}
+        self.retrieval = RetrievalTask(space, config, name="retrieval_task")
+        self.head = RatingHead(space, config, classes=config.ranking_head == "classes",
+                               name="ranking_head")
 
 
 def build_model(kind: str, space: FeatureSpace, config: ModelConfig) -> _TwoTowers:
-    """The one model builder, shared by train and tune: ``kind`` is a key of ``KINDS``.
+    """The one model builder, shared by train and tune: ``kind`` names a ``kinds.KINDS`` entry.
 
     ``config.l2`` left at None becomes the kind's ``default_l2``."""
+    cls = kinds.model_class(kind)
     if config.l2 is None:
-        config = dataclasses.replace(config, l2=KINDS[kind].default_l2)
-    return KINDS[kind](space, config, name=kind)
-
-
-from tfrs_movies import paper_models  # noqa: E402,F401  (registers mf, softmax-history, ...)
+        config = dataclasses.replace(config, l2=cls.default_l2)
+    return cls(space, config, name=kind)

@@ -10,6 +10,7 @@ Layout::
     RUN/checkpoints/KIND/        epoch backups while a model trains (resume after a kill)
     RUN/logs/KIND/               TensorBoard logs
     RUN/metrics.json             evaluation results, one section per model
+    RUN/format.json              ``{"format": FORMAT}``: the layout of the model weights
 """
 from __future__ import annotations
 
@@ -21,15 +22,11 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_movies import config as cfg
+from tfrs_movies import kinds
 from tfrs_movies.data import Split, load_split
 from tfrs_movies.errors import UserError
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
-
-
-def kinds_of(model: str) -> list[str]:
-    """The model kinds a ``--model`` choice trains (``all`` = retrieval and ranking)."""
-    return ["retrieval", "ranking"] if model == "all" else [model]
 
 
 @dataclasses.dataclass
@@ -58,6 +55,25 @@ class Run:
     def embedding_model(self):
         """The model whose movie tower gives the movie embeddings for similarity."""
         return self.retrieval_model() or self.ranking_model()
+
+
+# 2: tensor-shaped tasks and listwise rating heads (weights of format 1, unmarked, differ).
+FORMAT = 2
+
+
+def write_format(run_dir: Path) -> None:
+    write_json(Path(run_dir) / "format.json", {"format": FORMAT})
+
+
+def check_format(run_dir: Path) -> None:
+    """Refuses a run directory whose weights this version cannot read, in one line."""
+    path = Path(run_dir) / "format.json"
+    found = json.loads(path.read_text()).get("format") if path.exists() else 1
+    if found != FORMAT:
+        raise UserError(f"{run_dir} was written by another version of tfrs-movies (run format "
+                        f"{found}, this version reads {FORMAT}): retrain it into a new "
+                        f"directory with `python -m trainer train --output NEW_DIR` and the "
+                        f"same flags")
 
 
 def weights_prefix(run_dir: Path, kind: str) -> Path:
@@ -101,11 +117,12 @@ def load_run(run_dir: str | Path, require_trained: bool = True) -> Run:
     if not (path / "config.json").exists():
         raise UserError(f"{path}: not a run directory (no config.json); train one with "
                         f"`python -m trainer train --output {path}`")
+    check_format(path)
     configs = cfg.load_configs(path / "config.json")
     vocab = Vocabulary.load(path / "vocab.json")
     space = FeatureSpace(vocab, max_history=configs["model"].max_history)
     models = {kind: build_trained(kind, space, configs["model"], path)
-              for kind in kinds_of(configs["train"].model) if is_trained(path, kind)}
+              for kind in kinds.trained_by(configs["train"].model) if is_trained(path, kind)}
     if require_trained and not models:
         raise UserError(f"{path}: no trained model yet (training did not finish); rerun "
                         f"`python -m trainer train --output {path}` to resume it")

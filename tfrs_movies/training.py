@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
 from tfrs_movies import distribute
+from tfrs_movies import kinds
 from tfrs_movies import runs
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import evaluate
@@ -190,6 +191,7 @@ def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.Model
     """
     config_path = run_dir / "config.json"
     if config_path.exists():
+        runs.check_format(run_dir)
         saved = cfg.load_configs(config_path)
         new = {"data": data_config, "model": model_config, "train": train_config}
         changed = [f"{section}.{key}: {getattr(saved[section], key)!r} -> {value!r}"
@@ -215,6 +217,7 @@ def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.Model
         dataset.users.to_parquet(run_dir / "catalog" / "users.parquet")
         data_lib.save_split(split, run_dir)
         vocab.save(run_dir / "vocab.json")
+        runs.write_format(run_dir)
         # config.json last: its presence marks a run whose inputs are complete.
         cfg.save_configs(config_path, data=data_config, model=model_config, train=train_config)
     print(f"{dataset.name}: {len(dataset.ratings):,} ratings, {len(dataset.users):,} users, "
@@ -254,7 +257,7 @@ def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.Mod
     with strategy.scope():  # parameter-server: the lookup tables are replicated to workers
         space = FeatureSpace(vocab, max_history=model_config.max_history)
     models = {}
-    for kind in runs.kinds_of(train_config.model):
+    for kind in kinds.trained_by(train_config.model):
         if runs.is_trained(run_dir, kind):
             print(f"[{kind}] already trained, loading {runs.weights_prefix(run_dir, kind)}")
             models[kind] = runs.build_trained(kind, space, model_config, run_dir)

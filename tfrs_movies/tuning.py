@@ -42,6 +42,7 @@ import keras_tuner as kt
 
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
+from tfrs_movies import kinds
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import evaluate_retrieval, predict_ratings
 from tfrs_movies.features import FeatureSpace, Vocabulary
@@ -49,7 +50,7 @@ from tfrs_movies.metrics import rating_metrics
 from tfrs_movies.runs import write_json
 from tfrs_movies.training import fit_model
 
-KINDS = ("retrieval", "ranking")
+KINDS = kinds.tunable()
 TUNERS = ("random", "hyperband", "bayesian")
 DEFAULT_OBJECTIVES = {"retrieval": "ndcg@10", "ranking": "rmse"}
 _RETRIEVAL_METRICS = ("ndcg", "recall", "precision", "map", "hit_rate")
@@ -72,20 +73,26 @@ def search_space(kind: str) -> kt.HyperParameters:
     hp.Float("learning_rate", 3e-4, 3e-2, sampling="log", default=3e-3)
     hp.Choice("lr_schedule", ["constant", "cosine"], default="constant")
     hp.Choice("l2", [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3], default=0.0)
-    if kind == "retrieval":
+    search = _search(kind)
+    if search == "retrieval":
         hp.Choice("gravity", [0.0, 0.01, 0.1, 1.0], default=0.0)
         # Tower dropout sits between hidden layers: without any it has nothing to act on.
         with hp.conditional_scope("tower_layers", ["128", "256,128"]):
             hp.Choice("dropout", [0.0, 0.1, 0.2, 0.3], default=0.0)
         hp.Float("temperature", 0.01, 1.0, sampling="log", default=0.1)
         hp.Choice("num_sampled_negatives", [0, 256, 1024], default=0)
-    elif kind == "ranking":
+    else:
         hp.Choice("dropout", [0.0, 0.1, 0.2, 0.3, 0.5], default=0.0)
         hp.Choice("ranking_layers", ["64", "128,64", "256,128", "256,128,64"], default="128,64")
         hp.Boolean("use_bias", default=True)
-    else:
-        raise UserError(f"cannot tune model {kind!r}: choose one of {', '.join(KINDS)}")
     return hp
+
+
+def _search(kind: str) -> str:
+    """The search space and objective family of ``kind`` (``kinds.Kind.search``)."""
+    if kind not in KINDS:
+        raise UserError(f"cannot tune model {kind!r}: choose one of {', '.join(KINDS)}")
+    return kinds.KINDS[kind].search
 
 
 def to_fields(values: dict) -> dict:
@@ -136,9 +143,9 @@ class Objective:
 
 def parse_objective(kind: str, text: str | None = None) -> Objective:
     """``ndcg@10``, ``recall@20``... (retrieval, maximized) or ``rmse``/``mae`` (ranking)."""
-    text = text or DEFAULT_OBJECTIVES[kind]
+    text = text or DEFAULT_OBJECTIVES[_search(kind)]
     metric = text.strip().lower().removeprefix("val_")
-    if kind == "ranking":
+    if _search(kind) == "ranking":
         if metric not in _RANKING_METRICS:
             raise UserError(f"--objective {text!r}: for ranking use one of "
                             f"{', '.join(_RANKING_METRICS)}")
@@ -176,7 +183,7 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float,
 
 
 def _measure(kind: str, model, data: _SearchData, objective: Objective) -> float:
-    if kind == "retrieval":
+    if _search(kind) == "retrieval":
         catalog = data.space.vocab.catalog_movies
         result = evaluate_retrieval(model, catalog, seen=data.fit, test=data.validation,
                                     k=objective.k)
@@ -366,8 +373,7 @@ def tune(output: str | Path, data_config: cfg.DataConfig, kind: str, tuner: str 
     give the values that are not tuned (defaults: the dataclass defaults, ``seed`` from the
     data config). With ``compare_defaults`` the untuned configs are measured the same way.
     """
-    if kind not in KINDS:
-        raise UserError(f"cannot tune model {kind!r}: choose one of {', '.join(KINDS)}")
+    _search(kind)
     if tuner not in TUNERS:
         raise UserError(f"unknown tuner {tuner!r}: choose one of {', '.join(TUNERS)}")
     if max_trials < 1 or epochs < 1:

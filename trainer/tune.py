@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 
 from tfrs_movies import config as cfg
+from tfrs_movies import kinds
 from trainer import flags
 
 # Kept here rather than imported from tfrs_movies.tuning so that parsing flags does not pull in
@@ -43,7 +44,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("tune", help="search hyperparameters with KerasTuner",
                               description=__doc__.split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, choices=("retrieval", "ranking"))
+    p.add_argument("--model", required=True, choices=kinds.tunable())
     p.add_argument("--output", required=True,
                    help="search directory (rerun to resume; best_hyperparameters.json goes here)")
     p.add_argument("--tuner", default="random", choices=_TUNERS)

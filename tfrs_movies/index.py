@@ -1,0 +1,167 @@
+"""Top-k search over the catalogue with exclusions: one interface, three implementations.
+
+``index(query [B, D], excluded [B, E], k) -> (scores [B, k], positions [B, k])``: the best
+``k`` catalogue positions per row whose position is not in that row's ``excluded`` (-1 pads),
+best first; slots beyond the allowed movies score -inf. Each implementation only says how to
+``fetch`` its ``width`` best candidates; exclusions, the final top-k and the completion of
+short rows are written once, here:
+
+- ``BruteForce``: exact dot products with every candidate (the GPU-friendly default).
+- ``ScaNN``: approximate (tree + asymmetric hashing, exact re-scoring of the best few hundred).
+  A row it leaves short (fewer than k allowed results while allowed movies remain, e.g. when
+  long exclusions swallow what it found) is completed exactly by brute force, so no caller
+  gets a short list.
+- ``Popular``: the most popular movies whatever the query (the unknown-user fallback).
+
+A row asks for ``k + E`` candidates: at most E of them are excluded, so an exact search always
+keeps k. Excluded candidates are found by a binary search in the row's sorted exclusions:
+O(B (k + E) log E), never a catalogue x exclusions comparison nor a [B, catalogue] mask beyond
+the brute-force score matrix itself.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+_NEG = float("-inf")
+# ScaNN re-scores at least this many candidates exactly (and 10 k when larger).
+_MIN_REORDER = 200
+
+
+class Index(tf.Module):
+    """Base: ``__call__`` runs ``fetch``, drops exclusions, keeps the top k, completes rows."""
+
+    exact = True
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+
+    def fetch(self, query: tf.Tensor, width: tf.Tensor):
+        """query [B, D], width <= size -> (scores [B, W], positions [B, W] int64), W <= width,
+        best first as far as the implementation knows; NaN or -inf marks an empty slot."""
+        raise NotImplementedError
+
+    def complete(self, query: tf.Tensor, excluded: tf.Tensor, k: int):
+        """The exact answer for rows an approximate ``fetch`` left short."""
+        raise NotImplementedError
+
+    def __call__(self, query: tf.Tensor, excluded: tf.Tensor, k: int):
+        b = tf.shape(query)[0]
+        k = min(k, self.size)
+        # A -1 column keeps E >= 1; sorted rows let a binary search find excluded positions.
+        excluded = tf.sort(tf.concat([tf.fill([b, 1], tf.constant(-1, tf.int64)),
+                                      tf.cast(excluded, tf.int64)], axis=1), axis=1)
+        width = tf.minimum(self.size, k + tf.shape(excluded)[1])
+        scores, positions = self.fetch(query, width)
+        scores = tf.where(tf.math.is_nan(scores) | _member(positions, excluded), _NEG, scores)
+        scores, positions = _top(scores, positions, k)
+        if self.exact:
+            return scores, positions
+        allowed = self.size - _distinct_valid(excluded)
+        found = tf.reduce_sum(tf.cast(scores > _NEG, tf.int32), axis=1)
+        short = found < tf.minimum(k, allowed)
+        return tf.cond(tf.reduce_any(short),
+                       lambda: self._fill(query, excluded, k, short, scores, positions),
+                       lambda: (scores, positions))
+
+    def _fill(self, query, excluded, k, short, scores, positions):
+        rows = tf.where(short)
+        exact_scores, exact_positions = self.complete(
+            tf.gather_nd(query, rows), tf.gather_nd(excluded, rows), k)
+        return (tf.tensor_scatter_nd_update(scores, rows, exact_scores),
+                tf.tensor_scatter_nd_update(positions, rows, exact_positions))
+
+
+def _member(positions: tf.Tensor, sorted_excluded: tf.Tensor) -> tf.Tensor:
+    """[B, W] positions, [B, E] sorted exclusions -> [B, W] bool: position excluded."""
+    at = tf.searchsorted(sorted_excluded, positions, side="left", out_type=tf.int64)
+    at = tf.minimum(at, tf.cast(tf.shape(sorted_excluded)[1] - 1, tf.int64))
+    return tf.gather(sorted_excluded, at, batch_dims=1) == positions
+
+
+def _distinct_valid(sorted_excluded: tf.Tensor) -> tf.Tensor:
+    """[B, E] sorted positions (-1 pads) -> [B] number of distinct positions >= 0."""
+    first = tf.concat([tf.ones_like(sorted_excluded[:, :1], tf.bool),
+                       sorted_excluded[:, 1:] != sorted_excluded[:, :-1]], axis=1)
+    return tf.reduce_sum(tf.cast(first & (sorted_excluded >= 0), tf.int32), axis=1)
+
+
+def _top(scores: tf.Tensor, positions: tf.Tensor, k: int):
+    """The k best of [B, W] (W may be < k: padded with -inf, position 0)."""
+    missing = tf.maximum(k - tf.shape(scores)[1], 0)
+    scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=_NEG)
+    positions = tf.pad(positions, [[0, 0], [0, missing]])
+    scores, top = tf.math.top_k(scores, k)
+    return scores, tf.gather(positions, top, batch_dims=1)
+
+
+class BruteForce(Index):
+    """Exact: ``query @ embeddings^T`` and its top ``width``."""
+
+    def __init__(self, embeddings: np.ndarray, name: str = "candidate_embeddings"):
+        super().__init__(len(embeddings))
+        self.embeddings = tf.Variable(embeddings, trainable=False, name=name)
+
+    def fetch(self, query, width):
+        scores = tf.matmul(query, self.embeddings, transpose_b=True)
+        scores, positions = tf.math.top_k(scores, width)
+        return scores, tf.cast(positions, tf.int64)
+
+
+class ScaNN(Index):
+    """Approximate search with a ScaNN index over the same candidates; short rows are
+    completed by an exact ``BruteForce`` over them.
+
+    Sized for the catalogue: about sqrt(M) partitions (leaves), enough of them searched to
+    hold about 4 ``fetch`` candidates (at least a tenth), exact re-scoring of the best
+    ``max(10 fetch, 200)``, where ``fetch`` is k plus the longest seen list (up to 1000).
+    """
+
+    exact = False
+
+    def __init__(self, embeddings: np.ndarray, k: int, longest_seen: int = 0):
+        import tensorflow_recommenders as tfrs
+
+        super().__init__(len(embeddings))
+        self.exact_index = BruteForce(embeddings)
+        fetch = min(k + min(longest_seen, 1000), len(embeddings))
+        num = len(embeddings)
+        leaves = max(2, min(2000, int(np.sqrt(num))))
+        searched = int(np.ceil(leaves * min(1.0, 4.0 * fetch / num)))
+        self.scann = tfrs.layers.factorized_top_k.ScaNN(
+            k=fetch, distance_measure="dot_product", num_leaves=leaves,
+            num_leaves_to_search=min(leaves, max(1, leaves // 10, searched)),
+            training_iterations=12, dimensions_per_block=2,
+            num_reordering_candidates=max(10 * fetch, _MIN_REORDER))
+        self.scann.index(tf.constant(embeddings))
+
+    def fetch(self, query, width):
+        scores, positions = self.scann(query, k=width)
+        return scores, tf.cast(positions, tf.int64)
+
+    def complete(self, query, excluded, k):
+        return self.exact_index(query, excluded, k)
+
+
+class Popular(Index):
+    """The most popular catalogue positions (ties in catalogue order), whatever the query;
+    scores are ``log(1 + ratings)``. Only the top ``width`` are ever touched."""
+
+    def __init__(self, popularity: np.ndarray):
+        super().__init__(len(popularity))
+        order = np.argsort(-popularity, kind="stable")
+        self.order = tf.constant(order, tf.int64)
+        self.scores = tf.constant(np.log1p(popularity[order]).astype(np.float32))
+
+    def fetch(self, query, width):
+        b = tf.shape(query)[0]
+        return (tf.tile(self.scores[None, :width], [b, 1]),
+                tf.tile(self.order[None, :width], [b, 1]))
+
+
+def make_index(kind: str, embeddings: np.ndarray, k: int, longest_seen: int = 0) -> Index:
+    """``brute-force`` or ``scann`` over [M, D] candidate ``embeddings``."""
+    if kind == "scann":
+        return ScaNN(embeddings, k, longest_seen)
+    return BruteForce(embeddings)
