@@ -52,7 +52,7 @@ class Plan:
       candidates: catalogue size.
       queries: queries whose recall is averaged.
       calls: timed calls per latency figure (after warm-up).
-      leaves: tree partitions (about sqrt(candidates), as ``export.scann_index`` picks).
+      leaves: tree partitions (about sqrt(candidates), as ``index.ScaNN`` picks).
       settings: (leaves_to_search, reorder) pairs tried at query time on one index.
     """
 

@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from tfrs_movies import contract
 from tfrs_movies.errors import UserError
 
-SIGNATURE = "serving_default"
+SIGNATURE = contract.SIGNATURE
 # Name under which a response without output names is returned: TF Serving drops the name when a
 # signature has a single output (``{"outputs": [...]}``); `RecommenderClient` maps it back.
 UNNAMED_OUTPUT = ""

@@ -56,22 +56,23 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serving.backends import LocalBackend, ServingError
+from tfrs_movies import contract
 from tfrs_movies.errors import DataError, UserError
 
 __all__ = ["SCHEMA", "BatchReport", "UserIds", "normalize_ids", "output_format",
            "read_user_ids", "recommend_table", "score_users", "seen_movies"]
 
-MODEL = "recommender"
+MODEL = "recommender"  # a model of the serving contract (``tfrs_movies.contract``)
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int64()), ("movie_id", pa.string()),
                     ("title", pa.string()), ("score", pa.float32()), ("rating", pa.float32())])
 ERROR_COLUMNS = ("user_id", "error")
 DEFAULT_BATCH_SIZE = 128  # TF Serving's max_batch_size in serving/batching_parameters.txt
 DEFAULT_PART_SIZE = 4096  # users per part file: resume granularity vs. files per run
-_PAD = ""
+_PAD = contract.PAD
 _PROBE_ID = "1"  # any non-empty id is valid for the export (unknown ones get popular movies)
 _BAD_CHARS = r"[\x00-\x1f\x7f\ud800-\udfff]"  # control characters, lone surrogates
 _MANIFEST = "manifest.json"
-_OUTPUTS = ("movie_ids", "titles", "scores", "ratings")
+_OUTPUTS = contract.signature(MODEL).output_names
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 

@@ -5,7 +5,7 @@
     client.recommend(["42"], exclude=[["50", "181"]])       # [[Recommendation(...), ...]]
     client.similar([["1", "50"]])                           # seeds averaged: [[("172", 0.93), ...]]
 
-The models follow the serving contract in DESIGN.md ("Serving modules"): batched string ids in,
+The models follow the serving contract (``tfrs_movies.contract``): batched string ids in,
 ``[B, K]`` ids and float32 scores out. This module validates ids before anything is sent, pads the
 ragged exclusion/seed lists to a rectangle, and turns output arrays into Python results.
 
@@ -30,19 +30,13 @@ from serving.backends import (
     RestBackend,
     ServingError,
 )
+from tfrs_movies import contract
 from tfrs_movies.errors import UserError
 
 __all__ = ["Backend", "GrpcBackend", "LocalBackend", "Recommendation", "RecommenderClient",
            "RestBackend", "ServingError", "make_client"]
 
-PAD = ""
-# Output names per model, from the serving contract.
-_OUTPUTS = {
-    "retrieval": ("movie_ids", "scores"),
-    "ranking": ("rating",),
-    "recommender": ("movie_ids", "titles", "scores", "ratings"),
-    "similar_movies": ("movie_ids", "scores"),
-}
+PAD = contract.PAD
 
 
 class Backend(Protocol):
@@ -171,7 +165,7 @@ class RecommenderClient:
 
     def _call(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.backend.predict(model, inputs, version=self.versions.get(model))
-        expected = _OUTPUTS[model]
+        expected = contract.signature(model).output_names
         if len(expected) == 1 and UNNAMED_OUTPUT in out:
             out = {expected[0]: out[UNNAMED_OUTPUT]}
         missing = [name for name in expected if name not in out]

@@ -1,6 +1,6 @@
 """Tests for serving/: the Python client over local, REST and gRPC backends, and the CLI.
 
-A session fixture writes a tiny export honoring the serving contract (DESIGN.md): four
+A session fixture writes a tiny export honoring the serving contract (``tfrs_movies.contract``): four
 SavedModels built from `tf.Module`s over a fixed catalogue of 5 movies and 3-d embeddings.
 The REST and gRPC servers are the stand-ins in `tfserving_stub.py`, running those SavedModels.
 

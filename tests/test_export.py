@@ -7,19 +7,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfrs_movies import contract
 from tfrs_movies.config import ExportConfig, ModelConfig
 from tfrs_movies.errors import UserError
-from tfrs_movies.export import PopularFallback, export, models_config
+from tfrs_movies.export import export, models_config
+from tfrs_movies.index import BruteForce, Popular, ScaNN
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.training import make_dataset
 
-CONTRACT = {
-    "retrieval": ({"user_id", "exclude_movie_ids"}, {"movie_ids", "scores"}),
-    "ranking": ({"user_id", "movie_id"}, {"rating"}),
-    "recommender": ({"user_id", "exclude_movie_ids"}, {"movie_ids", "titles", "scores", "ratings"}),
-    "similar_movies": ({"movie_ids"}, {"movie_ids", "scores"}),
-}
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +55,19 @@ def _strings(tensor) -> np.ndarray:
 
 def test_signatures_match_the_contract(exported):
     root, models, _ = exported
-    assert set(models) == set(CONTRACT)
-    for name, (inputs, outputs) in CONTRACT.items():
+    assert set(models) == set(contract.MODELS)
+    for name, signature in contract.SIGNATURES.items():
         fn = models[name]
-        assert set(fn.structured_input_signature[1]) == inputs
-        assert set(fn.structured_outputs) == outputs
+        specs = fn.structured_input_signature[1]
+        assert set(specs) == set(signature.input_names)
+        for t in signature.inputs:
+            assert specs[t.name].dtype.name == t.dtype and specs[t.name].shape.rank == len(t.shape)
+        assert set(fn.structured_outputs) == set(signature.output_names)
+        for t in signature.outputs:
+            got = fn.structured_outputs[t.name]
+            assert got.dtype.name == t.dtype and got.shape.rank == len(t.shape), t.name
     text = (root / "bf" / "models.config").read_text()
-    assert text == models_config(list(CONTRACT), "/models")
+    assert text == models_config(list(contract.MODELS), "/models")
     assert 'base_path: "/models/recommender"' in text
     assert not list((root / "bf").glob("*/.tmp-*"))
 
@@ -164,12 +166,12 @@ def test_versions_are_never_overwritten(trained, tmp_path):
     assert not (tmp_path / "ranking" / "3").exists()
 
 
-def test_popular_fallback_equals_masking_the_whole_catalogue():
+def test_popular_equals_masking_the_whole_catalogue():
     rng = np.random.default_rng(0)
     popularity = rng.integers(0, 6, size=300).astype(np.float64)  # many ties
     excluded = rng.integers(-1, 300, size=(7, 40))
     excluded[0] = np.argsort(-popularity, kind="stable")[:40]  # the 40 most popular
-    got_scores, got = PopularFallback(popularity)(tf.constant(excluded), 25)
+    got_scores, got = Popular(popularity)(tf.zeros([7, 1]), tf.constant(excluded), 25)
     full = np.tile(np.log1p(popularity).astype(np.float32), (7, 1))
     for row, ex in enumerate(excluded):
         full[row, ex[ex >= 0]] = -np.inf
@@ -177,3 +179,109 @@ def test_popular_fallback_equals_masking_the_whole_catalogue():
     np.testing.assert_array_equal(got.numpy(), want.numpy())
     np.testing.assert_array_equal(got_scores.numpy(), want_scores.numpy())
     assert not set(got.numpy()[0]) & set(excluded[0])
+
+
+def _exact(embeddings, queries, excluded, k):
+    """NumPy reference: top-k dot products with each row's exclusions at -inf."""
+    scores = queries @ embeddings.T
+    for row, ex in enumerate(excluded):
+        scores[row, ex[ex >= 0]] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+@pytest.mark.parametrize("kind", ["brute-force", "scann"])
+def test_index_is_exact_and_never_short(kind):
+    """Both indexes give k allowed results while k remain, even when the exclusions swallow
+    every candidate ScaNN's searched leaves hold (it then completes the row exactly)."""
+    import scann  # noqa: F401
+
+    rng = np.random.default_rng(1)
+    embeddings = rng.normal(size=(500, 8)).astype(np.float32)
+    queries = rng.normal(size=(4, 8)).astype(np.float32)
+    _, best = _exact(embeddings, queries, np.full((4, 1), -1), 500)
+    excluded = np.full((4, 480), -1)
+    excluded[0] = best[0, :480]  # only 20 movies left, the worst ones for this user
+    excluded[1, :300] = best[1, :300]
+    excluded[2, :5] = best[2, :5]
+    index = BruteForce(embeddings) if kind == "brute-force" else ScaNN(embeddings, k=10)
+    scores, positions = index(tf.constant(queries), tf.constant(excluded), 10)
+    want_scores, want = _exact(embeddings, queries, excluded, 10)
+    if kind == "brute-force":
+        np.testing.assert_array_equal(positions.numpy(), want)
+    else:  # approximate, but never short and never excluded
+        assert np.isfinite(scores.numpy()).all()
+        for row in range(4):
+            assert not set(positions.numpy()[row]) & set(excluded[row])
+        np.testing.assert_array_equal(positions.numpy()[0], want[0])  # completed exactly
+    np.testing.assert_allclose(scores.numpy()[0], want_scores[0], rtol=1e-5)
+    # Fewer allowed movies than k: the rest of the row is empty (-inf).
+    scores, _ = index(tf.constant(queries[:1]), tf.constant([list(range(495))]), 10)
+    assert np.isfinite(scores.numpy()[0]).sum() == 5
+
+
+@pytest.mark.parametrize("index", ["brute-force", "scann"])
+def test_exports_answer_what_the_towers_answer(exported, trained, index):
+    """For one run, the exported graphs (tables computed at export) return the ids and scores
+    a direct evaluation of the towers gives: known and unknown users, with exclusions."""
+    _, bf, scann = exported
+    models = bf if index == "brute-force" else scann
+    vocab = trained.vocab
+    retrieval, ranking = trained.retrieval_model(), trained.ranking_model()
+    catalog = np.asarray(vocab.catalog_movies)
+    users = list(vocab.user_ids[:6]) + ["u0", "never-seen"]  # u0: catalogue only, no ratings
+    candidates = retrieval.movie_embedding(tf.constant(catalog)).numpy()
+    queries = retrieval.user_embedding(tf.constant(users)).numpy()
+    seen = [set(vocab.history[vocab.catalog_users.index(u)]) if u in vocab.catalog_users
+            else set() for u in users]
+    first = np.argsort(-(queries @ candidates.T), axis=1, kind="stable")
+    client_excluded = [list(catalog[first[i, :2]]) if i % 2 else ["", ""]
+                       for i in range(len(users))]
+    excluded = [np.asarray([i for i, m in enumerate(catalog) if m in seen[r]
+                            or m in client_excluded[r]] or [-1]) for r in range(len(users))]
+    width = max(map(len, excluded))
+    excluded = np.stack([np.pad(e, (0, width - len(e)), constant_values=-1) for e in excluded])
+    want_scores, want = _exact(candidates, queries, excluded, 20)
+    request = dict(user_id=tf.constant(users), exclude_movie_ids=tf.constant(client_excluded))
+    out = models["retrieval"](**request)
+    known = slice(0, len(users) - 1)  # the last user gets the popularity fallback
+    np.testing.assert_allclose(out["scores"].numpy()[known], want_scores[known], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(_strings(out["movie_ids"])[known], catalog[want[known]])
+
+    rec = models["recommender"](**request)
+    for row, user in enumerate(users[:-1]):
+        ratings = ranking.predict_rating(tf.constant([user] * 20),
+                                         tf.constant(catalog[want[row]])).numpy()
+        order = np.argsort(-ratings, kind="stable")[:5]
+        np.testing.assert_allclose(rec["ratings"].numpy()[row], ratings[order], rtol=1e-5)
+        assert list(_strings(rec["movie_ids"])[row]) == list(catalog[want[row][order]])
+        np.testing.assert_allclose(rec["scores"].numpy()[row], want_scores[row][order],
+                                   rtol=1e-5, atol=1e-6)
+    if index == "brute-force":
+        pairs = tf.constant(users), tf.constant(list(catalog[:7]) + ["?"])
+        np.testing.assert_allclose(models["ranking"](user_id=pairs[0], movie_id=pairs[1])[
+            "rating"].numpy(), ranking.predict_rating(*pairs).numpy(), rtol=1e-5)
+
+
+def test_requests_larger_than_a_chunk_and_mismatched_inputs(exported, trained):
+    """A request over ``MAX_ROWS_PER_CALL`` rows runs in chunks and answers as row by row;
+    inputs of different lengths are refused with a message naming both."""
+    _, models, _ = exported
+    rows = contract.MAX_ROWS_PER_CALL + 7
+    users = [trained.vocab.user_ids[i % len(trained.vocab.user_ids)] for i in range(rows)]
+    big = models["recommender"](user_id=tf.constant(users),
+                                exclude_movie_ids=tf.fill([rows, 1], ""))
+    small = models["recommender"](user_id=tf.constant(users[-9:]),
+                                  exclude_movie_ids=tf.fill([9, 1], ""))
+    assert big["movie_ids"].shape == (rows, 5)
+    np.testing.assert_array_equal(_strings(big["movie_ids"])[-9:], _strings(small["movie_ids"]))
+    np.testing.assert_allclose(big["ratings"].numpy()[-9:], small["ratings"].numpy(), rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="user_id and exclude_movie_ids"):
+        models["retrieval"](user_id=tf.constant(["u1", "u2"]),
+                            exclude_movie_ids=tf.constant([[""]]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="user_id and movie_id"):
+        models["ranking"](user_id=tf.constant(["u1", "u2"]), movie_id=tf.constant(["m1"]))
+    empty = models["retrieval"](user_id=tf.constant([], tf.string),
+                                exclude_movie_ids=tf.zeros([0, 1], tf.string))
+    assert empty["movie_ids"].shape[0] == 0

@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import tensorflow as tf
 
+from tfrs_movies import contract
+
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
                    r"(?::(?P<verb>[a-z]+))?$")
 
@@ -222,7 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
         if ("inputs" in request) == ("instances" in request):
             raise StubError(400, "Missing 'inputs' or 'instances' key (exactly one is needed)")
         version = int(match["version"]) if match["version"] else None
-        signature_name = request.get("signature_name", "serving_default")
+        signature_name = request.get("signature_name", contract.SIGNATURE)
         fn = self.owner.repository.signature(match["name"], version, signature_name)
         input_names = sorted(fn.structured_input_signature[1])
         columnar = "inputs" in request
@@ -313,7 +315,7 @@ class GrpcPredictionService:
         inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         try:
             outputs = self.repository.run(spec.name, version,
-                                          spec.signature_name or "serving_default", inputs)
+                                          spec.signature_name or contract.SIGNATURE, inputs)
         except StubError as err:
             context.abort(getattr(grpc.StatusCode, err.code), str(err))
         response = predict_pb2.PredictResponse()

@@ -1,4 +1,4 @@
-"""Data sources, schema and splits; see DESIGN.md "Data" and ``schema.py`` for the tables."""
+"""Data sources, schema and splits; see ``schema.py`` for the tables (ARCHITECTURE.md, "Data")."""
 from tfrs_movies.data.loading import load
 from tfrs_movies.data.schema import GENRES, OCCUPATIONS, MovieLensData
 from tfrs_movies.data.splits import Split, carve_validation, load_split, make_split, save_split
