@@ -3,8 +3,9 @@
 ``index(query [B, D], excluded [B, E], k) -> (scores [B, k], positions [B, k])``: the best
 ``k`` catalogue positions per row whose position is not in that row's ``excluded`` (-1 pads),
 best first; slots beyond the allowed movies score -inf. Each implementation only says how to
-``fetch`` its ``width`` best candidates; exclusions, the final top-k and the completion of
-short rows are written once, here:
+``fetch`` candidates (the whole catalogue's scores, or its ``width`` best with their
+positions); exclusions, the final top-k and the completion of short rows are written once,
+here:
 
 - ``BruteForce``: exact dot products with every candidate (the GPU-friendly default).
 - ``ScaNN``: approximate (tree + asymmetric hashing, exact re-scoring of the best few hundred).
@@ -13,10 +14,10 @@ short rows are written once, here:
   gets a short list.
 - ``Popular``: the most popular movies whatever the query (the unknown-user fallback).
 
-A row asks for ``k + E`` candidates: at most E of them are excluded, so an exact search always
-keeps k. Excluded candidates are found by a binary search in the row's sorted exclusions:
-O(B (k + E) log E), never a catalogue x exclusions comparison nor a [B, catalogue] mask beyond
-the brute-force score matrix itself.
+Exclusions: on a whole-catalogue score matrix they are set to -inf by a scatter, O(B E); on
+fetched candidates (``k + E`` of them per row: at most E are excluded, so an exact fetch always
+keeps k) by a binary search in the row's sorted exclusions, O(B (k + E) log E). Never a
+catalogue x exclusions comparison.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ class Index(tf.Module):
 
     def fetch(self, query: tf.Tensor, width: tf.Tensor):
         """query [B, D], width <= size -> (scores [B, W], positions [B, W] int64), W <= width,
-        best first as far as the implementation knows; NaN or -inf marks an empty slot."""
+        NaN or -inf marking an empty slot; or (scores [B, size], None): every candidate's
+        score in position order."""
         raise NotImplementedError
 
     def complete(self, query: tf.Tensor, excluded: tf.Tensor, k: int):
@@ -54,8 +56,12 @@ class Index(tf.Module):
                                       tf.cast(excluded, tf.int64)], axis=1), axis=1)
         width = tf.minimum(self.size, k + tf.shape(excluded)[1])
         scores, positions = self.fetch(query, width)
-        scores = tf.where(tf.math.is_nan(scores) | _member(positions, excluded), _NEG, scores)
-        scores, positions = _top(scores, positions, k)
+        if positions is None:
+            scores, positions = tf.math.top_k(_mask(scores, excluded), k)
+            positions = tf.cast(positions, tf.int64)
+        else:
+            dropped = tf.math.is_nan(scores) | _member(positions, excluded)
+            scores, positions = _top(tf.where(dropped, _NEG, scores), positions, k)
         if self.exact:
             return scores, positions
         allowed = self.size - _distinct_valid(excluded)
@@ -71,6 +77,13 @@ class Index(tf.Module):
             tf.gather_nd(query, rows), tf.gather_nd(excluded, rows), k)
         return (tf.tensor_scatter_nd_update(scores, rows, exact_scores),
                 tf.tensor_scatter_nd_update(positions, rows, exact_positions))
+
+
+def _mask(scores: tf.Tensor, excluded: tf.Tensor) -> tf.Tensor:
+    """Sets ``scores[b, excluded[b, e]]`` to -inf for every position >= 0 (a scatter)."""
+    hit = tf.where(excluded >= 0)  # [H, 2]: (row, column in excluded)
+    index = tf.stack([hit[:, 0], tf.gather_nd(excluded, hit)], axis=1)
+    return tf.tensor_scatter_nd_update(scores, index, tf.fill([tf.shape(index)[0]], _NEG))
 
 
 def _member(positions: tf.Tensor, sorted_excluded: tf.Tensor) -> tf.Tensor:
@@ -97,16 +110,14 @@ def _top(scores: tf.Tensor, positions: tf.Tensor, k: int):
 
 
 class BruteForce(Index):
-    """Exact: ``query @ embeddings^T`` and its top ``width``."""
+    """Exact: ``query @ embeddings^T`` over the whole catalogue."""
 
     def __init__(self, embeddings: np.ndarray, name: str = "candidate_embeddings"):
         super().__init__(len(embeddings))
         self.embeddings = tf.Variable(embeddings, trainable=False, name=name)
 
     def fetch(self, query, width):
-        scores = tf.matmul(query, self.embeddings, transpose_b=True)
-        scores, positions = tf.math.top_k(scores, width)
-        return scores, tf.cast(positions, tf.int64)
+        return tf.matmul(query, self.embeddings, transpose_b=True), None
 
 
 class ScaNN(Index):
