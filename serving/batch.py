@@ -201,7 +201,7 @@ def seen_movies(ratings: str | os.PathLike | Mapping[str, Sequence[str]]
         return {str(u): [str(m) for m in movies] for u, movies in ratings.items()}
     from tfrs_movies.data.tabular import read_ratings_file
 
-    table = read_ratings_file(ratings)
+    table = read_ratings_file(ratings, check_scale=False)  # only the pairs matter here
     return table.groupby("user_id", sort=False)["movie_id"].agg(list).to_dict()
 
 
