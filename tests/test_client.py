@@ -557,6 +557,21 @@ def test_cli_server_error_exits_1(rest_stub, capsys):
 # --- deployment files parse with TF Serving's own protos -----------------------------------
 
 
+def test_readme_first_curl_matches_the_contract(rest_stub):
+    """The first curl of serving/README.md, sent as it is to the stand-in (running the test
+    export's retrieval model, which has the contract's inputs)."""
+    import re
+
+    with open(os.path.join(SERVING_DIR, "README.md")) as f:
+        text = f.read()
+    match = re.search(r"curl -s localhost:8501(/v1/models/\w+:predict) -d '([^']*)'", text)
+    assert match and match[1] == "/v1/models/retrieval:predict"
+    request = urllib.request.Request(rest_stub.url + match[1], data=match[2].encode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        outputs = json.loads(response.read())["outputs"]
+    assert len(outputs["movie_ids"]) == 2 and len(outputs["scores"][0]) == K
+
+
 def test_models_config_template_parses():
     config_pb2 = pytest.importorskip("tensorflow_serving.config.model_server_config_pb2")
     with open(os.path.join(SERVING_DIR, "models.config")) as f:
@@ -615,6 +630,12 @@ def test_compose_services():
     yaml = pytest.importorskip("yaml", reason="PyYAML not installed")
     with open(os.path.join(SERVING_DIR, "docker-compose.yml")) as f:
         services = yaml.safe_load(f)["services"]
+    assert list(services)[0] == "cpu"  # the one to try first: stock image, nothing to build
+    stock = services["cpu"]
+    assert stock["image"] == "tensorflow/serving:2.20.0" and "build" not in stock
+    assert set(stock["ports"]) == {"8501:8501", "8500:8500"}
+    assert "--model_config_file=/models/models.config" in stock["command"]
+    assert any(v.endswith(":/models:ro") for v in stock["volumes"])
     gpu, cpu = services["gpu"], services["cpu-scann"]
     assert gpu["image"] == "tensorflow/serving:2.20.0-gpu"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
