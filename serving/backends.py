@@ -10,9 +10,13 @@ so the three backends return identical values for the same export.
 - `RestBackend`: TF Serving's REST predict API, standard library only (no ``requests``).
 - `GrpcBackend`: TF Serving's gRPC ``PredictionService.Predict`` (needs the ``[serving]`` extra).
 
-Remote backends retry only what is safe and likely to pass on a second try: refused or reset
-connections, HTTP 503/429 and gRPC UNAVAILABLE (TF Serving answers UNAVAILABLE/503 when its
-batching queue is full), with exponential backoff. Timeouts and client errors are not retried.
+Remote backends retry only what is safe and likely to pass on a second try: refused
+connections, connections the server dropped without answering (a restart), HTTP 503/429 and
+gRPC UNAVAILABLE (TF Serving answers UNAVAILABLE/503 when its batching queue is full), with
+exponential backoff. Timeouts and errors the server answered (HTTP 4xx/500, other gRPC codes)
+are not retried, even when the server then drops the connection: the request was rejected
+and would be again. A `ServingError` carries the server's whole message, with TensorFlow's
+stack noise trimmed (`tf_error_text`).
 """
 from __future__ import annotations
 
@@ -20,11 +24,10 @@ import base64
 import http.client
 import json
 import os
+import re
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,6 +78,24 @@ def _normalize(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "f":
         return array.astype(np.float32)
     return array
+
+
+_TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node .* defined at \(most recent "
+                       r"call last\):|<stack traces unavailable>|Node: .*|\s+.*)$")
+_TF_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]|\s*\[\[\{\{node [^}]*\}\}\]\]")
+
+
+def tf_error_text(text: str) -> str:
+    """A TensorFlow error message without its stack noise, on one line.
+
+    Drops ``Graph execution error:``, the ``Detected at node ... defined at`` block and its
+    (indented) stack lines, ``[[{{node ...}}]]`` and ``[Op:...]``; keeps every other line,
+    e.g. ``assertion failed: [user_id and exclude_movie_ids need the same batch size] ...``.
+    """
+    lines = [_TF_OP_SUFFIX.sub("", line).strip() for line in str(text).splitlines()
+             if not _TF_NOISE.match(line)]
+    kept = " ".join(line for line in lines if line)
+    return kept or " ".join(str(text).split())
 
 
 def _backoff_delays(retries: int, backoff: float, max_backoff: float) -> list[float]:
@@ -163,8 +184,9 @@ class LocalBackend:
                        for name, value in inputs.items()}
             outputs = fn(**tensors)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
-            raise ServingError(f"model {model!r} rejected the request: {err}",
-                               code="INVALID_ARGUMENT", model=model) from err
+            raise ServingError(f"model {model!r} rejected the request: "
+                               f"{tf_error_text(str(err))}", code="INVALID_ARGUMENT",
+                               model=model) from err
         return {name: _normalize(value.numpy()) for name, value in outputs.items()}
 
     def close(self) -> None:
@@ -203,11 +225,16 @@ class RestBackend:
 
     Sends the columnar format ``{"signature_name": ..., "inputs": {name: nested list}}`` and
     reads ``{"outputs": {name: nested list}}`` (or ``{"outputs": [...]}`` for a single output).
+    Connects directly with ``http.client`` (no HTTP proxy), one connection per request, so it
+    can tell the phases apart: a connection never made (unreachable: retried), a request sent
+    but never answered (dropped: retried), and an answer, even one read after the server
+    stopped reading the request (a 4xx: never retried).
 
     Args:
       url: server root, e.g. ``http://localhost:8501``.
       timeout: seconds for connecting and for reading each response.
-      retries: extra attempts after a connection error or an HTTP 503/429.
+      retries: extra attempts after an unreachable server, a dropped connection or an HTTP
+        503/429.
       backoff: first delay in seconds; doubles each retry, capped at ``max_backoff``. A
         ``Retry-After`` header (seconds) replaces the delay when it is shorter than the cap.
     """
@@ -217,8 +244,14 @@ class RestBackend:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise UserError(f"url must look like http://HOST:PORT, got {url!r}")
+        try:
+            parsed.port
+        except ValueError:
+            raise UserError(f"url must look like http://HOST:PORT, got {url!r} (bad port)"
+                            ) from None
         _check_retry_args(timeout, retries, backoff)
         self.url = url.rstrip("/")
+        self._parsed = parsed
         self.timeout = timeout
         self.delays = _backoff_delays(retries, backoff, max_backoff)
         self.max_backoff = max_backoff
@@ -234,47 +267,97 @@ class RestBackend:
                 version: int | None = None) -> dict[str, np.ndarray]:
         body = json.dumps({"signature_name": SIGNATURE,
                            "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}})
-        request = urllib.request.Request(self.endpoint(model, version), data=body.encode(),
-                                         headers={"Content-Type": "application/json"},
-                                         method="POST")
-        payload = self._send(request, model)
-        if "outputs" not in payload:
-            raise ServingError(f"response from {request.full_url} has no 'outputs' key: "
+        url = self.endpoint(model, version)
+        payload = self._send(url, body.encode(), model)
+        if not isinstance(payload, dict) or "outputs" not in payload:
+            raise ServingError(f"response from {url} has no 'outputs' key: "
                                f"{str(payload)[:200]}", model=model)
         outputs = payload["outputs"]
         if not isinstance(outputs, dict):
             outputs = {UNNAMED_OUTPUT: outputs}
         return {name: _normalize(_from_json(value)) for name, value in outputs.items()}
 
-    def _send(self, request: urllib.request.Request, model: str) -> dict:
+    def _send(self, url: str, body: bytes, model: str) -> Any:
         for attempt in range(len(self.delays) + 1):
+            last = attempt == len(self.delays)
             retry_after = None
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as err:
-                status, message = err.code, _error_text(err)
-                if status not in _RETRY_HTTP_STATUS or attempt == len(self.delays):
-                    raise ServingError(f"HTTP {status} from {request.full_url}: {message}",
-                                       status=status, model=model) from None
-                retry_after = _retry_after(err.headers.get("Retry-After"))
-            except (TimeoutError, urllib.error.URLError, http.client.HTTPException,
-                    ConnectionError) as err:
-                reason = getattr(err, "reason", err)
-                if isinstance(reason, TimeoutError):
-                    raise ServingError(f"no answer from {request.full_url} within "
-                                       f"{self.timeout}s", model=model) from None
-                if attempt == len(self.delays):
-                    raise ServingError(f"cannot reach {request.full_url} after "
-                                       f"{attempt + 1} attempts: {reason}", model=model) from None
-            except json.JSONDecodeError as err:
-                raise ServingError(f"{request.full_url} answered with invalid JSON: {err}",
+                status, headers, data = self._post(url, body)
+            except TimeoutError:
+                raise ServingError(f"no answer from {url} within {self.timeout}s",
                                    model=model) from None
+            except _Unreachable as err:
+                if last:
+                    raise ServingError(f"cannot reach {url} after {attempt + 1} attempts: "
+                                       f"{err}", model=model) from None
+            except _Dropped as err:
+                if last:
+                    raise ServingError(f"{url} closed the connection without answering, "
+                                       f"{attempt + 1} times ({err}): the server is restarting, "
+                                       f"or fails on this request", model=model) from None
+            else:
+                if status == 200:
+                    try:
+                        return json.loads(data)
+                    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+                        raise ServingError(f"{url} answered with invalid JSON: {err}",
+                                           model=model) from None
+                if status not in _RETRY_HTTP_STATUS or last:
+                    raise ServingError(f"HTTP {status} from {url}: {_error_text(data, status)}",
+                                       status=status, model=model) from None
+                retry_after = _retry_after(headers.get("Retry-After"))
             delay = self.delays[attempt]
             if retry_after is not None:
                 delay = min(retry_after, self.max_backoff)
             self._sleep(delay)
         raise AssertionError("unreachable")
+
+    def _post(self, url: str, body: bytes):
+        """One POST on a fresh connection: ``(status, headers, body)``.
+
+        Raises `_Unreachable` (no connection: nothing was sent), `_Dropped` (the request went
+        out and no answer came back) or `TimeoutError`. When sending fails because the server
+        stopped reading (it may have rejected the request early), its answer is still read.
+        """
+        parsed, parts = self._parsed, urllib.parse.urlsplit(url)
+        cls = (http.client.HTTPSConnection if parsed.scheme == "https"
+               else http.client.HTTPConnection)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn = cls(parsed.hostname, parsed.port, timeout=self.timeout)
+        try:
+            try:
+                conn.connect()
+            except TimeoutError:
+                raise
+            except OSError as err:  # refused, no route, unknown host
+                raise _Unreachable(getattr(err, "strerror", None) or str(err)) from None
+            send_error = None
+            try:
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
+            except TimeoutError:
+                raise
+            except OSError as err:  # broken pipe, reset: the server stopped reading
+                send_error = err
+            try:
+                response = conn.getresponse()
+            except TimeoutError:
+                raise
+            except (http.client.HTTPException, OSError) as err:
+                reason = send_error or err
+                raise _Dropped(f"{type(reason).__name__}: {reason}".rstrip(": ")) from None
+            try:
+                data = response.read()
+            except http.client.IncompleteRead as err:
+                if response.status == 200:
+                    raise _Dropped(f"answer cut off after {len(err.partial)} bytes") from None
+                data = err.partial  # an error answer, cut short: its status says enough
+            except OSError as err:
+                if response.status == 200:
+                    raise _Dropped(f"{type(err).__name__}: {err}") from None
+                data = b""
+            return response.status, response.headers, data
+        finally:
+            conn.close()
 
     def close(self) -> None:
         pass
@@ -286,16 +369,22 @@ class RestBackend:
         self.close()
 
 
-def _error_text(err: urllib.error.HTTPError) -> str:
-    """The server's ``{"error": "..."}`` text, else the raw body, else the HTTP reason."""
+class _Unreachable(Exception):
+    """No connection to the server could be made."""
+
+
+class _Dropped(Exception):
+    """The request was sent (in part or whole) and the connection closed with no answer."""
+
+
+def _error_text(data: bytes, status: int) -> str:
+    """The server's ``{"error": "..."}`` text whole (TensorFlow noise trimmed), else the raw
+    body (first 500 characters: e.g. a proxy's HTML page), else the HTTP reason."""
+    raw = data.decode("utf-8", "replace")
     try:
-        raw = err.read().decode("utf-8", "replace")
-    except Exception:  # the connection died while reading the error body
-        raw = ""
-    try:
-        return str(json.loads(raw)["error"])
+        return tf_error_text(str(json.loads(raw)["error"]))
     except (ValueError, KeyError, TypeError):
-        return raw.strip()[:500] or str(err.reason)
+        return raw.strip()[:500] or http.client.responses.get(status, "no message")
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -23,6 +23,9 @@ How a run is made safe to kill:
   fingerprint and the local model version; resuming with any of them changed is refused.
 - At the end the parts are concatenated into a temporary file beside ``OUT``, renamed onto
   ``OUT`` (atomic on one filesystem) and the work dir is deleted.
+- Nothing the job reads is written: ``OUT``, ``OUT.errors.csv``, the work dir and the temp
+  files are refused (`check_outputs`, on resolved paths) when one of them is the users file or
+  the ``exclude`` file.
 
 Bad ids never stop a run: missing, blank, control-character or non-UTF-8 ids, and ids the
 server rejects (HTTP 400 / INVALID_ARGUMENT; the batch is split in halves until the culprits
@@ -57,10 +60,10 @@ import pyarrow.parquet as pq
 
 from serving.backends import LocalBackend, ServingError
 from tfrs_movies import contract
-from tfrs_movies.errors import DataError, UserError
+from tfrs_movies.errors import DataError, UserError, shown
 
-__all__ = ["SCHEMA", "BatchReport", "UserIds", "normalize_ids", "output_format",
-           "read_user_ids", "recommend_table", "score_users", "seen_movies"]
+__all__ = ["SCHEMA", "BatchReport", "UserIds", "check_outputs", "format_rate", "normalize_ids",
+           "output_format", "read_user_ids", "recommend_table", "score_users", "seen_movies"]
 
 MODEL = "recommender"  # a model of the serving contract (``tfrs_movies.contract``)
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int64()), ("movie_id", pa.string()),
@@ -88,8 +91,9 @@ class BatchReport:
       errors_path: ``OUT.errors.csv``, or None when every id was good.
       duplicates: input rows repeating an earlier id (scored once).
       resumed_users: users whose parts an earlier, interrupted run had written.
-      seconds: wall time of this run: reading input, scoring, writing output.
-      users_per_second: users scored by this run (not resumed ones) per second of ``seconds``.
+      seconds: wall time of this run: reading input, loading the model, scoring, writing.
+      users_per_second: users scored by this run (not resumed ones) per second of ``seconds``
+        (0.0 when this run scored none).
     """
 
     out_path: str
@@ -103,8 +107,12 @@ class BatchReport:
     users_per_second: float
 
     def summary(self) -> str:
+        """One line; the rate only when the run took at least a second (below that, or for a
+        handful of users, the rate is mostly model loading and says nothing)."""
         text = (f"wrote {self.rows:,} recommendations for {self.users:,} users to "
-                f"{self.out_path} in {self.seconds:.1f}s ({self.users_per_second:,.0f} users/s)")
+                f"{self.out_path} in {self.seconds:.1f}s")
+        if self.seconds >= 1 and self.users_per_second > 0:
+            text += f" ({format_rate(self.users_per_second)} users/s)"
         if self.resumed_users:
             text += f"; {self.resumed_users:,} users kept from the interrupted run"
         if self.duplicates:
@@ -171,14 +179,14 @@ def normalize_ids(column: pd.Series) -> tuple[np.ndarray, list[tuple[int, str]]]
     if pd.api.types.is_integer_dtype(column):
         values = column.astype("string").to_numpy(dtype=object, na_value=None)
         return values, sorted(bad.items())
-    values = column.to_numpy(dtype=object)
+    values = column.to_numpy(dtype=object, copy=True)  # written below; pandas' view is read-only
     is_str = np.fromiter((isinstance(v, str) for v in values), bool, len(values))
     for i in np.flatnonzero(~is_str & ~missing):
         v = values[i]
         if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
             values[i], is_str[i] = str(int(v)), True
         else:
-            bad[int(i)] = f"user_id must be text, got {type(v).__name__} {v!r}"
+            bad[int(i)] = f"user_id must be text, got {type(v).__name__} {shown(v)}"
     text = pd.Series(np.where(is_str, values, ""), dtype=object)
     blank = is_str & (text.str.strip() == "").to_numpy(dtype=bool)
     weird = is_str & text.str.contains(_BAD_CHARS, regex=True).to_numpy(dtype=bool)
@@ -188,6 +196,15 @@ def normalize_ids(column: pd.Series) -> tuple[np.ndarray, list[tuple[int, str]]]
         bad[int(i)] = (f"user_id {values[i]!r} has a control character or is not valid "
                        f"UTF-8")
     return values, sorted(bad.items())
+
+
+def format_rate(per_second: float) -> str:
+    """A rate with the digits that matter: ``1,234``, ``12.3``, ``0.42``."""
+    if per_second >= 100:
+        return f"{per_second:,.0f}"
+    if per_second >= 10:
+        return f"{per_second:.1f}"
+    return f"{per_second:.2g}"
 
 
 def _text(value) -> str:
@@ -202,7 +219,7 @@ def seen_movies(ratings: str | os.PathLike | Mapping[str, Sequence[str]]
         return {str(u): [str(m) for m in movies] for u, movies in ratings.items()}
     from tfrs_movies.data.tabular import read_ratings_file
 
-    table = read_ratings_file(ratings)
+    table = read_ratings_file(ratings, check_scale=False)  # only the pairs matter here
     return table.groupby("user_id", sort=False)["movie_id"].agg(list).to_dict()
 
 
@@ -340,6 +357,7 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
         raise UserError(f"n must be an int >= 1, got {n!r}")
     if not out.parent.is_dir():
         raise UserError(f"output folder {str(out.parent)!r} does not exist")
+    check_outputs(out, {"users file": user_ids, "exclude file (--exclude-seen)": exclude})
     users = read_user_ids(user_ids)
     seen = seen_movies(exclude) if exclude is not None else {}
     manifest = {"ids": _digest("\x00".join(users.ids)), "users": len(users.ids), "n": n,
@@ -404,6 +422,38 @@ def output_format(out: str | os.PathLike) -> str:
                     f"CSV, got extension {suffix or 'none'!r}")
 
 
+def check_outputs(out: str | os.PathLike, inputs: Mapping[str, object]) -> None:
+    """`UserError` when a file the job writes is one it reads.
+
+    Written: ``out``, ``out.errors.csv``, the work dir ``.OUT.parts/`` (and anything in it)
+    and the temp files ``.OUT.tmp-*`` / ``.OUT.errors.csv.tmp-*`` beside ``out``. ``inputs``
+    maps a name for the message to a path; other values (id lists, mappings, None) are
+    skipped. Paths are compared resolved (symlinks, ``..``, relative paths), and existing
+    files also by inode (hard links).
+    """
+    out = Path(out).resolve()
+    errors = out.with_name(f"{out.name}.errors.csv")
+    written = {out: "--out", errors: f"the bad-id file {errors.name} of --out"}
+    work = out.with_name(f".{out.name}.parts")
+    temp_prefixes = (f".{out.name}.tmp-", f".{errors.name}.tmp-")
+    for role, value in inputs.items():
+        if not isinstance(value, (str, os.PathLike)):
+            continue
+        path = Path(value).resolve()
+        hit = written.get(path)
+        if hit is None:
+            for target, what in written.items():
+                if path.exists() and target.exists() and os.path.samefile(path, target):
+                    hit = what
+        if hit is None and (path == work or work in path.parents):
+            hit = f"the work dir {work.name} of --out"
+        if hit is None and path.parent == out.parent and path.name.startswith(temp_prefixes):
+            hit = "a temporary file of --out"
+        if hit is not None:
+            raise UserError(f"refusing to write {hit}: it is the {role} {str(value)!r}, an input "
+                            f"of this job; choose another --out")
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -438,7 +488,13 @@ def _prepare_work_dir(work: Path, manifest: dict, resume: bool) -> set[int]:
     """Creates the work dir (or checks it for resume); returns the finished part numbers."""
     path = work / _MANIFEST
     if resume and path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+            if not isinstance(old, dict):
+                raise ValueError(f"a JSON {type(old).__name__}, not an object")
+        except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError included
+            raise UserError(f"cannot resume: {path} is unreadable or corrupted ({e}); delete "
+                            f"{work} or run again without --resume to start over") from None
         changed = [_MANIFEST_NAMES.get(k, k) for k in manifest if old.get(k) != manifest[k]]
         if changed:
             raise UserError(f"cannot resume from {work}: it was written for different "
@@ -535,7 +591,7 @@ class _Progress:
         rate = (self.done - done) / elapsed if elapsed > 0 else 0.0
         eta = (str(timedelta(seconds=round((self.total - self.done) / rate))) if rate > 0
                else "?")
-        return f"users {self.done:,}/{self.total:,}  {rate:,.0f} users/s  ETA {eta}"
+        return f"users {self.done:,}/{self.total:,}  {format_rate(rate)} users/s  ETA {eta}"
 
     def update(self, k: int) -> None:
         self.done += k

@@ -24,6 +24,8 @@ Differences from ``python -m serving batch``: rows are in no particular order (s
 (``user_id, movie_id``; e.g. a run's ``split/train.parquet``; MovieLens ``u.data`` is not read
 here) and rows with a blank id are ignored rather than refused; ``OUT.errors.csv`` is always
 written (maybe only its header); there is no resume (runners retry failed bundles themselves).
+At the end (on a runner that waits for the job) it prints the local scorer's one-line summary,
+from Beam counters in namespace ``tfrs_movies``: users, rows, bad ids, duplicates, seconds.
 A model dir the workers cannot see as a local folder (``gs://...``) is copied to a local temp
 folder once per worker with Beam's filesystems.
 """
@@ -36,6 +38,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pandas as pd
@@ -43,14 +46,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from serving.backends import LocalBackend, ServingError
-from serving.batch import (DEFAULT_BATCH_SIZE, ERROR_COLUMNS, MODEL, SCHEMA, normalize_ids,
-                           output_format, recommend_table)
+from serving.batch import (DEFAULT_BATCH_SIZE, ERROR_COLUMNS, MODEL, SCHEMA, BatchReport,
+                           check_outputs, normalize_ids, output_format, recommend_table)
 from tfrs_movies.errors import UserError
 
 try:
     import apache_beam as beam
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
+    from apache_beam.metrics import Metrics
+    from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.utils import shared
 except ImportError as _err:  # the module stays importable; `build` explains what is missing
@@ -62,6 +67,7 @@ _ALIASES = {"user_id": ("user_id", "userId", "user"), "movie_id": ("movie_id", "
 # pyarrow's CSV writer (the local scorer's) quotes the header names.
 _CSV_HEADER = ",".join(f'"{name}"' for name in SCHEMA.names)
 _VALIDATE_BATCH = 10_000  # ids validated together (vectorized, like the local scorer)
+_METRICS = "tfrs_movies"  # namespace of the counters the summary reads
 
 
 def _require_beam() -> None:
@@ -133,6 +139,7 @@ def _validate(values: list, source: str):
     """A batch of raw ids -> valid ``str`` ids, and ``(value, reason)`` on output "errors"."""
     # pandas infers the dtype as reading the whole file does (numbers with nulls: float64).
     normalized, bad = normalize_ids(pd.Series(values))
+    Metrics.counter(_METRICS, "bad_ids").inc(len(bad))
     bad_at = dict(bad)
     for i, value in enumerate(normalized):
         if i in bad_at:
@@ -193,6 +200,9 @@ if beam is not None:
             table, errors = recommend_table(
                 lambda inputs: self._backend.predict(MODEL, inputs, version=self.version),
                 users, exclude, self.n)
+            Metrics.counter(_METRICS, "users").inc(len(users) - len(errors))
+            Metrics.counter(_METRICS, "rows").inc(table.num_rows)
+            Metrics.counter(_METRICS, "bad_ids").inc(len(errors))
             yield table
             for error in errors:
                 yield beam.pvalue.TaggedOutput("errors", error)
@@ -209,6 +219,16 @@ def _csv_line(values) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow(values)
     return buffer.getvalue()
+
+
+def _seen_once(kv):
+    """A CoGroupByKey row -> ``(user_id, seen)`` once for a user in the input, counting the
+    repeats of a user id as duplicates."""
+    user, groups = kv
+    rows = len(list(groups["ids"]))
+    if rows > 1:
+        Metrics.counter(_METRICS, "duplicates").inc(rows - 1)
+    return [(user, list(groups["seen"]))] if rows else []
 
 
 def _sink(num_shards: int) -> dict:
@@ -236,6 +256,10 @@ def build(p, users: str, out: str, model_dir: str, n: int | None = None,
                         f"batch size {batch_size}, {num_shards} shards")
     if "://" not in model_dir and not os.path.isdir(model_dir):
         raise UserError(f"export dir {model_dir!r} does not exist or is not a directory")
+    if "://" not in out:
+        check_outputs(out, {role: path for role, path in (
+            ("users file", users), ("exclude file (--exclude-seen)", exclude))
+            if path and "://" not in path})
     raw = _read_columns(p, "Users", users, ("user_id",)) | "UserId" >> beam.Map(lambda r: r[0])
     checked = (raw | "BatchRaw" >> beam.BatchElements(min_batch_size=_VALIDATE_BATCH,
                                                         max_batch_size=_VALIDATE_BATCH)
@@ -249,8 +273,7 @@ def build(p, users: str, out: str, model_dir: str, n: int | None = None,
     else:
         pairs = p | "NoSeen" >> beam.Create([])
     requests = ({"ids": keyed, "seen": pairs} | "Join" >> beam.CoGroupByKey()
-                | "WithSeen" >> beam.FlatMap(
-                    lambda kv: [(kv[0], list(kv[1]["seen"]))] if list(kv[1]["ids"]) else []))
+                | "WithSeen" >> beam.FlatMap(_seen_once))
     scored = (requests
               | "Batch" >> beam.BatchElements(min_batch_size=batch_size,
                                               max_batch_size=batch_size)
@@ -291,17 +314,40 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     return parser.parse_known_args(argv)
 
 
+def report(result, out: str, seconds: float, num_shards: int = 1) -> BatchReport | None:
+    """The `BatchReport` of a finished pipeline, from its counters; None while it runs."""
+    from apache_beam.runners.runner import PipelineState
+
+    if result is None or result.state != PipelineState.DONE:
+        return None
+    counts = dict.fromkeys(("users", "rows", "bad_ids", "duplicates"), 0)
+    for counter in result.metrics().query(MetricsFilter().with_namespace(_METRICS))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counts[counter.key.metric.name] += int(value or 0)
+    target = out if num_shards == 1 else f"{out}-*-of-*"
+    return BatchReport(target, counts["users"], counts["rows"], counts["bad_ids"],
+                       f"{out}.errors.csv" if counts["bad_ids"] else None, counts["duplicates"],
+                       0, seconds, counts["users"] / seconds if seconds > 0 else 0.0)
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Builds and runs the pipeline; returns the exit code (2 for a user error)."""
+    """Builds and runs the pipeline, then prints its summary; returns the exit code (2 for a
+    user error)."""
     args, beam_args = parse_args(argv)
+    start = time.perf_counter()
     try:
         _require_beam()
-        with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        p = beam.Pipeline(options=PipelineOptions(beam_args))
+        with p:
             build(p, args.users, args.out, args.model_dir, n=args.n, exclude=args.exclude_seen,
                   batch_size=args.batch_size, num_shards=args.num_shards, version=args.version)
     except UserError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    summary = report(getattr(p, "result", None), args.out, time.perf_counter() - start,
+                     args.num_shards)
+    print(summary.summary() if summary is not None else
+          "pipeline submitted; it is still running (no summary until it finishes)")
     return 0
 
 

@@ -31,7 +31,7 @@ from serving.backends import (
     ServingError,
 )
 from tfrs_movies import contract
-from tfrs_movies.errors import UserError
+from tfrs_movies.errors import UserError, shown
 
 __all__ = ["Backend", "GrpcBackend", "LocalBackend", "Recommendation", "RecommenderClient",
            "RestBackend", "ServingError", "make_client"]
@@ -186,7 +186,7 @@ def _check_ids(name: str, ids, allow_empty: bool = False) -> list[str]:
     for i, value in enumerate(ids):
         if not isinstance(value, str):
             raise UserError(f"{name}[{i}] must be a str id, got {type(value).__name__} "
-                            f"{value!r}")
+                            f"{shown(value)}")
         if not value.strip():
             raise UserError(f"{name}[{i}] is an empty id ({value!r}); '' is the padding value")
     return list(ids)

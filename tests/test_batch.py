@@ -305,7 +305,7 @@ def test_rest_backend_against_the_stand_in_server(tiny, tiny_users, tiny_local, 
 # --- Beam pipeline on the DirectRunner ------------------------------------------------------
 
 
-def test_beam_pipeline_equals_the_local_scorer(tiny, tiny_users, tiny_local, tmp_path):
+def test_beam_pipeline_equals_the_local_scorer(tiny, tiny_users, tiny_local, tmp_path, capsys):
     pytest.importorskip("apache_beam", reason="Apache Beam not installed "
                                               "(pip install 'tfrs-movies[beam]')")
     from serving import beam_pipeline
@@ -318,6 +318,9 @@ def test_beam_pipeline_equals_the_local_scorer(tiny, tiny_users, tiny_local, tmp
         "--users", str(users), "--out", str(out), "--model-dir", str(exp), "-n", str(N),
         "--exclude-seen", str(run / "split" / "train.parquet"), "--batch-size", "16",
         "--runner", "DirectRunner"]) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]  # as the local scorer's
+    assert summary.startswith(f"wrote {220 * N:,} recommendations for 220 users to {out} in ")
+    assert summary.endswith(f"; 1 duplicate ids skipped; 2 bad ids listed in {out}.errors.csv")
     beam, local = _sorted(pd.read_parquet(out)), _sorted(pd.read_parquet(tiny_local))
     # Same ids, ranks and titles; scores may differ in the last bit with other batch sizes.
     pd.testing.assert_frame_equal(beam, local, check_exact=False, rtol=1e-6)

@@ -254,6 +254,8 @@ _HEADER = "user_id,movie_id,rating,timestamp\n"
     (",1,5,0\n", r"r\.csv: line 2: empty user_id"),
     ("1,1,5,0,9\n", r"r\.csv: malformed file .*line 2"),
     ("", r"r\.csv: no ratings"),
+    ("1,1,5,0\n1,2,4,0\n2,1,50,0\n", r"r\.csv: line 4: rating '50' is far outside the scale"),
+    ("1,1,0.5,0\n1,2,45,0\n", r"r\.csv: line 3: rating '45' is far outside .*--rating-scale"),
 ])
 def test_bad_ratings_file(tmp_path, body, pattern):
     path = _write(tmp_path / "r.csv", _HEADER + body)
@@ -272,6 +274,8 @@ def test_bad_ratings_file(tmp_path, body, pattern):
                                                    r"unknown"),
     ("users", "user_id,gender\n1,M\n2,X\n", r"u\.csv: line 3: gender 'X' is unknown"),
     ("users", "user_id,age\n1,old\n", r"u\.csv: line 2: age 'old' is not a number"),
+    ("users", "user_id,age\n1,30\n2,999\n", r"u\.csv: line 3: age '999' is not a plausible age"),
+    ("users", "user_id,age\n1,1e9\n", r"u\.csv: line 2: age '1e9' is not a plausible age"),
     ("users", "user_id,gender\n2,M\n", r"u\.csv: no row for user_id '1'"),
 ])
 def test_bad_side_files(tmp_path, kind, text, pattern):
@@ -282,6 +286,72 @@ def test_bad_side_files(tmp_path, kind, text, pattern):
     with pytest.raises(DataError, match=pattern) as err:
         load(DataConfig(dataset="csv", **files))
     assert "\n" not in str(err.value)
+
+
+def test_rating_scale_inferred_or_given(tmp_path):
+    # Real scales pass the inferred check, however few rows: 1-5, half stars, 0/1, 1-10.
+    for body in ("1,1,1\n1,2,3\n", "1,1,0.5\n1,2,5\n", "1,1,0\n1,2,1\n", "1,1,2\n1,2,10\n"):
+        path = _write(tmp_path / "r.csv", "user_id,movie_id,rating\n" + body)
+        assert len(load(DataConfig(dataset="csv", ratings=str(path))).ratings) == 2
+    # A 6 in a 1-5 file is not "far" outside; an explicit scale catches it, in every source.
+    path = _write(tmp_path / "r.csv", "user_id,movie_id,rating\n1,1,5\n1,2,4\n\n2,1,6\n")
+    with pytest.raises(DataError, match=r"r\.csv: line 5: rating '6' is outside the rating "
+                                        r"scale 1,5 \(--rating-scale\)"):
+        load(DataConfig(dataset="csv", ratings=str(path), rating_scale=(1, 5)))
+    with pytest.raises(DataError, match=r"synthetic.*outside the rating scale 1,4"):
+        load(DataConfig(dataset="synthetic", synthetic_users=20, synthetic_movies=10,
+                        synthetic_ratings=100, rating_scale=(1, 4)))
+    test = _write(tmp_path / "t.csv", "user_id,movie_id,rating\n1,1,9\n")
+    with pytest.raises(DataError, match=r"t\.csv: line 2: rating '9' is outside"):
+        make_split(load(DataConfig(dataset="csv", ratings=str(path))),
+                   DataConfig(dataset="csv", ratings=str(path), test_ratings=str(test),
+                              rating_scale=(1, 6)))
+    # A value the inferred rule refuses is accepted inside an explicit scale.
+    path = _write(tmp_path / "r.csv", "user_id,movie_id,rating\n1,1,5\n1,2,4\n2,1,50\n")
+    data = load(DataConfig(dataset="csv", ratings=str(path), rating_scale=(0, 100)))
+    assert data.ratings["user_rating"].max() == 50
+    with pytest.raises(UserError, match="rating_scale must be two finite numbers LOW < HIGH"):
+        DataConfig(rating_scale=(5, 1))
+
+
+def test_rating_scale_flag():
+    import argparse
+
+    from trainer import flags
+
+    parser = argparse.ArgumentParser()
+    flags.add_data_flags(parser)
+    values = vars(parser.parse_args(["--dataset", "csv", "--ratings", "r.csv",
+                                     "--rating-scale", "0.5,5"]))
+    assert flags.data_config(values).rating_scale == (0.5, 5.0)
+    assert flags.data_config(vars(parser.parse_args([]))).rating_scale is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rating-scale", "5"])
+
+
+def test_parquet_datetime_timestamps_are_unix_seconds(tmp_path):
+    path = tmp_path / "r.parquet"
+    when = pd.Series([pd.Timestamp("2020-01-01 00:00:01.7"), pd.Timestamp(0)])
+    frame = pd.DataFrame({"user_id": ["1", "2"], "movie_id": ["5", "5"], "rating": [4.0, 2.0],
+                          "timestamp": when})
+    for stamps in (when, when.dt.tz_localize("UTC").dt.tz_convert("Europe/Paris")):
+        frame.assign(timestamp=stamps).to_parquet(path)
+        assert read_ratings_file(path)["timestamp"].tolist() == [1577836801, 0]
+    frame.assign(timestamp=[when[0], pd.NaT]).to_parquet(path)
+    with pytest.raises(DataError, match=r"r\.parquet: row 2: timestamp is empty"):
+        read_ratings_file(path)
+
+
+def test_mixed_utf8_and_latin1_lines_decode_per_line(tmp_path, caplog):
+    path = tmp_path / "m.csv"
+    path.write_bytes("movie_id,title\n1,Amélie (2001)\n".encode()
+                     + "2,Café Society (1999)\n".encode("latin-1") + b"3,Heat (1995)\n")
+    ratings = _write(tmp_path / "r.csv", "user_id,movie_id,rating\n1,1,5\n1,2,4\n")
+    with caplog.at_level("WARNING"):
+        data = load(DataConfig(dataset="csv", ratings=str(ratings), movies=str(path)))
+    assert data.movies["movie_title"].tolist() == ["Amélie (2001)", "Café Society (1999)",
+                                                   "Heat (1995)"]
+    assert "m.csv: 1 line(s) are not valid UTF-8 (first: line 3)" in caplog.text
 
 
 def test_bad_raw_folder_names_file_and_line(tmp_path):

@@ -5,6 +5,9 @@
 format, answering ``{"outputs": ...}`` or ``{"predictions": ...}`` like the real server (a
 signature with a single output loses its name), errors as ``{"error": "..."}`` with 400 for a
 bad request and 404 for an unknown model or version; ``GET /v1/models/NAME`` gives the status.
+Like TF Serving it answers every request: a malformed one (a non-numeric Content-Length, a
+non-string ``signature_name``, ...) gets a 400 with the reason, an unexpected failure a 500;
+TensorFlow errors are passed on whole, less their stack noise (``tf_error_text``).
 `GrpcPredictionService` answers ``PredictionService.Predict`` from the same models.
 
 Both can be told to fail the next N requests (`fail_next`) to test client retries and timeouts.
@@ -27,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import tensorflow as tf
 
+from serving.backends import tf_error_text
 from tfrs_movies import contract
 
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
@@ -88,7 +92,7 @@ class ModelRepository:
             tensors = {k: tf.constant(inputs[k], dtype=specs[k].dtype) for k in specs}
             outputs = fn(**tensors)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
-            raise StubError(400, str(err).strip().splitlines()[0]) from None
+            raise StubError(400, tf_error_text(str(err))) from None
         return {k: v.numpy() for k, v in outputs.items()}
 
 
@@ -190,7 +194,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.owner.requests.append(("POST", self.path))
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        length = self.headers.get("Content-Length", "0").strip()
+        if not length.isdigit():  # TF Serving's HTTP server refuses these too
+            self.close_connection = True
+            return self._reply(400, {"error": f"Invalid Content-Length header {length!r}: "
+                                              f"expected a number of bytes"})
+        body = self.rfile.read(int(length))
         failure = self.owner.failures.pop()
         if failure is not None:
             kind, value = failure
@@ -213,11 +222,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, self._predict(match, body))
         except StubError as err:
             self._reply(err.status, {"error": str(err)})
+        except Exception as err:  # a stand-in bug: answer it, never drop the connection
+            self._reply(500, {"error": f"{type(err).__name__}: {err}"})
 
     def _predict(self, match, body: bytes) -> dict:
         try:
             request = json.loads(body)
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
             raise StubError(400, f"JSON Parse error: {err}") from None
         if not isinstance(request, dict):
             raise StubError(400, "JSON Value: request body is not an object")
@@ -225,6 +236,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise StubError(400, "Missing 'inputs' or 'instances' key (exactly one is needed)")
         version = int(match["version"]) if match["version"] else None
         signature_name = request.get("signature_name", contract.SIGNATURE)
+        if not isinstance(signature_name, str):
+            raise StubError(400, f"JSON Value: {json.dumps(signature_name)} Type: "
+                                 f"{type(signature_name).__name__} is not of expected type: "
+                                 f"string (signature_name)")
         fn = self.owner.repository.signature(match["name"], version, signature_name)
         input_names = sorted(fn.structured_input_signature[1])
         columnar = "inputs" in request

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ class DataConfig:
       test_ratings: explicit test interactions (same format as ``ratings``); replaces the split.
       synthetic_users, synthetic_movies, synthetic_ratings: sizes for ``dataset="synthetic"``.
       min_movie_ratings: drop movies with fewer ratings than this (before splitting).
+      rating_scale: ``(low, high)``: every rating must lie in it (inclusive); None: a rating
+        far above the scale the rest of its file uses is an error (``data.tabular`` doc).
       split: one of ``SPLITS``.
       test_fraction: share of ratings (random/user/temporal) or of users (strong) held out.
       leave_last: ratings per user held out by ``leave-last``.
@@ -54,6 +57,7 @@ class DataConfig:
     synthetic_movies: int = 500
     synthetic_ratings: int = 20_000
     min_movie_ratings: int = 0
+    rating_scale: tuple[float, float] | None = None
     split: str = "random"
     test_fraction: float = 0.2
     leave_last: int = 1
@@ -72,6 +76,13 @@ class DataConfig:
             raise UserError(f"fold_in_fraction must be in [0, 1), got {self.fold_in_fraction}")
         if self.dataset == "csv" and not self.ratings:
             raise UserError("dataset 'csv' needs a ratings file (--ratings FILE)")
+        if self.rating_scale is not None and not (
+                len(self.rating_scale) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v) for v in self.rating_scale)
+                and self.rating_scale[0] < self.rating_scale[1]):
+            raise UserError(f"rating_scale must be two finite numbers LOW < HIGH, got "
+                            f"{self.rating_scale!r}")
         for name in ("synthetic_users", "synthetic_movies", "synthetic_ratings", "leave_last"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")

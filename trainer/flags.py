@@ -27,6 +27,9 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
                    f"synthetic: number of users (default {d.synthetic_users})")
     g.add_argument("--test-ratings", help="explicit test interactions instead of a split")
     g.add_argument("--min-movie-ratings", type=int, default=d.min_movie_ratings)
+    g.add_argument("--rating-scale", type=scale, metavar="LOW,HIGH",
+                   help="every rating must be in [LOW, HIGH], e.g. 1,5 (default: only ratings "
+                   "far above the rest of the file's are refused)")
     g.add_argument("--split", default=d.split, choices=cfg.SPLITS)
     g.add_argument("--test-fraction", type=float, default=d.test_fraction)
     g.add_argument("--leave-last", type=int, default=d.leave_last)
@@ -74,6 +77,14 @@ def ints(text: str) -> tuple[int, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}") from None
+
+
+def scale(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (e.g. 1,5), got {text!r}") from None
+    return low, high
 
 
 def pick(cls, values: dict, overrides: dict | None = None):

@@ -6,7 +6,9 @@ Dispatch on ``cfg.dataset``:
   ``csv``            ``cfg.ratings`` [+ ``cfg.movies``, ``cfg.users``] (``tabular``);
   ``synthetic``      ``synthetic(cfg.synthetic_users, ..._movies, ..._ratings, cfg.seed)``.
 Then ``validate`` (schema, no duplicate pairs, sane ratings, movies/users covering the
-ratings) and the ``cfg.min_movie_ratings`` filter.
+ratings) and the ``cfg.min_movie_ratings`` filter. File sources also check each rating against
+``cfg.rating_scale`` or, without one, the scale the rest of the file uses, naming the file and
+line (``tabular.check_rating_scale``); ``validate`` checks ``cfg.rating_scale`` for every source.
 """
 from __future__ import annotations
 
@@ -33,20 +35,20 @@ def load(cfg: DataConfig) -> MovieLensData:
                          cfg.seed)
     elif cfg.dataset == "csv":
         from tfrs_movies.data.tabular import load_tabular
-        data = load_tabular(cfg.ratings, cfg.movies, cfg.users)
+        data = load_tabular(cfg.ratings, cfg.movies, cfg.users, cfg.rating_scale)
     elif cfg.dataset.startswith("movielens/"):
         version = cfg.dataset.split("/", 1)[1]
         data_dir = cfg.resolved_data_dir()
         if data_dir:
             from tfrs_movies.data.movielens import read_movielens_dir
-            data = read_movielens_dir(data_dir, version)
+            data = read_movielens_dir(data_dir, version, cfg.rating_scale)
         else:
             from tfrs_movies.data.tfds_source import load_tfds
             data = load_tfds(version, manual_dir=cfg.tfds_manual_dir,
                              data_dir=cfg.tfds_data_dir)
     else:  # DataConfig validates the name; this guards names added there only
         raise DataError(f"unknown dataset {cfg.dataset!r}")
-    data = validate(data)
+    data = validate(data, cfg.rating_scale)
     if cfg.min_movie_ratings > 0:
         data = filter_min_movie_ratings(data, cfg.min_movie_ratings)
     log.info("%s: %d ratings, %d users, %d movies (%.1fs)", data.name, len(data.ratings),
@@ -54,13 +56,15 @@ def load(cfg: DataConfig) -> MovieLensData:
     return data
 
 
-def validate(data: MovieLensData) -> MovieLensData:
+def validate(data: MovieLensData,
+             rating_scale: tuple[float, float] | None = None) -> MovieLensData:
     """Checks the ratings and completes the tables; returns them in schema dtypes.
 
     Errors (``DataError`` naming ``data.name``): missing rating columns, no ratings, empty or
-    missing ids, non-finite or negative ratings, repeated (user, movie) pairs, repeated movie
-    or user rows, users with demographics missing some rating user. Rated movies without
-    metadata get their id as title and no genres; an id-only users table gets the missing ids.
+    missing ids, non-finite or negative ratings, ratings outside ``rating_scale``, repeated
+    (user, movie) pairs, repeated movie or user rows, users with demographics missing some
+    rating user. Rated movies without metadata get their id as title and no genres; an id-only
+    users table gets the missing ids.
     """
     name = data.name
     missing = [c for c in RATING_COLUMNS if c not in data.ratings.columns]
@@ -78,8 +82,17 @@ def validate(data: MovieLensData) -> MovieLensData:
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(f"{name}: rating row {i} (user_id {ratings['user_id'][i]!r}, movie_id "
-                        f"{ratings['movie_id'][i]!r}) has rating {rating[i]!r}; ratings must "
-                        "be finite and >= 0")
+                        f"{ratings['movie_id'][i]!r}) has rating {float(rating[i])!r}; ratings "
+                        "must be finite and >= 0")
+    if rating_scale is not None:
+        low, high = rating_scale
+        bad = (rating < low) | (rating > high)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{name}: rating row {i} (user_id {ratings['user_id'][i]!r}, "
+                            f"movie_id {ratings['movie_id'][i]!r}) has rating "
+                            f"{float(rating[i]):g}, outside the rating scale {low:g},{high:g} "
+                            "(--rating-scale)")
     dup = first_duplicate(ratings["user_id"].to_numpy(), ratings["movie_id"].to_numpy())
     if dup is not None:
         i, j = dup

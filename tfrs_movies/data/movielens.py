@@ -75,17 +75,20 @@ def find_folder(data_dir, version: str | None = None) -> Path:
                     + (f"; found {', '.join(found)}: pass the matching --dataset" if found else ""))
 
 
-def read_movielens_dir(data_dir, version: str | None = None) -> MovieLensData:
+def read_movielens_dir(data_dir, version: str | None = None,
+                       rating_scale: tuple[float, float] | None = None) -> MovieLensData:
     """Parses a raw MovieLens folder (see module doc) into ``MovieLensData``.
 
     ``version`` (``"100k"``, ``"1m"``, ...) picks ``data_dir/ml-<version>`` when ``data_dir``
     is the parent, and must match the files found (1m/10m and 20m/25m/latest-small share a
     format). Tables: ratings ``RATING_COLUMNS``; movies every movie of the movies file;
-    users the users file (100k, 1m) or just the rating users' ids.
+    users the users file (100k, 1m) or just the rating users' ids. ``rating_scale``: see
+    ``tabular.check_rating_scale``.
     """
     folder = find_folder(data_dir, version)
     fmt = detect_format(folder)
-    ratings, movies, users = {"100k": _read_100k, "dat": _read_dat, "csv": _read_csv}[fmt](folder)
+    ratings, movies, users = {"100k": _read_100k, "dat": _read_dat,
+                              "csv": _read_csv}[fmt](folder, rating_scale)
     if users is None:
         users = conform({"user_id": pd.unique(ratings["user_id"])}, USER_COLUMNS)
     return MovieLensData(ratings=ratings, movies=movies, users=users,
@@ -100,10 +103,10 @@ def _required(folder: Path, name: str) -> Path:
     return path
 
 
-def _read_100k(folder: Path):
+def _read_100k(folder: Path, scale):
     ratings = ratings_from_rows(read_text(_required(folder, "u.data"), sep="\t",
                                           names=_RATING_NAMES, encoding="latin-1",
-                                          numeric=_NUMERIC))
+                                          numeric=_NUMERIC), scale)
     flags = [f"genre:{g}" for g in GENRES_100K]
     item = read_text(_required(folder, "u.item"), sep="|", encoding="latin-1",
                      names=["movie_id", "title", "release_date", "video_release_date", "url",
@@ -130,12 +133,12 @@ def _dat_rows(path: Path, names: list[str], encoding: str = "utf-8",
                      source=io.BytesIO(data.replace(b"::", b"\t")))
 
 
-def _read_dat(folder: Path):
+def _read_dat(folder: Path, scale):
     ratings = ratings_from_rows(_dat_rows(_required(folder, "ratings.dat"), _RATING_NAMES,
-                                          numeric=_NUMERIC))
+                                          numeric=_NUMERIC), scale)
     users_path = folder / "users.dat"
     # 1m (the one with users.dat) is ISO-8859-1 as TFDS reads it; 10m is UTF-8 (read_text
-    # falls back to ISO-8859-1 when it is not).
+    # reads any line that is not UTF-8 as ISO-8859-1).
     encoding = "latin-1" if users_path.is_file() else "utf-8"
     movies = movies_from_rows(_dat_rows(_required(folder, "movies.dat"),
                                         ["movie_id", "title", "genres"], encoding))
@@ -153,7 +156,8 @@ def _read_dat(folder: Path):
     return ratings, movies, users
 
 
-def _read_csv(folder: Path):
-    ratings = ratings_from_rows(read_text(_required(folder, "ratings.csv"), numeric=_NUMERIC))
+def _read_csv(folder: Path, scale):
+    ratings = ratings_from_rows(read_text(_required(folder, "ratings.csv"), numeric=_NUMERIC),
+                                scale)
     movies = movies_from_rows(read_text(_required(folder, "movies.csv")))
     return ratings, conform(movies, MOVIE_COLUMNS), None

@@ -48,7 +48,7 @@ def make_split(data: MovieLensData, cfg: DataConfig) -> Split:
     """Splits ``data.ratings`` by ``cfg.split`` (see module doc), seeded by ``cfg.seed``."""
     ratings = data.ratings
     if cfg.test_ratings:
-        return _explicit_test(ratings, cfg.test_ratings)
+        return _explicit_test(ratings, cfg.test_ratings, cfg.rating_scale)
     if len(ratings) < 2:
         raise DataError(f"{data.name}: {len(ratings)} rating(s) cannot be split into train "
                         "and test")
@@ -176,9 +176,9 @@ def _strong(codes: np.ndarray, rng, test_fraction: float, fold_in_fraction: floa
     return held[codes] & ~fold_in, fold_in
 
 
-def _explicit_test(ratings: pd.DataFrame, path) -> Split:
+def _explicit_test(ratings: pd.DataFrame, path, rating_scale=None) -> Split:
     """Test = the file at ``path``; train = all ratings whose pair is not in it."""
-    test = read_ratings_file(path)
+    test = read_ratings_file(path, rating_scale)
     pairs = ["user_id", "movie_id"]
     overlap = pd.MultiIndex.from_frame(ratings[pairs]).isin(
         pd.MultiIndex.from_frame(test[pairs]))

@@ -6,21 +6,40 @@ bad value is reported the same way: ``DataError("FILE: line N: COLUMN VALUE ..."
 
 Accepted files (the kind is told by extension, then by the first line):
   ratings: ``user_id,movie_id,rating[,timestamp]`` (also ``userId``/``movieId``/``user_rating``);
-    timestamp (integer seconds) defaults to 0. A headerless file whose first row has a number
+    timestamp (integer Unix seconds; a Parquet datetime or date column is converted to Unix
+    seconds, naive times taken as UTC) defaults to 0. A headerless file whose first row has a number
     in its third field is read as ``user_id, movie_id, rating[, timestamp]``; this covers
     MovieLens ``u.data``/``u1.base``/``u1.test`` (tab separated) and ``ratings.dat`` (``::``).
   movies: ``movie_id[,title,genres]``; genres ``"Action|Comedy"`` names of ``GENRES``
     (case-insensitive, ``Children's`` = ``Children``), an unknown name is an error.
-  users: ``user_id[,age,gender,occupation,zip_code]``; age in years (TFDS age bucket), gender
-    ``M``/``F``, occupation a name of ``OCCUPATIONS`` or a MovieLens 100k/1m occupation name.
+  users: ``user_id[,age,gender,occupation,zip_code]``; age in years, 0 to ``MAX_AGE`` (TFDS
+    age bucket), gender ``M``/``F``, occupation a name of ``OCCUPATIONS`` or a MovieLens
+    100k/1m occupation name.
 Ids are always read as text: ``"007"`` stays ``"007"``.
+
+Rating scale (``check_rating_scale``): with an explicit ``rating_scale=(low, high)``
+(``--rating-scale LOW,HIGH``) every rating must lie in it. Without one, the scale is inferred:
+a rating above ``RATING_OUTLIER_FACTOR`` (5) times the largest rating of the rest of the file
+(the rest = all rows but the largest 0.1%, at least one row; that largest value taken as at
+least 1) is an error. This catches slips by a factor of ten (50 in a 1-5 file, 45 for 4.5)
+whatever the scale (1-5, 0.5-5, 1-10, 0-100, implicit 0/1), never stops real MovieLens data,
+and lets through values merely a little above the scale (a 6 or 10 in a 1-5 file: pass
+``--rating-scale`` to catch those). Heavy-tailed counts (play counts as ratings) can trip it:
+pass the real range as ``--rating-scale``.
+
+Text encoding: files are read as UTF-8; when a file is not valid UTF-8, each line that is not
+is decoded as Latin-1 (ISO-8859-1) on its own and the others stay UTF-8, and a log line says
+how many lines that was and the first one (a file mixing both keeps its UTF-8 titles).
 """
 from __future__ import annotations
 
 import collections
 import csv
 import dataclasses
+import datetime
 import io
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +51,7 @@ from tfrs_movies.data.schema import (GENRES, MOVIE_COLUMNS, OCCUPATIONS, RATING_
                                      occupation_index)
 from tfrs_movies.errors import DataError
 
+log = logging.getLogger(__name__)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 RATING_ALIASES = {"userId": "user_id", "movieId": "movie_id", "user_rating": "rating"}
 MOVIE_ALIASES = {"movieId": "movie_id", "movie_title": "title", "movie_genres": "genres"}
@@ -39,6 +59,12 @@ MOVIE_ALIASES = {"movieId": "movie_id", "movie_title": "title", "movie_genres": 
 USER_ALIASES = {"userId": "user_id", "zip": "zip_code", "zipcode": "zip_code",
                 "user_zip_code": "zip_code", "user_gender": "gender", "sex": "gender",
                 "bucketized_user_age": "age", "user_occupation_label": "occupation"}
+MAX_AGE = 120  # oldest plausible user age in years; 999 or 1e9 is a typo or a missing-value code
+# Inferred rating scale (module doc): a rating above FACTOR x the largest of all but the
+# largest SHARE of the rows is far outside the scale the rest of the file uses.
+RATING_OUTLIER_FACTOR = 5.0
+RATING_OUTLIER_SHARE = 0.001
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # a byte that is not UTF-8, after surrogateescape
 
 @dataclasses.dataclass
 class Rows:
@@ -102,10 +128,13 @@ def read_text(path, *, sep: str = ",", names: list[str] | None = None,
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except UnicodeDecodeError:
-        if encoding == "latin-1":
+        if encoding != "utf-8":
             raise
-        return read_text(path, sep=sep, names=names, encoding="latin-1", numeric=numeric,
-                         source=source)
+        if source is not None:
+            source.seek(0)
+        data = source.read() if source is not None else Path(path).read_bytes()
+        return read_text(path, sep=sep, names=names, numeric=numeric,
+                         source=io.BytesIO(decode_lines(data, path).encode("utf-8")))
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file (no header and no rows)") from None
     except (pd.errors.ParserError, ValueError, OSError) as e:
@@ -120,6 +149,36 @@ def read_text(path, *, sep: str = ",", names: list[str] | None = None,
     if blank.any():
         frame = frame[~blank]
     return Rows(frame, str(path), first=1 if names else 2)
+
+
+def decode_lines(data: bytes, path) -> str:
+    """``data`` decoded line by line: UTF-8, and Latin-1 for each line that is not UTF-8.
+
+    One UTF-8 decode with ``surrogateescape`` marks the bytes that are not UTF-8; only the
+    lines holding a mark are decoded again, as Latin-1. Logs how many lines were read as
+    Latin-1 and the first of them (1-based, counting a header); a warning when other lines
+    hold UTF-8 text (a file mixing encodings), else an info line (a Latin-1 file).
+    """
+    text = data.decode("utf-8", errors="surrogateescape")
+    bad, pos = [], 0  # (start, stop) of each line holding a mark
+    while (mark := _NOT_UTF8.search(text, pos)) is not None:
+        start = text.rfind("\n", 0, mark.start()) + 1
+        stop = text.find("\n", mark.start())
+        pos = stop = len(text) if stop < 0 else stop
+        bad.append((start, stop))
+    if not bad:
+        return text
+    parts, end = [], 0
+    for start, stop in bad:
+        parts += [text[end:start],
+                  text[start:stop].encode("utf-8", "surrogateescape").decode("latin-1")]
+        end = stop
+    mixed = not ("".join(parts[0::2]) + text[end:]).isascii()  # UTF-8 text elsewhere
+    (log.warning if mixed else log.info)(
+        "%s: %d line(s) are not valid UTF-8 (first: line %d); read those as Latin-1%s", path,
+        len(bad), text.count("\n", 0, bad[0][0]) + 1,
+        " and the other lines as UTF-8" if mixed else "")
+    return "".join(parts) + text[end:]
 
 
 def read_any(path, *, ratings: bool = False) -> Rows:
@@ -213,9 +272,7 @@ def numbers(rows: Rows, column: str, dtype, *, integer: bool = False,
         bad |= arr < 0
     if bad.any():
         i = int(np.argmax(bad))
-        raw, value = col.iloc[i], arr[i]
-        if not isinstance(raw, str):  # parsed by the C reader or from Parquet
-            raw = f"{float(raw):.15g}" if not pd.isna(raw) else ""
+        raw, value = _raw(col, i), arr[i]
         if _empty(col.iloc[i:i + 1])[0]:
             problem = "is empty"
         elif np.isnan(value):
@@ -230,6 +287,59 @@ def numbers(rows: Rows, column: str, dtype, *, integer: bool = False,
     return arr.astype(dtype)
 
 
+def _raw(col: pd.Series, i: int) -> str:
+    """Cell ``i`` as the file spells it: text as is, numbers (C reader, Parquet) as ``%.15g``."""
+    raw = col.iloc[i]
+    if isinstance(raw, str):
+        return raw
+    return f"{float(raw):.15g}" if not pd.isna(raw) else ""
+
+
+def timestamps(rows: Rows, column: str) -> np.ndarray:
+    """Unix seconds as int64: whole numbers as they are; a datetime column (Parquet
+    ``timestamp[ms|us|ns]``, with or without a time zone; naive = UTC) or a ``date`` column
+    converted to seconds (fractions dropped: floor). A missing value is an error."""
+    col = rows.frame[column]
+    present = col.dropna()
+    is_dates = pd.api.types.is_datetime64_any_dtype(col) or (
+        col.dtype == object and len(present) > 0 and isinstance(present.iloc[0], datetime.date))
+    if not is_dates:
+        return numbers(rows, column, np.int64, integer=True)
+    when = pd.to_datetime(col, utc=True)
+    missing = when.isna().to_numpy()
+    if missing.any():
+        raise DataError(f"{rows.at(int(np.argmax(missing)))}: {column} is empty")
+    return ((when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+
+
+def check_rating_scale(rows: Rows, rating: np.ndarray,
+                       scale: tuple[float, float] | None = None) -> None:
+    """Stops at the first rating outside ``scale`` (inclusive), or without one, far outside
+    the scale the rest of the file uses (module doc); the error names file, line and value.
+    ``rows`` has its ``rating`` column, ``rating`` its values as numbers."""
+    if scale is not None:
+        low, high = scale
+        bad = (rating < low) | (rating > high)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{rows.at(i)}: rating {_raw(rows.frame['rating'], i)!r} is outside "
+                            f"the rating scale {low:g},{high:g} (--rating-scale)")
+        return
+    if len(rating) < 2:
+        return
+    trim = max(1, int(len(rating) * RATING_OUTLIER_SHARE))
+    top = float(np.partition(rating, len(rating) - 1 - trim)[len(rating) - 1 - trim])
+    limit = RATING_OUTLIER_FACTOR * max(top, 1.0)
+    bad = rating > limit
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{rows.at(i)}: rating {_raw(rows.frame['rating'], i)!r} is far outside the scale "
+            f"the other ratings use (all but the largest {trim:,} of {len(rating):,} are <= "
+            f"{top:g}; the limit is {RATING_OUTLIER_FACTOR:g}x that); fix it, or if it is "
+            f"right give the scale with --rating-scale LOW,HIGH")
+
+
 def _check_unique(rows: Rows, key: np.ndarray, column: str) -> None:
     dup = pd.Series(key).duplicated().to_numpy()
     if dup.any():
@@ -239,8 +349,13 @@ def _check_unique(rows: Rows, key: np.ndarray, column: str) -> None:
                         f"(first at {rows.unit} {rows.line(first)})")
 
 
-def ratings_from_rows(rows: Rows) -> pd.DataFrame:
-    """``RATING_COLUMNS`` table from rows with user_id, movie_id, rating[, timestamp]."""
+def ratings_from_rows(rows: Rows, rating_scale: tuple[float, float] | None = None, *,
+                      check_scale: bool = True) -> pd.DataFrame:
+    """``RATING_COLUMNS`` table from rows with user_id, movie_id, rating[, timestamp].
+
+    ``rating_scale`` and ``check_scale`` (False: ratings need only be finite and >= 0, e.g.
+    a file read only for its (user, movie) pairs): see ``check_rating_scale``.
+    """
     require(rows, RATING_ALIASES, ["user_id", "movie_id", "rating"])
     if len(rows.frame) == 0:
         raise DataError(f"{rows.path}: no ratings (the file has no data rows)")
@@ -248,8 +363,10 @@ def ratings_from_rows(rows: Rows) -> pd.DataFrame:
     movie_codes, movie_names = id_codes_of(rows, "movie_id")
     user, movie = user_names[user_codes], movie_names[movie_codes]
     rating = numbers(rows, "rating", np.float32, nonnegative=True)
+    if check_scale:
+        check_rating_scale(rows, rating, rating_scale)
     if "timestamp" in rows.frame.columns:
-        timestamp = numbers(rows, "timestamp", np.int64, integer=True)
+        timestamp = timestamps(rows, "timestamp")
     else:
         timestamp = np.zeros(len(user), dtype=np.int64)
     dup = first_duplicate_codes(user_codes, movie_codes)
@@ -326,8 +443,12 @@ def users_from_rows(rows: Rows) -> pd.DataFrame:
         genders = {"m": True, "male": True, "f": False, "female": False}
         out["user_gender"] = _lookup_column(rows, "gender", genders, "use M or F").astype(bool)
     if "age" in frame.columns:
-        out["bucketized_user_age"] = bucketize_age(numbers(rows, "age", np.float64,
-                                                           nonnegative=True))
+        age = numbers(rows, "age", np.float64, nonnegative=True)
+        if (age > MAX_AGE).any():
+            i = int(np.argmax(age > MAX_AGE))
+            raise DataError(f"{rows.at(i)}: age {_raw(frame['age'], i)!r} is not a plausible "
+                            f"age in years (0-{MAX_AGE})")
+        out["bucketized_user_age"] = bucketize_age(age)
     if "occupation" in frame.columns and pd.api.types.is_integer_dtype(frame["occupation"]):
         label = numbers(rows, "occupation", np.int64, nonnegative=True)  # OCCUPATIONS index
         if (label >= len(OCCUPATIONS)).any():
@@ -344,9 +465,11 @@ def users_from_rows(rows: Rows) -> pd.DataFrame:
     return conform(out, USER_COLUMNS)
 
 
-def read_ratings_file(path) -> pd.DataFrame:
-    """A ratings file (see module doc) as a validated ``RATING_COLUMNS`` table."""
-    return ratings_from_rows(read_any(path, ratings=True))
+def read_ratings_file(path, rating_scale: tuple[float, float] | None = None, *,
+                      check_scale: bool = True) -> pd.DataFrame:
+    """A ratings file (see module doc) as a validated ``RATING_COLUMNS`` table; the scale
+    arguments are ``ratings_from_rows``'s."""
+    return ratings_from_rows(read_any(path, ratings=True), rating_scale, check_scale=check_scale)
 
 
 def read_movies_file(path) -> pd.DataFrame:
@@ -359,13 +482,15 @@ def read_users_file(path) -> pd.DataFrame:
     return users_from_rows(read_any(path))
 
 
-def load_tabular(ratings, movies=None, users=None) -> MovieLensData:
-    """``dataset="csv"``: the three files as ``MovieLensData``.
+def load_tabular(ratings, movies=None, users=None,
+                 rating_scale: tuple[float, float] | None = None) -> MovieLensData:
+    """``dataset="csv"``: the three files as ``MovieLensData`` (``rating_scale``: see
+    ``check_rating_scale``).
 
     Without a movies file every movie gets its id as title and no genres (``loading.load``
     does the same for rated movies a movies file lacks); a users file must cover every user.
     """
-    table = read_ratings_file(ratings)
+    table = read_ratings_file(ratings, rating_scale)
     if movies:
         movie_table = read_movies_file(movies)
     else:
