@@ -6,7 +6,7 @@
 
 Writes ``DIR/speed.json`` (flat keys: ``section_figure.detail``, plus ``machine.*`` and
 ``run.*``) and ``DIR/speed.md`` (the tables the README shows). Each section's module documents
-its keys: `benchmarks.train_speed`, `benchmarks.serving_speed`, `benchmarks.scann_speed`,
+its keys: `benchmarks.train_speed`, `benchmarks.serving_cost`, `benchmarks.serving_speed`, `benchmarks.scann_speed`,
 `benchmarks.batch_speed`. Speed figures are medians over repeats after a warm-up, next to a
 baseline measured in the same run. Run it on a quiet machine: other jobs on the same cores
 change every figure (``machine.load_average_1m`` records the load when it started).
@@ -24,13 +24,16 @@ from pathlib import Path
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks import timing
 
-SECTIONS = ("train", "serving", "scann", "batch")
+SECTIONS = ("train", "cost", "serving", "scann", "batch")
 
 
 def _section(name: str, data_dir: Path, work: Path, quick: bool) -> dict:
     if name == "train":
         from benchmarks import train_speed
         return train_speed.run(data_dir, work, quick)
+    if name == "cost":
+        from benchmarks import serving_cost
+        return serving_cost.run(data_dir, work, quick)
     if name == "serving":
         from benchmarks import serving_speed
         return serving_speed.run(data_dir, work, quick)
@@ -79,6 +82,20 @@ def table(r: dict) -> str:
                            f"{_fmt(r.get(f'peak_rss_mb.train.{key}'), 0)} / "
                            f"{_fmt(r.get(f'peak_rss_mb.train.{key}.tutorial'), 0)} |")
         out.append("")
+    batches = sorted(int(k.rsplit("batch", 1)[1]) for k in r if k.startswith("cost_ratio."))
+    if batches:
+        out += ["| ML-100K, brute force: the served path vs retrieval | batch | retrieval p50 ms "
+                "| recommender p50 ms | recommender / retrieval |", "|---|---:|---:|---:|---:|"]
+        for b in batches:
+            out.append(f"| retrieve 100, rank, top 10 | {b} | "
+                       f"{_fmt(r[f'cost_p50_ms.retrieval.batch{b}'], 2)} | "
+                       f"{_fmt(r[f'cost_p50_ms.recommender.batch{b}'], 2)} | "
+                       f"{_fmt(r[f'cost_ratio.batch{b}'], 2)} |")
+        memory = [k for k in r if k.startswith("cost_memory_growth_mb.")]
+        out += ["", f"One recommender call of {memory[0].rsplit('users', 1)[1]} users grows "
+                f"peak memory by {_fmt(r[memory[0]], 0)} MB; batch scoring all "
+                f"{r.get('cost_batch_users')} ML-100K users: "
+                f"{_fmt(r.get('cost_batch_users_per_s'), 0)} users/s.", ""]
     labels = sorted({k.split(".", 2)[2].rsplit(".", 1)[0] for k in r
                      if k.startswith("serving_p50_ms.")})
     if labels:

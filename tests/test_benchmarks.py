@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from benchmarks import __main__ as bench
-from benchmarks import batch_speed, scann_speed, serving_speed, speed_exports, train_speed
+from benchmarks import (batch_speed, scann_speed, serving_cost, serving_speed, speed_exports,
+                        train_speed)
 from benchmarks.timing import median, percentile_ms, time_calls
 from tfrs_movies.data.synthetic import synthetic
 
@@ -87,6 +88,19 @@ def test_serving_section_measures_each_batch_and_thread_count(tiny_export):
         assert got[f"serving_concurrent_rps.recommender.tiny.threads{threads}"] > 0
 
 
+def test_cost_section_compares_the_served_path_with_retrieval(tiny_export, tmp_path):
+    plan = serving_cost.Plan(calls=3, warmup=1, batches=(1, 5), memory_users=300, repeats=1)
+    export_dir = tiny_export.dirs["brute-force"]
+    got = serving_cost.latencies(export_dir, tiny_export.users, plan)
+    for batch in (1, 5):
+        ratio = (got[f"cost_p50_ms.recommender.batch{batch}"]
+                 / got[f"cost_p50_ms.retrieval.batch{batch}"])
+        assert got[f"cost_ratio.batch{batch}"] == pytest.approx(ratio, abs=0.01)
+    serving_cost.memory_child(str(export_dir), tiny_export.users * 3, str(tmp_path / "m.json"))
+    assert json.loads((tmp_path / "m.json").read_text())["growth_mb"] >= 0
+    assert serving_cost.batch_scoring(export_dir, tiny_export.users, tmp_path, 1) > 0
+
+
 def test_batch_section_scores_every_user(monkeypatch, tmp_path):
     monkeypatch.setattr(batch_speed, "plan", lambda quick: batch_speed.Plan(
         users=150, ratings=1500, repeats=1, baseline_users=5))
@@ -140,7 +154,13 @@ def test_table_renders_every_section():
               "scann_params.reorder": 200, "scann_build_seconds": 50.0, "matmul_gflops": 80.0,
               "batch_users.s": 10, "batch_users_per_s.s.one_by_one": 100.0,
               "batch_users_per_s.s": 2000.0, "batch_users_per_s.s.ratio": 20.0})
+    r.update({"cost_p50_ms.retrieval.batch64": 6.0, "cost_p50_ms.recommender.batch64": 7.5,
+              "cost_ratio.batch64": 1.25, "cost_memory_growth_mb.users2000": 120.0,
+              "cost_batch_users": 943, "cost_batch_users_per_s": 12000.0})
     text = bench.table(r)
+    assert "| retrieve 100, rank, top 10 | 64 | 6.00 | 7.50 | 1.25 |" in text
+    assert "call of 2000 users grows peak memory by 120 MB" in text
+    assert "943 ML-100K users: 12,000 users/s" in text
     assert "| ml100k (80,000 ratings) | retrieval | 9,000 | 3,000 | 3.00 | 900 / 800 |" in text
     assert "| cat.scann | 64 | 1.50 | 2.50 | - |" in text
     assert "| cat | 8 | 800.0 | 5.00 | 9.00 |" in text

@@ -1,0 +1,147 @@
+"""What the served path costs next to retrieval alone, measured in one process.
+
+    python -m benchmarks --only cost --output bench/speed
+
+On the ML-100K export of `speed_exports` (brute force; retrieve 100, rank, top 10):
+
+  cost_p50_ms.MODEL.batchB          median latency of the ``MODEL`` signature (``retrieval``
+                                    or ``recommender``) for B known users; the two models'
+                                    calls alternate, so drift of the machine hits both alike
+  cost_ratio.batchB                 recommender / retrieval of those medians
+  cost_memory_growth_mb.usersU      peak resident memory during one recommender call of U
+                                    users, minus the resident memory before it (a fresh child
+                                    process: the model loaded and warmed up on one user, then
+                                    the kernel's peak counter reset)
+  cost_batch_users_per_s            ``serving.batch.score_users`` over every ML-100K user
+                                    (943), top 10, local backend, median of ``repeats``
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from benchmarks import speed_exports
+from benchmarks.timing import median, run_child, write_result
+
+MODELS = ("retrieval", "recommender")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Attributes: calls per batch size (after warm-up), batch sizes, users of the memory
+    call, batch-scoring repeats."""
+
+    calls: int = 100
+    warmup: int = 5
+    batches: tuple[int, ...] = (1, 64, 256)
+    memory_users: int = 2000
+    repeats: int = 3
+
+
+def plan(quick: bool) -> Plan:
+    return Plan(calls=30, repeats=2) if quick else Plan()
+
+
+def latencies(export_dir: Path, users: list[str], settings: Plan) -> dict:
+    """p50 per model and batch, the two models' calls alternating; plus their ratios."""
+    import time
+
+    import tensorflow as tf
+
+    fns = {m: tf.saved_model.load(str(export_dir / m / "1")).signatures["serving_default"]
+           for m in MODELS}
+    rng = np.random.default_rng(0)
+    out = {}
+    for batch in settings.batches:
+        seconds = {m: [] for m in MODELS}
+        empty = tf.fill([batch, 1], "")
+        for i in range(settings.warmup + settings.calls):
+            request = tf.constant(list(rng.choice(users, batch)))
+            for m in MODELS:
+                start = time.perf_counter()
+                fns[m](user_id=request, exclude_movie_ids=empty)["movie_ids"].numpy()
+                if i >= settings.warmup:
+                    seconds[m].append(time.perf_counter() - start)
+        for m in MODELS:
+            out[f"cost_p50_ms.{m}.batch{batch}"] = round(median(seconds[m]) * 1000, 3)
+        out[f"cost_ratio.batch{batch}"] = round(
+            out[f"cost_p50_ms.recommender.batch{batch}"]
+            / out[f"cost_p50_ms.retrieval.batch{batch}"], 2)
+    return out
+
+
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_child(export_dir: str, users: list[str], result: str) -> None:
+    """One recommender call of ``len(users)`` users; writes the peak growth in MB."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(Path(export_dir) / "recommender" / "1")).signatures[
+        "serving_default"]
+    fn(user_id=tf.constant(users[:1]), exclude_movie_ids=tf.fill([1, 1], ""))
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    before = _rss_kb("VmRSS")
+    fn(user_id=tf.constant(users), exclude_movie_ids=tf.fill([len(users), 1], ""))[
+        "movie_ids"].numpy()
+    write_result(result, {"growth_mb": round((_rss_kb("VmHWM") - before) / 1024, 1)})
+
+
+def batch_scoring(export_dir: Path, users: list[str], work: Path, repeats: int) -> float:
+    from serving.batch import score_users
+    from serving.client import make_client
+
+    with tempfile.TemporaryDirectory(prefix="cost-", dir=work) as tmp:
+        ids = Path(tmp) / "users.parquet"
+        pd.DataFrame({"user_id": users}).to_parquet(ids)
+        with make_client(model_dir=str(export_dir)) as client:
+            client.recommend(users[:128], n=1)  # loaded and traced before the clock starts
+            client.recommend(users[:1], n=1)
+            rates = [score_users(client, ids, Path(tmp) / f"recs-{i}.parquet", n=10,
+                                 progress=False).users_per_second for i in range(repeats)]
+    return median(rates)
+
+
+def run(data_dir: Path, work: Path, quick: bool) -> dict:
+    settings = plan(quick)
+    print("cost: exporting ml100k", flush=True)
+    exported = speed_exports.build(speed_exports.Catalogue("ml100k"), data_dir, work)
+    export_dir = exported.dirs["brute-force"]
+    users = sorted(exported.users)
+    out = latencies(export_dir, users, settings)
+    memory_users = [users[i % len(users)] for i in range(settings.memory_users)]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=work, delete=False) as f:
+        f.write("\n".join(memory_users))
+    child = run_child("benchmarks.serving_cost", ["--export-dir", str(export_dir),
+                                                  "--users-file", f.name])
+    out[f"cost_memory_growth_mb.users{settings.memory_users}"] = child["growth_mb"]
+    out["cost_batch_users_per_s"] = round(batch_scoring(export_dir, users, work,
+                                                        settings.repeats), 1)
+    out["cost_batch_users"] = len(users)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serving_cost",
+                                description="child: the memory of one recommender call")
+    p.add_argument("--export-dir", required=True)
+    p.add_argument("--users-file", required=True, help="one user id per line")
+    p.add_argument("--result", required=True)
+    args = p.parse_args(argv)
+    memory_child(args.export_dir, Path(args.users_file).read_text().split("\n"), args.result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
