@@ -151,11 +151,22 @@ class _Retriever(tf.Module):
         [B, k]; empty slots (fewer than k allowed movies) score -inf."""
         if self.seen is not None:
             excluded = tf.concat([excluded, tf.gather(self.seen, rows).to_tensor(-1)], axis=1)
-        query = tf.gather(self.queries, rows)
-        scores, positions = self.index(query, excluded, self.k)
-        popular_scores, popular = self.popular(query, excluded, self.k)
-        known = (rows > 0)[:, None]
-        return tf.where(known, scores, popular_scores), tf.where(known, positions, popular)
+        scores, positions = self.index(tf.gather(self.queries, rows), excluded, self.k)
+        return _fallback(rows <= 0, self.popular, excluded, scores, positions, self.k)
+
+
+def _fallback(unknown: tf.Tensor, popular: Popular, excluded: tf.Tensor, scores: tf.Tensor,
+              positions: tf.Tensor, k: int):
+    """(scores, positions) with the ``unknown`` rows [B] replaced by the popular movies their
+    exclusions allow; computed for those rows only, and not at all when there are none."""
+    def replace():
+        rows = tf.where(unknown)
+        popular_scores, popular_positions = popular(
+            tf.zeros([tf.shape(rows)[0], 1]), tf.gather_nd(excluded, rows), k)
+        return (tf.tensor_scatter_nd_update(scores, rows, popular_scores),
+                tf.tensor_scatter_nd_update(positions, rows, popular_positions))
+
+    return tf.cond(tf.reduce_any(unknown), replace, lambda: (scores, positions))
 
 
 class _Ranker(tf.Module):
@@ -264,10 +275,8 @@ class SimilarMoviesModule(tf.Module):
         vectors = tf.gather(self.index.embeddings, tf.maximum(seeds, 0)) * valid
         query = tf.math.l2_normalize(tf.reduce_sum(vectors, axis=1), axis=1)
         scores, positions = self.index(query, seeds, self.k)
-        popular_scores, popular = self.popular(query, seeds, self.k)
-        has_seed = tf.reduce_any(seeds >= 0, axis=1)[:, None]
-        scores = tf.where(has_seed, scores, popular_scores)
-        positions = tf.where(has_seed, positions, popular)
+        scores, positions = _fallback(tf.reduce_all(seeds < 0, axis=1), self.popular, seeds,
+                                      scores, positions, self.k)
         return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
                 "scores": scores}
 

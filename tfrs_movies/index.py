@@ -51,15 +51,17 @@ class Index(tf.Module):
     def __call__(self, query: tf.Tensor, excluded: tf.Tensor, k: int):
         b = tf.shape(query)[0]
         k = min(k, self.size)
-        # A -1 column keeps E >= 1; sorted rows let a binary search find excluded positions.
-        excluded = tf.sort(tf.concat([tf.fill([b, 1], tf.constant(-1, tf.int64)),
-                                      tf.cast(excluded, tf.int64)], axis=1), axis=1)
+        # A -1 column keeps E >= 1.
+        excluded = tf.concat([tf.fill([b, 1], tf.constant(-1, tf.int64)),
+                              tf.cast(excluded, tf.int64)], axis=1)
         width = tf.minimum(self.size, k + tf.shape(excluded)[1])
         scores, positions = self.fetch(query, width)
         if positions is None:
             scores, positions = tf.math.top_k(_mask(scores, excluded), k)
             positions = tf.cast(positions, tf.int64)
         else:
+            # Sorted rows let a binary search find the excluded candidates.
+            excluded = tf.sort(excluded, axis=1)
             dropped = tf.math.is_nan(scores) | _member(positions, excluded)
             scores, positions = _top(tf.where(dropped, _NEG, scores), positions, k)
         if self.exact:
