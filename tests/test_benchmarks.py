@@ -55,9 +55,11 @@ def test_scann_section_finds_the_exact_neighbours_when_searching_every_leaf(monk
     # 5000 x 32 multiply-adds at 10 G/s
     assert got["brute_force_bound_ms_per_query.batch1"] == pytest.approx(0.016)
     assert got["memory_read_gb_per_s"] > 0
-    # one read of the 5000 x 32 float32 table (640,000 bytes) per call
-    assert got["brute_force_memory_bound_ms_per_query.batch1"] == pytest.approx(
-        0.64 / got["memory_read_gb_per_s"], rel=0.02)
+    # one read of the 5000 x 32 float32 table (640,000 bytes) per call; the reported rate is
+    # rounded to 0.1 GB/s, a few per cent at the ~2 GB/s a busy machine reads a small table at
+    rate = got["memory_read_gb_per_s"]
+    bound = got["brute_force_memory_bound_ms_per_query.batch1"]
+    assert 0.64 / (rate + 0.05) - 1e-4 <= bound <= 0.64 / max(rate - 0.05, 1e-3) + 1e-4
     for batch in (1, 64):
         assert got[f"scann_ms_per_query.batch{batch}"] > 0
         assert got[f"brute_force_ms_per_query.batch{batch}"] > 0

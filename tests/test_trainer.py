@@ -102,6 +102,21 @@ def test_scann_recall_against_brute_force_on_movielens(run_dir, tmp_path):
     assert recall >= 0.95
 
 
+def test_a_run_of_another_format_is_refused_in_one_line(run_dir, tmp_path, capsys):
+    import shutil
+
+    old = tmp_path / "old-run"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    (old / "format.json").unlink()  # as written before the tensor-shaped models
+    for args in (["evaluate", "--run", str(old)], ["export", "--run", str(old), "--export-dir",
+                                                    str(tmp_path / "exp")],
+                 ["train", "--data-dir", "unused", "--output", str(old)] + TINY):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert "run format 1" in err and "retrain" in err and "\n" not in err
+    assert not (tmp_path / "exp").exists()
+
+
 def test_killed_training_resumes(tmp_path, monkeypatch):
     """Kill after epoch 2 of 3; the rerun trains only the last epoch and finishes the run."""
     epochs_run = []

@@ -1,7 +1,8 @@
 """Recommendations and similar movies from a trained run (the ``recommend``/``similar`` jobs).
 
-Both score the whole catalogue in NumPy; they are for inspecting a run. Serving uses the
-exported SavedModels (``export.py``), which do the same in-graph.
+Both build the serving modules of ``export.py`` in memory and call them, so a run answers
+exactly as its export would (same tables, index, exclusions and popularity fallback); nothing
+is written.
 """
 from __future__ import annotations
 
@@ -9,65 +10,74 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
-from tfrs_movies.evaluation import embed
 
 
 def _catalog(run) -> pd.DataFrame:
     return pd.DataFrame({"movie_id": run.vocab.catalog_movies, "title": run.vocab.catalog_titles})
 
 
-def popular_movies(run, exclude: set[str] = frozenset(), k: int = 10) -> pd.DataFrame:
-    """The ``k`` most-rated train movies not in ``exclude``, with their rating counts as score."""
-    counts = pd.Series(run.vocab.movie_counts, index=run.vocab.movie_ids)
-    counts = counts[~counts.index.isin(exclude)].sort_values(ascending=False, kind="stable")[:k]
-    titles = dict(zip(run.vocab.catalog_movies, run.vocab.catalog_titles))
-    return pd.DataFrame({"rank": np.arange(1, len(counts) + 1), "movie_id": counts.index,
-                         "title": [titles.get(m, "") for m in counts.index],
-                         "score": counts.to_numpy(np.float32)})
+def _modules(run, k: int, candidates: int):
+    from tfrs_movies.export import build_modules
+
+    return build_modules(run, ExportConfig(k=max(k, candidates), n=k))
+
+
+def _table(ids, titles, **columns) -> pd.DataFrame:
+    keep = ids != b""
+    table = pd.DataFrame({"movie_id": ids[keep].astype(str), "title": titles[keep].astype(str),
+                          **{name: values[keep] for name, values in columns.items()}})
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    return table
 
 
 def recommend(run, user_id: str, k: int = 10, candidates: int = 100
               ) -> tuple[pd.DataFrame, str | None]:
     """Top ``k`` unseen catalogue movies for ``user_id``: (table, notice or None).
 
-    The same recipe as the exported ``recommender``: retrieve the ``candidates`` best unseen
-    movies by retrieval score, then order them by the ranking model's predicted rating (when
-    the run has one). Columns: rank, movie_id, title, score (retrieval score, or predicted
-    rating for a ranking-only run) and rating. A user the run has never seen gets the most
+    What the run's exported ``recommender`` answers (``retrieval`` when the run has no rating
+    model): the ``candidates`` best unseen movies by retrieval score, ordered by predicted
+    rating. Columns: rank, movie_id, title, score (retrieval score; for an unknown user
+    ``log(1 + train ratings)`` of the popular movies) and rating (predicted stars). A ranking-only
+    run orders every unseen movie by predicted rating. A user the run has never seen gets the
     popular movies and a notice saying so.
     """
     if k < 1:
         raise UserError(f"-k must be >= 1, got {k}")
-    seen_rows = pd.concat([run.split.train, run.split.fold_in])
-    seen = set(seen_rows.loc[seen_rows["user_id"] == user_id, "movie_id"])
-    known = user_id in set(run.vocab.user_ids) or user_id in set(run.vocab.catalog_users)
-    if not known:
-        return popular_movies(run, k=k), (f"user {user_id!r} is not in this run's data: "
-                                          "showing the most popular movies instead")
+    vocab = run.vocab
+    known = user_id in set(vocab.user_ids) or user_id in set(vocab.catalog_users)
+    notice = None if known else (
+        f"user {user_id!r} is not in this run's data: showing the most popular movies instead "
+        "(score: log(1 + train ratings))")
+    retrieves, rates = run.retrieval_model() is not None, run.ranking_model() is not None
+    modules = _modules(run, k, candidates if rates else k)
+    if retrieves:
+        name = "recommender" if rates else "retrieval"
+        request = tf.constant([user_id]), tf.constant([[""]])
+        out = {key: v.numpy()[0] for key, v in modules[name].serve(*request).items()}
+        columns = {"score": out["scores"]}
+        if rates:
+            columns["rating"] = out["ratings"]
+        titles = out["titles"] if rates else _titles(run, out["movie_ids"])
+        return _table(out["movie_ids"], titles, **columns), notice
+    # A ranking-only run: every unseen catalogue movie, ordered by predicted rating.
+    seen = set(pd.concat([run.split.train, run.split.fold_in]).query("user_id == @user_id")[
+        "movie_id"])
     catalog = _catalog(run)
-    catalog = catalog[~catalog["movie_id"].isin(seen)].reset_index(drop=True)
-    movie_ids = catalog["movie_id"].to_numpy(dtype=str)
-    retrieval, ranking = run.retrieval_model(), run.ranking_model()
+    catalog = catalog[~catalog["movie_id"].isin(seen)]
+    ids = catalog["movie_id"].to_numpy(dtype=str)
+    ratings = modules["ranking"].serve(tf.constant([user_id] * len(ids)),
+                                       tf.constant(ids))["rating"].numpy()
+    top = np.argsort(-ratings, kind="stable")[:k]
+    return _table(np.char.encode(ids[top]), np.char.encode(
+        catalog["title"].to_numpy(dtype=str)[top]), rating=ratings[top]), notice
 
-    def rate(ids):
-        users = tf.constant([user_id] * len(ids))
-        return ranking.predict_rating(users, tf.constant(ids)).numpy()
 
-    if retrieval is not None:
-        query = embed(retrieval.user_embedding, np.asarray([user_id]))[0]
-        scores = embed(retrieval.movie_embedding, movie_ids) @ query
-    else:
-        scores = rate(movie_ids)
-    top = np.argsort(-scores, kind="stable")[:max(k, candidates)]
-    table = catalog.iloc[top].reset_index(drop=True)
-    table["score"] = scores[top].astype(np.float32)
-    if ranking is not None:
-        table["rating"] = rate(movie_ids[top])
-        table = table.sort_values("rating", ascending=False, kind="stable")
-    table = table.head(k).reset_index(drop=True)
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    return table, None
+def _titles(run, ids: np.ndarray) -> np.ndarray:
+    """Titles (bytes, as the serving modules return them) of [n] byte-string movie ids."""
+    titles = dict(zip(run.vocab.catalog_movies, run.vocab.catalog_titles))
+    return np.asarray([titles.get(m.decode(), "").encode() for m in ids], dtype=object)
 
 
 def resolve_movie(run, query: str) -> str:
@@ -88,7 +98,8 @@ def resolve_movie(run, query: str) -> str:
 
 
 def similar(run, queries: list[str], k: int = 10) -> tuple[pd.DataFrame, list[str]]:
-    """Movies nearest by cosine to the mean of the normalized embeddings of ``queries``.
+    """What the run's exported ``similar_movies`` answers for the seeds ``queries`` (ids or
+    titles): movies nearest by cosine to the mean of the seeds' normalized embeddings.
 
     Returns (table with rank, movie_id, title, score; the resolved seed ids). Seeds are
     excluded from the table.
@@ -96,16 +107,7 @@ def similar(run, queries: list[str], k: int = 10) -> tuple[pd.DataFrame, list[st
     if not queries:
         raise UserError("give at least one --movie")
     seeds = [resolve_movie(run, q) for q in queries]
-    catalog = _catalog(run)
-    emb = embed(run.embedding_model().movie_embedding, catalog["movie_id"].to_numpy(dtype=str))
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    position = {m: i for i, m in enumerate(catalog["movie_id"])}
-    query = emb[[position[s] for s in seeds]].mean(axis=0)
-    query /= max(np.linalg.norm(query), 1e-12)
-    scores = emb @ query
-    scores[[position[s] for s in seeds]] = -np.inf
-    top = np.argsort(-scores, kind="stable")[:k]
-    table = catalog.iloc[top].reset_index(drop=True)
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-    table["score"] = scores[top].astype(np.float32)
-    return table, seeds
+    module = _modules(run, k, k)["similar_movies"]  # held: tf.function keeps only a weak ref
+    out = module.serve(tf.constant([seeds]))
+    ids, scores = out["movie_ids"].numpy()[0][:k], out["scores"].numpy()[0][:k]
+    return _table(ids, _titles(run, ids), score=scores), seeds
