@@ -29,6 +29,7 @@ import tensorflow_recommenders as tfrs
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import embed
+from tfrs_movies.model_config import models_config, record_export  # noqa: F401 (re-export)
 
 MODELS = ("retrieval", "ranking", "recommender", "similar_movies")
 # The ScaNN index is asked for k + this many neighbours, so up to this many excluded hits can
@@ -260,14 +261,6 @@ def _save(module: tf.Module, model_dir: Path, version: int, scann: bool) -> Path
     return final
 
 
-def models_config(names: list[str], serving_root: str) -> str:
-    """TF Serving ``model_config_list`` text proto with base paths under ``serving_root``."""
-    entries = "".join(
-        f'  config {{\n    name: "{n}"\n    base_path: "{serving_root.rstrip("/")}/{n}"\n'
-        f'    model_platform: "tensorflow"\n  }}\n' for n in names)
-    return f"model_config_list {{\n{entries}}}\n"
-
-
 def export(run, export_dir: str | Path, config: ExportConfig) -> dict[str, Path]:
     """Writes every model the run supports into ``export_dir``; returns name -> version dir."""
     export_dir = Path(export_dir)
@@ -304,7 +297,7 @@ def export(run, export_dir: str | Path, config: ExportConfig) -> dict[str, Path]
             modules[name].serve(tf.constant([""]), tf.constant([[""]]))  # builds the index once
         written[name] = _save(modules[name], model_dir, version, config.index == "scann")
         print(f"[{name}] wrote {written[name]} ({time.perf_counter() - start:.1f}s)")
-    tmp = export_dir / "models.config.tmp"
-    tmp.write_text(models_config(list(written), config.serving_root))
-    tmp.replace(export_dir / "models.config")
+    for notice in record_export(export_dir, {n: int(p.name) for n, p in written.items()},
+                                config.label, config.serving_root):
+        print(notice)
     return written

@@ -82,7 +82,8 @@ def _export(args, argv) -> None:
     if args.index == "scann":
         import scann  # noqa: F401  (registers the ScaNN ops)
     config = cfg.ExportConfig(index=args.index, k=args.k, n=args.n, version=args.version,
-                              exclude_seen=args.exclude_seen, serving_root=args.serving_root)
+                              exclude_seen=args.exclude_seen, serving_root=args.serving_root,
+                              label=args.label)
     written = export(load_run(args.run), args.export_dir, config)
     print(f"Exported {', '.join(written)} to {args.export_dir} "
           f"(TF Serving config: {Path(args.export_dir) / 'models.config'})")
@@ -134,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="let retrieval/recommender return movies the user rated in train")
     p.add_argument("--serving-root", default=e.serving_root,
                    help="where the export dir is mounted in the TF Serving container")
+    p.add_argument("--label", metavar="NAME",
+                   help="version label for the written version in models.config (e.g. stable, "
+                        "canary; TF Serving then keeps the labelled versions loaded); see "
+                        "'python -m serving promote'")
     p.set_defaults(func=_export)
 
     for module in _COMMAND_MODULES:
