@@ -442,10 +442,10 @@ class UnknownLabel(UserError):
 
 
 class _Cache:
-    """Parsed ``models.config`` per export dir, re-read when the file's mtime or size change."""
+    """Parsed ``models.config`` per export dir, re-read when the file changes."""
 
     def __init__(self):
-        self._seen: dict[str, tuple[tuple[int, int], list[ModelEntry]]] = {}
+        self._seen: dict[str, tuple[tuple[int, int, int], list[ModelEntry]]] = {}
 
     def entries(self, export_dir: str | os.PathLike) -> list[ModelEntry]:
         path = os.path.join(os.fspath(export_dir), CONFIG_NAME)
@@ -453,7 +453,9 @@ class _Cache:
             stat = os.stat(path)
         except FileNotFoundError:
             return []
-        key = (stat.st_mtime_ns, stat.st_size)
+        # Every rewrite renames a new file into place, so the inode changes even when the
+        # mtime (coarse on many filesystems) and the size do not.
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         cached = self._seen.get(path)
         if cached is None or cached[0] != key:
             cached = (key, read(export_dir))
