@@ -294,9 +294,13 @@ class RestBackend:
         return Answer(outputs, None if version is None else int(version))
 
     def label_version(self, model: str, label: str) -> int | None:
-        """The version the server's model status gives for ``label`` (``GET .../labels/L``)."""
+        """The version the server's model status gives for ``label`` (``GET .../labels/L``);
+        None when the server cannot say (the answer it already gave stands)."""
         request = urllib.request.Request(self.endpoint(model, label=label, verb=None))
-        status = self._send(request, model).get("model_version_status") or []
+        try:
+            status = self._send(request, model).get("model_version_status") or []
+        except (ServingError, AttributeError):
+            return None
         versions = [int(s["version"]) for s in status if str(s.get("version", "")).isdigit()]
         return versions[0] if len(versions) == 1 else None
 

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from serving.backends import LocalBackend
+from serving.backends import LocalBackend, ServingError
 from serving.client import RecommenderClient
 from tfrs_movies import metrics
 from tfrs_movies.data.tabular import read_ratings_file
@@ -117,7 +117,10 @@ def compare(model_dir: str | os.PathLike, a: str, b: str, test_ratings: str | os
     sides, lists = {}, {}
     for side, (version, label) in selectors.items():
         # Resolved once: a promote during the comparison cannot mix two versions.
-        path = backend.model_path(model, version, label)
+        try:
+            path = backend.model_path(model, version, label)
+        except ServingError as err:  # no such model, version or label in this export
+            raise UserError(str(err)) from None
         resolved = int(os.path.basename(path))
         client = RecommenderClient(backend, versions={model: resolved})
         lists[side] = _lists(client, model, users, n, batch_size)

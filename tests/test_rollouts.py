@@ -331,5 +331,5 @@ def test_compare_refuses_what_it_cannot_answer(export_dir, held_out):
         compare(export_dir, "stable", "canary", held_out[0], n=11)
     with pytest.raises(UserError, match="model must be one of"):
         compare(export_dir, "stable", "canary", held_out[0], model="ranking")
-    with pytest.raises(ServingError, match="label: beta"):
+    with pytest.raises(UserError, match="label: beta"):
         compare(export_dir, "stable", "beta", held_out[0])
