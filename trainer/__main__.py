@@ -7,6 +7,7 @@ Sample::
     python -m trainer recommend --run runs/ml100k --user 42 -k 10
     python -m trainer similar --run runs/ml100k --movie "Star Wars (1977)"
     python -m trainer export --run runs/ml100k --export-dir exports/ml100k --index brute-force
+    python -m trainer export --run runs/ml100k-v2 --export-dir exports/ml100k --label canary
 
 Each subcommand parses flags into the config dataclasses and calls one library function;
 mistakes the user can fix print one line and exit with status 2.
