@@ -5,10 +5,16 @@
     python -m serving rank --user 42 --movie 50 --movie 181 --grpc localhost:8500
     python -m serving batch --users users.csv --out recs.parquet --model-dir export/ -n 10 \
         --exclude-seen runs/ml100k/split/train.parquet --resume
+    python -m serving recommend --user 42 --url http://localhost:8501 --label canary
+    python -m serving promote --export-dir export/ --label stable --version 3
+    python -m serving compare --model-dir export/ --a stable --b canary \
+        --test-ratings runs/ml100k/split/test.parquet --output compare.json
 
-Each subcommand takes exactly one backend: ``--model-dir DIR`` (load the SavedModels here),
-``--url URL`` (TF Serving REST) or ``--grpc HOST:PORT`` (TF Serving gRPC). Mistakes a user can
-fix print one line on stderr and exit 2; a server that fails or cannot be reached exits 1.
+The query subcommands take exactly one backend: ``--model-dir DIR`` (load the SavedModels
+here), ``--url URL`` (TF Serving REST) or ``--grpc HOST:PORT`` (TF Serving gRPC), and optionally
+``--version N`` or ``--label NAME`` (a version label of the export's models.config). Mistakes a
+user can fix print one line on stderr and exit 2; a server that fails or cannot be reached
+exits 1.
 
 Adding a subcommand is one decorated function::
 
@@ -19,14 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TextIO
 
+from serving.backends import check_choice
 from serving.client import RecommenderClient, ServingError, make_client
 from tfrs_movies.errors import UserError
 
+MODELS = ("retrieval", "ranking", "recommender", "similar_movies")
 Handler = Callable[[argparse.Namespace, "RecommenderClient | None", TextIO], None]
 _COMMANDS: list[tuple[str, str, tuple, bool, Handler]] = []
 
@@ -51,11 +60,15 @@ def command(name: str, help: str, *arguments, needs_client: bool = True):
 _USERS = arg("--user", dest="users", action="append", required=True, metavar="ID",
              help="user id (repeat for several users)")
 _TOP_N = arg("-n", type=int, default=None, metavar="N", help="show at most N movies per query")
+_REQUEST_LOG = arg("--request-log", metavar="FILE",
+                   help="append what was shown to this JSONL request log (one record per user, "
+                        "rotated at 64 MiB; see serving/request_log.py)")
 
 
 @command("recommend", "best movies for users: retrieve candidates, then rank them", _USERS,
          arg("--exclude", action="append", default=[], metavar="ID",
-             help="movie id never to recommend, for every user (repeatable)"), _TOP_N)
+             help="movie id never to recommend, for every user (repeatable)"), _TOP_N,
+         _REQUEST_LOG)
 def _recommend(args, client, out) -> None:
     results = client.recommend(args.users, [args.exclude] * len(args.users), n=args.n)
     per_user = list(zip(args.users, results, strict=True))
@@ -67,7 +80,7 @@ def _recommend(args, client, out) -> None:
 
 @command("similar", "movies similar to seed movies (several seeds are averaged into one query)",
          arg("--movie", dest="movies", action="append", required=True, metavar="ID",
-             help="seed movie id (repeatable)"), _TOP_N)
+             help="seed movie id (repeatable)"), _TOP_N, _REQUEST_LOG)
 def _similar(args, client, out) -> None:
     (results,) = client.similar([args.movies], n=args.n)
     rows = [(i + 1, movie_id, score) for i, (movie_id, score) in enumerate(results)]
@@ -119,6 +132,63 @@ def _batch(args, client, out) -> None:
         out.write(report.summary() + "\n")
 
 
+@command("promote", "point a version label (e.g. stable) at a version in an export's "
+         "models.config, atomically",
+         arg("--export-dir", required=True, metavar="DIR", help="the export dir"),
+         arg("--label", required=True, metavar="NAME", help="the label, e.g. stable or canary"),
+         arg("--version", required=True, type=int, metavar="N", help="the version to label"),
+         needs_client=False)
+def _promote(args, client, out) -> None:
+    from tfrs_movies.model_config import promote
+
+    notices = promote(args.export_dir, args.label, args.version)
+    if args.format == "json":
+        json.dump({"export_dir": args.export_dir, "label": args.label, "version": args.version,
+                   "changes": notices}, out, indent=2)
+        out.write("\n")
+    else:
+        out.write("".join(line + "\n" for line in notices))
+
+
+@command("compare", "offline A/B: two versions of an export answer the same held-out users",
+         arg("--model-dir", required=True, metavar="DIR", help="the export dir"),
+         arg("--a", required=True, metavar="VERSION_OR_LABEL", help="version A, e.g. stable or 3"),
+         arg("--b", required=True, metavar="VERSION_OR_LABEL", help="version B, e.g. canary or 4"),
+         arg("--test-ratings", required=True, metavar="FILE",
+             help="held-out ratings (CSV/TSV/Parquet/u.data): their users are asked, their "
+                  "movies are the relevant ones"),
+         arg("--train-ratings", metavar="FILE",
+             help="ratings whose distinct users per movie are novelty's popularity (default: "
+                  "the test ratings file itself)"),
+         arg("--model", choices=("recommender", "retrieval"), default="recommender",
+             help="which model's lists (default: recommender)"),
+         arg("-n", type=int, default=10, metavar="N", help="list length (default 10)"),
+         arg("--resamples", type=int, default=1000,
+             help="paired bootstrap resamples over users (default 1000)"),
+         arg("--seed", type=int, default=0, help="bootstrap seed (default 0)"),
+         arg("--output", metavar="FILE.json", help="also write the full result as JSON"),
+         needs_client=False)
+def _compare(args, client, out) -> None:
+    from serving.compare import compare, format_report
+
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UserError(f"output folder of {args.output!r} does not exist")
+    result = compare(args.model_dir, args.a, args.b, args.test_ratings, model=args.model,
+                     n=args.n, train_ratings=args.train_ratings, resamples=args.resamples,
+                     seed=args.seed)
+    if args.output:
+        tmp = f"{args.output}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, args.output)
+    if args.format == "json":
+        json.dump(result, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(format_report(result) + "\n")
+
+
 class _Parser(argparse.ArgumentParser):
     """Turns argparse's usage errors into `UserError`, so they print as one line."""
 
@@ -148,15 +218,28 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--model-dir", metavar="DIR", help="export dir to load in this process")
     where.add_argument("--url", metavar="URL", help="TF Serving REST root, http://HOST:8501")
     where.add_argument("--grpc", metavar="HOST:PORT", help="TF Serving gRPC address, HOST:8500")
+    pin = p.add_argument_group("version (at most one; default: the latest)")
+    pin = pin.add_mutually_exclusive_group()
+    pin.add_argument("--version", type=int, metavar="N", help="ask every model for version N")
+    pin.add_argument("--label", metavar="NAME",
+                     help="ask for the version labelled NAME in models.config (stable, canary)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (remote)")
     p.add_argument("--retries", type=int, default=3,
                    help="retries after connection errors, 503/429 or UNAVAILABLE (remote)")
 
 
 def _make_client(args: argparse.Namespace) -> RecommenderClient:
+    from serving.request_log import RequestLog
+
+    check_choice(args.version, args.label)
+    pins = {"versions": {m: args.version for m in MODELS} if args.version else None,
+            "labels": {m: args.label for m in MODELS} if args.label else None}
+    log = getattr(args, "request_log", None)
+    pins["request_log"] = RequestLog(log) if log else None
     if args.model_dir:
-        return make_client(model_dir=args.model_dir)
-    return make_client(url=args.url, grpc=args.grpc, timeout=args.timeout, retries=args.retries)
+        return make_client(model_dir=args.model_dir, **pins)
+    return make_client(url=args.url, grpc=args.grpc, timeout=args.timeout, retries=args.retries,
+                       **pins)
 
 
 def _emit(args, out: TextIO, headers: tuple[str, ...], rows: list[tuple], payload) -> None:

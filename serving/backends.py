@@ -1,9 +1,13 @@
 """Three ways to run a `serving_default` signature of an exported model, one interface.
 
-Every backend has ``predict(model, inputs, version=None) -> dict[str, np.ndarray]``: ``inputs``
-maps input names to numpy arrays (strings as Python ``str``), the result maps output names to
-numpy arrays with strings decoded to Python ``str`` (dtype ``object``) and floats as ``float32``,
-so the three backends return identical values for the same export.
+Every backend has ``predict(model, inputs, version=None, label=None) -> dict[str, np.ndarray]``:
+``inputs`` maps input names to numpy arrays (strings as Python ``str``), the result maps output
+names to numpy arrays with strings decoded to Python ``str`` (dtype ``object``) and floats as
+``float32``, so the three backends return identical values for the same export. ``version``
+asks for a version number, ``label`` for a version label of the export's ``models.config``
+(``stable``, ``canary``; at most one of the two; neither: the latest version).
+``answer(...)`` takes the same arguments and returns an `Answer`: the outputs and the version
+that answered, as far as the backend can tell.
 
 - `LocalBackend`: loads ``EXPORT_DIR/<model>/<version>/`` with ``tf.saved_model.load``, the same
   graph TF Serving runs; for tests, notebooks and offline batch scoring.
@@ -29,11 +33,12 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tfrs_movies import contract
+from tfrs_movies import contract, model_config
 from tfrs_movies.errors import UserError
 
 SIGNATURE = contract.SIGNATURE
@@ -59,6 +64,34 @@ class ServingError(Exception):
         self.status = status
         self.code = code
         self.model = model
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A backend's reply: the outputs of `predict` and the version that produced them.
+
+    Attributes:
+      outputs: output name -> array, as `predict` returns them.
+      version: the version that answered: the local backend and TF Serving's gRPC response
+        (``model_spec.version``) know it; over REST it is the asked version, or for a label
+        the version the server's model status gives for that label right after the answer
+        (a promote landing in between can misname it); None when unknown.
+    """
+
+    outputs: dict[str, np.ndarray]
+    version: int | None
+
+
+def check_choice(version: int | None, label: str | None) -> None:
+    """At most one of a version number (>= 1) and a valid label, else `UserError`."""
+    if version is not None and label is not None:
+        raise UserError(f"give a version or a label, not both (got version {version} and "
+                        f"label {label!r})")
+    if version is not None and (isinstance(version, bool) or not isinstance(
+            version, (int, np.integer)) or version < 1):
+        raise UserError(f"version must be an int >= 1, got {version!r}")
+    if label is not None:
+        model_config.check_label(label)
 
 
 def decode_strings(array: np.ndarray) -> np.ndarray:
@@ -128,32 +161,45 @@ class LocalBackend:
         self._signatures: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()  # batch scorers may call from several threads
 
-    def model_path(self, model: str, version: int | None = None) -> str:
-        """``export_dir/model/<version>``: the pinned or given version, else the highest one."""
+    def model_path(self, model: str, version: int | None = None,
+                   label: str | None = None) -> str:
+        """``export_dir/model/<version>`` for the given version, the version ``label`` points
+        at in ``models.config`` (re-read when it changes), the pinned version, or else the
+        highest version: the highest one ``models.config`` keeps loaded when it lists versions
+        (as TF Serving would serve), otherwise the highest on disk."""
+        check_choice(version, label)
         model_dir = os.path.join(self.export_dir, model)
         if not os.path.isdir(model_dir):
             raise ServingError(f"no model {model!r} in export dir {self.export_dir!r}",
                                code="NOT_FOUND", model=model)
         available = sorted(int(d) for d in os.listdir(model_dir)
                            if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
+        if label is not None:
+            try:
+                version = model_config.resolve_label(self.export_dir, model, label)
+            except model_config.UnknownLabel as err:
+                raise ServingError(f"Unrecognized servable version label: {label} ({err})",
+                                   code="INVALID_ARGUMENT", model=model) from None
         version = version if version is not None else self.versions.get(model)
         if version is None:
+            entry = model_config.entry_for(self.export_dir, model)
+            listed = [v for v in available if entry is not None and v in entry.versions]
             if not available:
                 raise ServingError(f"model dir {model_dir!r} has no numeric version directory",
                                    code="NOT_FOUND", model=model)
-            version = available[-1]
+            version = (listed or available)[-1]
         elif int(version) not in available:
             raise ServingError(f"model {model!r} has no version {version} in {model_dir!r} "
                                f"(available: {available})", code="NOT_FOUND", model=model)
         return os.path.join(model_dir, str(int(version)))
 
-    def _signature(self, model: str, version: int | None):
-        path = self.model_path(model, version)
+    def _signature(self, model: str, version: int | None, label: str | None = None):
+        path = self.model_path(model, version, label)
         key = (model, int(os.path.basename(path)))
         with self._lock:
             if key not in self._signatures:
                 self._signatures[key] = self._load(path, model)
-        return self._signatures[key][1]
+        return self._signatures[key][1], key[1]
 
     def _load(self, path: str, model: str):
         import tensorflow as tf
@@ -170,11 +216,15 @@ class LocalBackend:
         # Keep `loaded` alive: the signature's captured tables and variables live on it.
         return loaded, loaded.signatures[SIGNATURE]
 
-    def predict(self, model: str, inputs: Mapping[str, np.ndarray],
-                version: int | None = None) -> dict[str, np.ndarray]:
+    def predict(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+                label: str | None = None) -> dict[str, np.ndarray]:
+        return self.answer(model, inputs, version, label).outputs
+
+    def answer(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+               label: str | None = None) -> Answer:
         import tensorflow as tf
 
-        fn = self._signature(model, version)
+        fn, version = self._signature(model, version, label)
         specs = fn.structured_input_signature[1]
         if set(inputs) != set(specs):
             raise ServingError(f"model {model!r} takes inputs {sorted(specs)}, got "
@@ -187,7 +237,8 @@ class LocalBackend:
             raise ServingError(f"model {model!r} rejected the request: "
                                f"{tf_error_text(str(err))}", code="INVALID_ARGUMENT",
                                model=model) from err
-        return {name: _normalize(value.numpy()) for name, value in outputs.items()}
+        return Answer({name: _normalize(value.numpy()) for name, value in outputs.items()},
+                      version)
 
     def close(self) -> None:
         self._signatures.clear()
@@ -221,7 +272,7 @@ def _maybe_import_scann(path: str) -> None:
 
 
 class RestBackend:
-    """TF Serving REST API: ``POST {url}/v1/models/NAME[/versions/N]:predict``.
+    """TF Serving REST API: ``POST {url}/v1/models/NAME[/versions/N|/labels/L]:predict``.
 
     Sends the columnar format ``{"signature_name": ..., "inputs": {name: nested list}}`` and
     reads ``{"outputs": {name: nested list}}`` (or ``{"outputs": [...]}`` for a single output).
@@ -257,17 +308,40 @@ class RestBackend:
         self.max_backoff = max_backoff
         self._sleep = sleep
 
-    def endpoint(self, model: str, version: int | None = None) -> str:
+    def endpoint(self, model: str, version: int | None = None, label: str | None = None,
+                 verb: str | None = "predict") -> str:
+        """``{url}/v1/models/NAME[/versions/N|/labels/L][:verb]`` (no verb: model status)."""
+        check_choice(version, label)
         path = f"/v1/models/{urllib.parse.quote(model, safe='')}"
         if version is not None:
             path += f"/versions/{int(version)}"
-        return f"{self.url}{path}:predict"
+        elif label is not None:
+            path += f"/labels/{urllib.parse.quote(label, safe='')}"
+        return f"{self.url}{path}" + (f":{verb}" if verb else "")
 
-    def predict(self, model: str, inputs: Mapping[str, np.ndarray],
-                version: int | None = None) -> dict[str, np.ndarray]:
+    def answer(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+               label: str | None = None) -> Answer:
+        outputs = self.predict(model, inputs, version, label)
+        if label is not None:
+            version = self.label_version(model, label)
+        return Answer(outputs, None if version is None else int(version))
+
+    def label_version(self, model: str, label: str) -> int | None:
+        """The version the server's model status gives for ``label`` (``GET .../labels/L``);
+        None when the server cannot say (the answer it already gave stands)."""
+        try:
+            status = self._send(self.endpoint(model, label=label, verb=None), None,
+                                model).get("model_version_status") or []
+        except (ServingError, AttributeError):
+            return None
+        versions = [int(s["version"]) for s in status if str(s.get("version", "")).isdigit()]
+        return versions[0] if len(versions) == 1 else None
+
+    def predict(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+                label: str | None = None) -> dict[str, np.ndarray]:
         body = json.dumps({"signature_name": SIGNATURE,
                            "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}})
-        url = self.endpoint(model, version)
+        url = self.endpoint(model, version, label)
         payload = self._send(url, body.encode(), model)
         if not isinstance(payload, dict) or "outputs" not in payload:
             raise ServingError(f"response from {url} has no 'outputs' key: "
@@ -277,7 +351,8 @@ class RestBackend:
             outputs = {UNNAMED_OUTPUT: outputs}
         return {name: _normalize(_from_json(value)) for name, value in outputs.items()}
 
-    def _send(self, url: str, body: bytes, model: str) -> Any:
+    def _send(self, url: str, body: bytes | None, model: str) -> Any:
+        """POSTs ``body`` (GETs when None) with retries; the decoded JSON answer."""
         for attempt in range(len(self.delays) + 1):
             last = attempt == len(self.delays)
             retry_after = None
@@ -312,8 +387,9 @@ class RestBackend:
             self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def _post(self, url: str, body: bytes):
-        """One POST on a fresh connection: ``(status, headers, body)``.
+    def _post(self, url: str, body: bytes | None):
+        """One POST (a GET when ``body`` is None) on a fresh connection:
+        ``(status, headers, body)``.
 
         Raises `_Unreachable` (no connection: nothing was sent), `_Dropped` (the request went
         out and no answer came back) or `TimeoutError`. When sending fails because the server
@@ -333,7 +409,10 @@ class RestBackend:
                 raise _Unreachable(getattr(err, "strerror", None) or str(err)) from None
             send_error = None
             try:
-                conn.request("POST", path, body, {"Content-Type": "application/json"})
+                if body is None:
+                    conn.request("GET", path)
+                else:
+                    conn.request("POST", path, body, {"Content-Type": "application/json"})
             except TimeoutError:
                 raise
             except OSError as err:  # broken pipe, reset: the server stopped reading
@@ -451,24 +530,35 @@ class GrpcBackend:
             ("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)])
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
-    def predict(self, model: str, inputs: Mapping[str, np.ndarray],
-                version: int | None = None) -> dict[str, np.ndarray]:
+    def predict(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+                label: str | None = None) -> dict[str, np.ndarray]:
+        return self.answer(model, inputs, version, label).outputs
+
+    def answer(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
+               label: str | None = None) -> Answer:
+        """As `predict`; the version comes from the response's ``model_spec``."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
+        check_choice(version, label)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = SIGNATURE
         if version is not None:
             request.model_spec.version.value = int(version)
+        elif label is not None:
+            request.model_spec.version_label = label
         for name, value in inputs.items():
             value = np.asarray(value)
             if value.dtype.kind in "OU":
                 value = value.astype(object)
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
         response = self._call(request, model)
-        return {name: _normalize(tf.make_ndarray(proto))
-                for name, proto in response.outputs.items()}
+        spec = response.model_spec
+        answered = spec.version.value if spec.HasField("version") else version
+        return Answer({name: _normalize(tf.make_ndarray(proto))
+                       for name, proto in response.outputs.items()},
+                      None if answered is None else int(answered))
 
     def _call(self, request, model: str):
         grpc = self._grpc

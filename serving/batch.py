@@ -365,10 +365,10 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
                 "exclude": _exclude_digest(exclude), "model": _model_identity(client)}
     work = out.with_name(f".{out.name}.parts")
     done = _prepare_work_dir(work, manifest, resume)
-    version = client.versions.get(MODEL)
+    pin = _pin(client)
 
     def predict(inputs):
-        return client.backend.predict(MODEL, inputs, version=version)
+        return client.backend.predict(MODEL, inputs, **pin)
 
     starts = range(0, len(users.ids), part_size)
     resumed = sum(min(part_size, len(users.ids) - s) for i, s in enumerate(starts) if i in done)
@@ -470,13 +470,24 @@ def _exclude_digest(exclude) -> str | None:
     return sha.hexdigest()
 
 
+def _pin(client) -> dict:
+    """``backend.predict`` keywords for the client's version or label pin; a local label is
+    resolved once, so a promote during the run cannot mix two versions into one output."""
+    pin = client.pin(MODEL) if hasattr(client, "pin") else {"version": client.versions.get(MODEL)}
+    if pin.get("label") is not None and isinstance(client.backend, LocalBackend):
+        return {"version": int(os.path.basename(client.backend.model_path(MODEL, **pin)))}
+    return pin
+
+
 def _model_identity(client) -> str | None:
-    """The local model version dir; for a server only the version pin (if any) is known."""
+    """The local model version dir; for a server only the version or label pin is known."""
     backend = getattr(client, "backend", None)
-    version = client.versions.get(MODEL)
+    pin = _pin(client)
     if isinstance(backend, LocalBackend):
-        return backend.model_path(MODEL, version)
-    return None if version is None else f"version {version}"
+        return backend.model_path(MODEL, **pin)
+    if pin.get("label") is not None:
+        return f"label {pin['label']}"
+    return None if pin["version"] is None else f"version {pin['version']}"
 
 
 _MANIFEST_NAMES = {"ids": "the input ids", "users": "the number of users", "n": "-n",

@@ -4,6 +4,7 @@
     client = make_client(url="http://localhost:8501")        # or model_dir=..., grpc="host:8500"
     client.recommend(["42"], exclude=[["50", "181"]])       # [[Recommendation(...), ...]]
     client.similar([["1", "50"]])                           # seeds averaged: [[("172", 0.93), ...]]
+    make_client(url=..., labels={"recommender": "canary"})  # a version label of models.config
 
 The models follow the serving contract (``tfrs_movies.contract``): batched string ids in,
 ``[B, K]`` ids and float32 scores out. This module validates ids before anything is sent, pads the
@@ -25,11 +26,14 @@ import numpy as np
 
 from serving.backends import (
     UNNAMED_OUTPUT,
+    Answer,
     GrpcBackend,
     LocalBackend,
     RestBackend,
     ServingError,
+    check_choice,
 )
+from serving.request_log import RequestLog
 from tfrs_movies import contract
 from tfrs_movies.errors import UserError, shown
 
@@ -40,6 +44,9 @@ PAD = contract.PAD
 
 
 class Backend(Protocol):
+    """``predict(model, inputs, version=None, label=None)``; ``label`` is passed only when a
+    label is asked for, and ``answer`` (returning an `Answer`) is optional."""
+
     def predict(self, model: str, inputs: Mapping[str, np.ndarray],
                 version: int | None = None) -> dict[str, np.ndarray]: ...
 
@@ -69,11 +76,32 @@ class RecommenderClient:
     Args:
       backend: a `LocalBackend`, `RestBackend` or `GrpcBackend` (anything with ``predict``).
       versions: optional ``{model: version}`` pins; unpinned models use the server's latest.
+      labels: optional ``{model: label}`` pins to version labels of the export's models.config
+        (``stable``, ``canary``); a model is pinned by a version or a label, not both.
+      request_log: a `RequestLog`: every answered recommend, retrieve and similar request
+        appends one record per user (rank requests show no list and are not logged).
+      log_fields: extra constant fields of every logged record (the router adds its
+        experiment and arm).
     """
 
-    def __init__(self, backend: Backend, versions: Mapping[str, int] | None = None):
+    def __init__(self, backend: Backend, versions: Mapping[str, int] | None = None,
+                 labels: Mapping[str, str] | None = None, *,
+                 request_log: RequestLog | None = None,
+                 log_fields: Mapping[str, object] | None = None):
         self.backend = backend
         self.versions = dict(versions or {})
+        self.labels = dict(labels or {})
+        for model in set(self.versions) | set(self.labels):
+            check_choice(self.versions.get(model), self.labels.get(model))
+        self.request_log = request_log
+        self.log_fields = dict(log_fields or {})
+
+    def pin(self, model: str) -> dict[str, object]:
+        """The keyword arguments that select ``model``'s pinned version or label for
+        ``backend.predict``: ``{"version": N or None}``, plus ``"label"`` when one is pinned."""
+        if model in self.labels:
+            return {"version": None, "label": self.labels[model]}
+        return {"version": self.versions.get(model)}
 
     def recommend(self, user_ids: Sequence[str], exclude: Sequence[Sequence[str]] | None = None,
                   *, n: int | None = None) -> list[list[Recommendation]]:
@@ -87,20 +115,39 @@ class RecommenderClient:
         Returns:
           B lists of `Recommendation`, best first.
         """
+        return self._recommend(user_ids, exclude, n, self.request_log is not None)[0]
+
+    def recommend_with_version(self, user_ids: Sequence[str],
+                               exclude: Sequence[Sequence[str]] | None = None, *,
+                               n: int | None = None
+                               ) -> tuple[list[list[Recommendation]], int | None]:
+        """As `recommend`, with the version that answered (None when the backend cannot tell,
+        see `serving.backends.Answer`)."""
+        return self._recommend(user_ids, exclude, n, True)
+
+    def _recommend(self, user_ids, exclude, n, with_version: bool):
         _check_n(n)
-        out = self._call("recommender", self._user_inputs(user_ids, exclude))
-        return [
+        inputs = self._user_inputs(user_ids, exclude)
+        out, version = self._call("recommender", inputs, with_version=with_version)
+        results = [
             [Recommendation(m, t, float(s), float(r)) for m, t, s, r in row]
             for row in _rows(n, out["movie_ids"], out["titles"], out["scores"], out["ratings"])
         ]
+        self._log("recommender", inputs["user_id"], [[r.movie_id for r in row]
+                                                      for row in results], version)
+        return results, version
 
     def retrieve(self, user_ids: Sequence[str], exclude: Sequence[Sequence[str]] | None = None,
                  *, n: int | None = None) -> list[list[tuple[str, float]]]:
         """Retrieval candidates only: B lists of ``(movie_id, score)``, highest score first."""
         _check_n(n)
-        out = self._call("retrieval", self._user_inputs(user_ids, exclude))
-        return [[(m, float(s)) for m, s in row]
-                for row in _rows(n, out["movie_ids"], out["scores"])]
+        inputs = self._user_inputs(user_ids, exclude)
+        out, version = self._call("retrieval", inputs, with_version=self.request_log is not None)
+        results = [[(m, float(s)) for m, s in row]
+                   for row in _rows(n, out["movie_ids"], out["scores"])]
+        self._log("retrieval", inputs["user_id"], [[m for m, _ in row] for row in results],
+                  version)
+        return results
 
     def rank(self, user_ids: Sequence[str], movie_ids: Sequence[str]) -> np.ndarray:
         """Predicted ratings for (user, movie) pairs: float32 ``[B]``.
@@ -114,8 +161,8 @@ class RecommenderClient:
         if len(users) != len(movies):
             raise UserError(f"rank needs as many user ids as movie ids (or one user id), got "
                             f"{len(users)} user ids and {len(movies)} movie ids")
-        out = self._call("ranking", {"user_id": np.array(users, dtype=object),
-                                     "movie_id": np.array(movies, dtype=object)})
+        out, _ = self._call("ranking", {"user_id": np.array(users, dtype=object),
+                                        "movie_id": np.array(movies, dtype=object)})
         return np.asarray(out["rating"], dtype=np.float32).reshape(len(users))
 
     def similar(self, movie_ids: Sequence[Sequence[str]] | Sequence[str], *,
@@ -138,9 +185,13 @@ class RecommenderClient:
             rows = [[m] for m in _check_ids("movie_ids", movie_ids)]
         else:
             rows = [_check_ids(f"movie_ids[{i}]", row) for i, row in enumerate(movie_ids)]
-        out = self._call("similar_movies", {"movie_ids": _pad(rows)})
-        return [[(m, float(s)) for m, s in row]
-                for row in _rows(n, out["movie_ids"], out["scores"])]
+        out, version = self._call("similar_movies", {"movie_ids": _pad(rows)},
+                                  with_version=self.request_log is not None)
+        results = [[(m, float(s)) for m, s in row]
+                   for row in _rows(n, out["movie_ids"], out["scores"])]
+        self._log("similar_movies", [None] * len(rows), [[m for m, _ in row] for row in results],
+                  version, seed_ids=rows)
+        return results
 
     def close(self) -> None:
         self.backend.close()
@@ -163,8 +214,26 @@ class RecommenderClient:
                     for i, row in enumerate(exclude)]
         return {"user_id": np.array(users, dtype=object), "exclude_movie_ids": _pad(rows)}
 
-    def _call(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.backend.predict(model, inputs, version=self.versions.get(model))
+    def _log(self, model: str, user_ids, movie_ids, version, seed_ids=None) -> None:
+        if self.request_log is not None:
+            self.request_log.log(model, list(user_ids), movie_ids, version=version,
+                                 label=self.labels.get(model), fields=self.log_fields,
+                                 seed_ids=seed_ids)
+
+    def _call(self, model: str, inputs: dict[str, np.ndarray], with_version: bool = False
+              ) -> tuple[dict[str, np.ndarray], int | None]:
+        """The model's outputs and, with ``with_version``, the version that answered.
+
+        The version costs nothing locally and over gRPC; over REST a label request then also
+        reads the label's version from the model status (one GET).
+        """
+        pin = self.pin(model)
+        answer = getattr(self.backend, "answer", None)
+        if with_version and answer is not None:
+            reply: Answer = answer(model, inputs, **pin)
+            out, version = reply.outputs, reply.version
+        else:
+            out, version = self.backend.predict(model, inputs, **pin), pin["version"]
         expected = contract.signature(model).output_names
         if len(expected) == 1 and UNNAMED_OUTPUT in out:
             out = {expected[0]: out[UNNAMED_OUTPUT]}
@@ -173,7 +242,7 @@ class RecommenderClient:
             raise ServingError(f"model {model!r} returned outputs {sorted(out)}, missing "
                                f"{missing}: is the export older than the serving contract?",
                                model=model)
-        return out
+        return out, version
 
 
 def _check_ids(name: str, ids, allow_empty: bool = False) -> list[str]:
@@ -221,7 +290,9 @@ def _rows(n: int | None, movie_ids: np.ndarray, *columns: np.ndarray):
 
 
 def make_client(model_dir: str | None = None, url: str | None = None, grpc: str | None = None,
-                *, versions: Mapping[str, int] | None = None, **backend_kw) -> RecommenderClient:
+                *, versions: Mapping[str, int] | None = None,
+                labels: Mapping[str, str] | None = None,
+                request_log: RequestLog | None = None, **backend_kw) -> RecommenderClient:
     """A `RecommenderClient` on exactly one backend.
 
     Args:
@@ -229,6 +300,8 @@ def make_client(model_dir: str | None = None, url: str | None = None, grpc: str 
       url: a TF Serving REST root, e.g. ``http://localhost:8501`` (`RestBackend`).
       grpc: a TF Serving gRPC address, e.g. ``localhost:8500`` (`GrpcBackend`).
       versions: optional ``{model: version}`` pins.
+      labels: optional ``{model: label}`` pins (version labels of the export's models.config).
+      request_log: optional `RequestLog` of every answered recommend/retrieve/similar request.
       **backend_kw: passed to the remote backend (``timeout``, ``retries``, ``backoff``, ...).
     """
     given = {k: v for k, v in (("model_dir", model_dir), ("url", url), ("grpc", grpc)) if v}
@@ -243,4 +316,4 @@ def make_client(model_dir: str | None = None, url: str | None = None, grpc: str 
         backend = RestBackend(url, **backend_kw)
     else:
         backend = GrpcBackend(grpc, **backend_kw)
-    return RecommenderClient(backend, versions=versions)
+    return RecommenderClient(backend, versions=versions, labels=labels, request_log=request_log)

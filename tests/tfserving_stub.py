@@ -1,14 +1,19 @@
 """A local stand-in for TF Serving that runs real exported SavedModels, for client tests.
 
 `TFServingStub` speaks TF Serving's REST predict protocol on 127.0.0.1 (OS-chosen port):
-``POST /v1/models/NAME[/versions/N]:predict`` with the columnar ``inputs`` or row ``instances``
-format, answering ``{"outputs": ...}`` or ``{"predictions": ...}`` like the real server (a
-signature with a single output loses its name), errors as ``{"error": "..."}`` with 400 for a
-bad request and 404 for an unknown model or version; ``GET /v1/models/NAME`` gives the status.
+``POST /v1/models/NAME[/versions/N|/labels/L]:predict`` with the columnar ``inputs`` or row
+``instances`` format, answering ``{"outputs": ...}`` or ``{"predictions": ...}`` like the real
+server (a signature with a single output loses its name), errors as ``{"error": "..."}`` with 400
+for a bad request or an unknown label and 404 for an unknown model or version;
+``GET /v1/models/NAME[/versions/N|/labels/L]`` gives the status. `GrpcPredictionService` answers
+``PredictionService.Predict`` from the same models (``model_spec.version`` or
+``version_label``), and reports the version that answered in the response's ``model_spec``.
 Like TF Serving it answers every request: a malformed one (a non-numeric Content-Length, a
 non-string ``signature_name``, ...) gets a 400 with the reason, an unexpected failure a 500;
 TensorFlow errors are passed on whole, less their stack noise (``tf_error_text``).
-`GrpcPredictionService` answers ``PredictionService.Predict`` from the same models.
+
+Labels come from the export dir's ``models.config`` (re-read when it changes, as TF Serving
+polls it) or from a fixed ``labels={model: {label: version}}`` mapping.
 
 Both can be told to fail the next N requests (`fail_next`) to test client retries and timeouts.
 The models are loaded with ``tf.saved_model.load`` from an export dir, so the stand-in runs the
@@ -31,9 +36,10 @@ import numpy as np
 import tensorflow as tf
 
 from serving.backends import tf_error_text
-from tfrs_movies import contract
+from tfrs_movies import contract, model_config
 
-_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
+_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
+                   r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
                    r"(?::(?P<verb>[a-z]+))?$")
 
 
@@ -49,12 +55,27 @@ class StubError(Exception):
 
 
 class ModelRepository:
-    """Loads ``export_dir/NAME/VERSION`` SavedModels on first use and runs a signature."""
+    """Loads ``export_dir/NAME/VERSION`` SavedModels on first use and runs a signature.
 
-    def __init__(self, export_dir: str):
+    ``labels``: ``{model: {label: version}}``; None reads them from ``export_dir/models.config``.
+    """
+
+    def __init__(self, export_dir: str, labels: dict[str, dict[str, int]] | None = None):
         self.export_dir = export_dir
+        self.labels = labels
         self._loaded: dict[tuple[str, int], object] = {}
         self._lock = threading.Lock()
+
+    def label_version(self, name: str, label: str) -> int:
+        """The version ``label`` points at for model ``name``, as TF Serving resolves it."""
+        if self.labels is not None:
+            version = self.labels.get(name, {}).get(label)
+        else:
+            entry = model_config.entry_for(self.export_dir, name)
+            version = entry.label(label) if entry is not None else None
+        if version is None:
+            raise StubError(400, f"Unrecognized servable version label: {label}")
+        return version
 
     def versions(self, name: str) -> list[int]:
         model_dir = os.path.join(self.export_dir, name)
@@ -62,7 +83,11 @@ class ModelRepository:
             return []
         return sorted(int(d) for d in os.listdir(model_dir) if d.isdigit())
 
-    def signature(self, name: str, version: int | None, signature_name: str):
+    def signature(self, name: str, version: int | None, signature_name: str,
+                  label: str | None = None):
+        """(signature function, the version it belongs to)."""
+        if label is not None:
+            version = self.label_version(name, label)
         versions = self.versions(name)
         if not versions or (version is not None and version not in versions):
             spec = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
@@ -79,11 +104,13 @@ class ModelRepository:
         if signature_name not in loaded.signatures:
             raise StubError(400, f'Serving signature name: "{signature_name}" not found in '
                                  f"signature def")
-        return loaded.signatures[signature_name]
+        return loaded.signatures[signature_name], version
 
     def run(self, name: str, version: int | None, signature_name: str,
-            inputs: dict[str, object]) -> dict[str, np.ndarray]:
-        fn = self.signature(name, version, signature_name)
+            inputs: dict[str, object], label: str | None = None
+            ) -> tuple[dict[str, np.ndarray], int]:
+        """(outputs, the version that answered)."""
+        fn, version = self.signature(name, version, signature_name, label)
         specs = fn.structured_input_signature[1]
         if set(inputs) != set(specs):
             raise StubError(400, f"Missing or unexpected inputs: expected {sorted(specs)}, "
@@ -93,7 +120,7 @@ class ModelRepository:
             outputs = fn(**tensors)
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
             raise StubError(400, tf_error_text(str(err))) from None
-        return {k: v.numpy() for k, v in outputs.items()}
+        return {k: v.numpy() for k, v in outputs.items()}, version
 
 
 def _jsonable(array: np.ndarray):
@@ -126,8 +153,9 @@ class TFServingStub:
     ``(method, path)`` of every request received.
     """
 
-    def __init__(self, export_dir: str, repository: ModelRepository | None = None):
-        self.repository = repository or ModelRepository(export_dir)
+    def __init__(self, export_dir: str, repository: ModelRepository | None = None,
+                 labels: dict[str, dict[str, int]] | None = None):
+        self.repository = repository or ModelRepository(export_dir, labels)
         self.requests: list[tuple[str, str]] = []
         self.failures = _Failures()
         stub = self
@@ -188,6 +216,16 @@ class _Handler(BaseHTTPRequestHandler):
         if not versions:
             return self._reply(404, {"error": f"Could not find any versions of model "
                                               f"{match['name']}"})
+        try:
+            if match["label"]:
+                versions = [self.owner.repository.label_version(match["name"], match["label"])]
+        except StubError as err:
+            return self._reply(err.status, {"error": str(err)})
+        if match["version"]:
+            versions = [v for v in versions if v == int(match["version"])]
+            if not versions:
+                return self._reply(404, {"error": f"Servable not found for request: Specific("
+                                                  f"{match['name']}, {match['version']})"})
         self._reply(200, {"model_version_status": [
             {"version": str(v), "state": "AVAILABLE",
              "status": {"error_code": "OK", "error_message": ""}} for v in versions]})
@@ -235,12 +273,14 @@ class _Handler(BaseHTTPRequestHandler):
         if ("inputs" in request) == ("instances" in request):
             raise StubError(400, "Missing 'inputs' or 'instances' key (exactly one is needed)")
         version = int(match["version"]) if match["version"] else None
+        label = match["label"]
         signature_name = request.get("signature_name", contract.SIGNATURE)
         if not isinstance(signature_name, str):
             raise StubError(400, f"JSON Value: {json.dumps(signature_name)} Type: "
                                  f"{type(signature_name).__name__} is not of expected type: "
                                  f"string (signature_name)")
-        fn = self.owner.repository.signature(match["name"], version, signature_name)
+        fn, version = self.owner.repository.signature(match["name"], version, signature_name,
+                                                      label)
         input_names = sorted(fn.structured_input_signature[1])
         columnar = "inputs" in request
         if columnar:
@@ -259,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
                 inputs = {input_names[0]: instances}
             else:
                 raise StubError(400, "instances must be objects for a multi-input signature")
-        outputs = self.owner.repository.run(match["name"], version, signature_name, inputs)
+        outputs, _ = self.owner.repository.run(match["name"], version, signature_name, inputs)
         if columnar:
             if len(outputs) == 1:  # TF Serving omits the name of a sole output
                 return {"outputs": _jsonable(next(iter(outputs.values())))}
@@ -288,11 +328,12 @@ class GrpcPredictionService:
     Needs grpcio and tensorflow-serving-api.
     """
 
-    def __init__(self, export_dir: str, repository: ModelRepository | None = None):
+    def __init__(self, export_dir: str, repository: ModelRepository | None = None,
+                 labels: dict[str, dict[str, int]] | None = None):
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        self.repository = repository or ModelRepository(export_dir)
+        self.repository = repository or ModelRepository(export_dir, labels)
         self.failures = _Failures()
         self.calls = 0
         owner = self
@@ -327,14 +368,19 @@ class GrpcPredictionService:
             time.sleep(value)
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
+        label = spec.version_label if spec.WhichOneof("version_choice") == "version_label" \
+            else None
         inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
         try:
-            outputs = self.repository.run(spec.name, version,
-                                          spec.signature_name or contract.SIGNATURE, inputs)
+            outputs, version = self.repository.run(
+                spec.name, version, spec.signature_name or contract.SIGNATURE, inputs, label)
         except StubError as err:
             context.abort(getattr(grpc.StatusCode, err.code), str(err))
         response = predict_pb2.PredictResponse()
-        response.model_spec.CopyFrom(spec)
+        # Like TF Serving: the effective spec names the version that answered, never the label.
+        response.model_spec.name = spec.name
+        response.model_spec.signature_name = spec.signature_name or "serving_default"
+        response.model_spec.version.value = version
         for key, value in outputs.items():
             response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
         return response

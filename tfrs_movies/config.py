@@ -14,6 +14,7 @@ from typing import Any
 
 from tfrs_movies import kinds
 from tfrs_movies.errors import UserError
+from tfrs_movies.model_config import check_label
 
 DATASETS = ("movielens/100k", "movielens/1m", "movielens/10m", "movielens/20m", "movielens/25m",
             "movielens/latest-small", "csv", "synthetic")
@@ -230,6 +231,9 @@ class ExportConfig:
         run's train data (frozen at export), besides the ids the client excludes.
       version: version directory number (next free number when None).
       serving_root: where the export dir is mounted inside the TF Serving container.
+      label: version label (``stable``, ``canary``, ...: lower-case letters, digits, ``_``,
+        ``-``, starting with a letter) recorded for the written version in models.config;
+        see ``tfrs_movies.model_config`` for how TF Serving takes it.
     """
 
     index: str = "brute-force"
@@ -238,8 +242,11 @@ class ExportConfig:
     exclude_seen: bool = True
     version: int | None = None
     serving_root: str = "/models"
+    label: str | None = None
 
     def __post_init__(self):
+        if self.label is not None:
+            check_label(self.label)
         if self.index not in ("brute-force", "scann"):
             raise UserError(f"unknown index {self.index!r}: choose 'brute-force' or 'scann'")
         if self.k < 1 or self.n < 1 or self.n > self.k:

@@ -35,6 +35,7 @@ from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import embed
 from tfrs_movies.index import BruteForce, Popular, make_index
+from tfrs_movies.model_config import models_config, record_export  # noqa: F401 (re-export)
 
 MODELS = contract.MODELS
 _NEG = float("-inf")
@@ -326,14 +327,6 @@ def _save(module: tf.Module, model_dir: Path, version: int, scann: bool) -> Path
     return final
 
 
-def models_config(names: list[str], serving_root: str) -> str:
-    """TF Serving ``model_config_list`` text proto with base paths under ``serving_root``."""
-    entries = "".join(
-        f'  config {{\n    name: "{n}"\n    base_path: "{serving_root.rstrip("/")}/{n}"\n'
-        f'    model_platform: "tensorflow"\n  }}\n' for n in names)
-    return f"model_config_list {{\n{entries}}}\n"
-
-
 def export(run, export_dir: str | Path, config: ExportConfig) -> dict[str, Path]:
     """Writes every model the run supports into ``export_dir``; returns name -> version dir."""
     export_dir = Path(export_dir)
@@ -357,7 +350,7 @@ def export(run, export_dir: str | Path, config: ExportConfig) -> dict[str, Path]
             module.serve(*[tf.zeros([1] * len(s.shape), tf.string) for s in _spec(name)])
         written[name] = _save(module, model_dir, version, scann)
         print(f"[{name}] wrote {written[name]} ({time.perf_counter() - start:.1f}s)")
-    tmp = export_dir / "models.config.tmp"
-    tmp.write_text(models_config(list(written), config.serving_root))
-    tmp.replace(export_dir / "models.config")
+    for notice in record_export(export_dir, {n: int(p.name) for n, p in written.items()},
+                                config.label, config.serving_root):
+        print(notice)
     return written

@@ -113,23 +113,29 @@ def _hits(topk: np.ndarray, rel_rows: np.ndarray, rel_cols: np.ndarray) -> Pairs
     return hits, n_rel
 
 
-def _summarise(hits: np.ndarray, n_rel: np.ndarray, k: int) -> dict:
-    users = n_rel > 0
-    if not users.any():
-        raise ValueError("no user has a relevant item: nothing to evaluate")
-    hits, n_rel = hits[users].astype(np.float64), n_rel[users]
+def _per_user(hits: np.ndarray, n_rel: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Each metric per user [U] of ``hits`` [U, k] for users with ``n_rel`` [U] > 0."""
+    hits = hits.astype(np.float64)
     discount = 1.0 / np.log2(np.arange(2, k + 2))  # rank i -> 1 / log2(i + 1)
     idcg = np.cumsum(discount)[np.minimum(n_rel, k) - 1]
     n_hits = hits.sum(axis=1)
     prec_at_i = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
     return {
-        f"ndcg@{k}": float(np.mean(hits @ discount / idcg)),
-        f"precision@{k}": float(np.mean(n_hits / k)),
-        f"recall@{k}": float(np.mean(n_hits / n_rel)),
-        f"map@{k}": float(np.mean((prec_at_i * hits).sum(axis=1) / n_rel)),
-        f"hit_rate@{k}": float(np.mean(n_hits > 0)),
-        "users": int(users.sum()),
+        f"ndcg@{k}": hits @ discount / idcg,
+        f"precision@{k}": n_hits / k,
+        f"recall@{k}": n_hits / n_rel,
+        f"map@{k}": (prec_at_i * hits).sum(axis=1) / n_rel,
+        f"hit_rate@{k}": (n_hits > 0).astype(np.float64),
     }
+
+
+def _summarise(hits: np.ndarray, n_rel: np.ndarray, k: int) -> dict:
+    users = n_rel > 0
+    if not users.any():
+        raise ValueError("no user has a relevant item: nothing to evaluate")
+    per_user = _per_user(hits[users], n_rel[users], k)
+    return {**{name: float(np.mean(values)) for name, values in per_user.items()},
+            "users": int(users.sum())}
 
 
 def ranking_metrics(topk: np.ndarray, relevant: Sequence[np.ndarray], k: int) -> dict:
@@ -144,6 +150,25 @@ def ranking_metrics(topk: np.ndarray, relevant: Sequence[np.ndarray], k: int) ->
       ``{"ndcg@k", "precision@k", "recall@k", "map@k", "hit_rate@k": float, "users": int}``, where
       ``users`` counts the users with at least one relevant item, the ones averaged over.
     """
+    return _summarise(*_relevant_hits(topk, relevant, k), k)
+
+
+def per_user_metrics(topk: np.ndarray, relevant: Sequence[np.ndarray], k: int
+                     ) -> dict[str, np.ndarray]:
+    """`ranking_metrics` per user: ``{"ndcg@k", ...: float64 [num_users]}``, NaN for a user
+    with no relevant item; their means over the other users are `ranking_metrics`' values.
+    For paired comparisons (a bootstrap over users) of two top-k lists on the same users."""
+    hits, n_rel = _relevant_hits(topk, relevant, k)
+    users = n_rel > 0
+    out = {}
+    for name, values in _per_user(hits[users], n_rel[users], k).items():
+        out[name] = np.full(n_rel.size, np.nan)
+        out[name][users] = values
+    return out
+
+
+def _relevant_hits(topk, relevant, k: int) -> Pairs:
+    """Validated ``hits`` [U, k] and distinct relevant counts [U] for `ranking_metrics`."""
     topk = np.asarray(topk)
     if topk.ndim != 2 or not np.issubdtype(topk.dtype, np.integer):
         raise ValueError(f"topk must be a [num_users, k] int array, got shape {topk.shape} "
@@ -157,7 +182,7 @@ def ranking_metrics(topk: np.ndarray, relevant: Sequence[np.ndarray], k: int) ->
     rows = np.repeat(np.arange(len(lengths)), lengths)
     # the bound keeps the user * num_items + item keys of _hits inside int64
     rows, cols = _pairs((rows, cols), "relevant", topk.shape[0], 2**62 // (topk.shape[0] + 1))
-    return _summarise(*_hits(topk[:, :k].astype(np.int64), rows, cols), k)
+    return _hits(topk[:, :k].astype(np.int64), rows, cols)
 
 
 def catalog_coverage(topk: np.ndarray, num_items: int) -> float:

@@ -7,6 +7,7 @@ Sample::
     python -m trainer recommend --run runs/ml100k --user 42 -k 10
     python -m trainer similar --run runs/ml100k --movie "Star Wars (1977)"
     python -m trainer export --run runs/ml100k --export-dir exports/ml100k --index brute-force
+    python -m trainer export --run runs/ml100k-v2 --export-dir exports/ml100k --label canary
 
 Each subcommand parses flags into the config dataclasses and calls one library function;
 mistakes the user can fix print one line and exit with status 2.
@@ -82,7 +83,8 @@ def _export(args, argv) -> None:
     if args.index == "scann":
         import scann  # noqa: F401  (registers the ScaNN ops)
     config = cfg.ExportConfig(index=args.index, k=args.k, n=args.n, version=args.version,
-                              exclude_seen=args.exclude_seen, serving_root=args.serving_root)
+                              exclude_seen=args.exclude_seen, serving_root=args.serving_root,
+                              label=args.label)
     written = export(load_run(args.run), args.export_dir, config)
     print(f"Exported {', '.join(written)} to {args.export_dir} "
           f"(TF Serving config: {Path(args.export_dir) / 'models.config'})")
@@ -134,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="let retrieval/recommender return movies the user rated in train")
     p.add_argument("--serving-root", default=e.serving_root,
                    help="where the export dir is mounted in the TF Serving container")
+    p.add_argument("--label", metavar="NAME",
+                   help="version label for the written version in models.config (e.g. stable, "
+                        "canary; TF Serving then keeps the labelled versions loaded); see "
+                        "'python -m serving promote'")
     p.set_defaults(func=_export)
 
     for module in _COMMAND_MODULES:
