@@ -9,6 +9,7 @@
 Each subcommand takes exactly one backend: ``--model-dir DIR`` (load the SavedModels here),
 ``--url URL`` (TF Serving REST) or ``--grpc HOST:PORT`` (TF Serving gRPC). Mistakes a user can
 fix print one line on stderr and exit 2; a server that fails or cannot be reached exits 1.
+TensorFlow's log noise (``--model-dir``) is hidden unless ``--verbose``.
 
 Adding a subcommand is one decorated function::
 
@@ -25,6 +26,7 @@ from dataclasses import asdict
 from typing import Any, TextIO
 
 from serving.client import RecommenderClient, ServingError, make_client
+from tfrs_movies import cli, quiet
 from tfrs_movies.errors import UserError
 
 Handler = Callable[[argparse.Namespace, "RecommenderClient | None", TextIO], None]
@@ -50,7 +52,8 @@ def command(name: str, help: str, *arguments, needs_client: bool = True):
 
 _USERS = arg("--user", dest="users", action="append", required=True, metavar="ID",
              help="user id (repeat for several users)")
-_TOP_N = arg("-n", type=int, default=None, metavar="N", help="show at most N movies per query")
+_TOP_N = arg("-n", type=int, default=None, metavar="N",
+             help="show at most N movies per query (default: all the export returns)")
 
 
 @command("recommend", "best movies for users: retrieve candidates, then rank them", _USERS,
@@ -127,17 +130,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m serving", description=__doc__.split("\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m serving", description=cli.summary(__doc__),
+                     formatter_class=cli.HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help, arguments, needs_client, fn in _COMMANDS:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=cli.HelpFormatter)
         for flags, kwargs in arguments:
             p.add_argument(*flags, **kwargs)
         if needs_client:
             _add_backend_args(p)
         p.add_argument("--format", choices=("table", "json"), default="table",
-                       help="output format (default: table)")
+                       help="output format")
+        cli.add_verbose_flag(p)
         p.set_defaults(run=fn, needs_client=needs_client)
     return parser
 
@@ -184,12 +188,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         args = build_parser().parse_args(argv)
-        client = _make_client(args) if args.needs_client else None
-        try:
-            args.run(args, client, out)
-        finally:
-            if client is not None:
-                client.close()
+        with quiet.output(args.verbose_logs):
+            client = _make_client(args) if args.needs_client else None
+            try:
+                args.run(args, client, out)
+            finally:
+                if client is not None:
+                    client.close()
     except UserError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -102,6 +102,10 @@ class Progress(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start = self.last = time.perf_counter()
         self.steps = 0
+        self.validated = False
+
+    def on_test_begin(self, logs=None):  # fit's validation passes, counted in the time
+        self.validated = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -124,7 +128,8 @@ class Progress(tf.keras.callbacks.Callback):
         seconds = time.perf_counter() - self.start
         rate = self.steps * self.batch_size / max(seconds, 1e-9)
         print(f"[{self.name}] {self.steps:,} steps of {self.batch_size} in {seconds:.1f} s: "
-              f"{rate:,.0f} examples/s (validation included)", flush=True)
+              f"{rate:,.0f} examples/s" + (" (validation included)" if self.validated else ""),
+              flush=True)
 
 
 def make_optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
@@ -159,6 +164,9 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
     with strategy.scope():
         model = build_model(kind, space, model_config)
         runs.build_variables(model, space)  # BackupAndRestore needs every variable up front
+        # ...and a model marked built: a tfrs.Model is never called, so Keras would not mark it
+        # (BackupAndRestore then warns, and builds the optimizer's slots only later).
+        model.built = True
         model.compile(optimizer=make_optimizer(train_config, steps))
     callbacks = list(callbacks or [])
     val_ds = None
