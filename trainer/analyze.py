@@ -21,7 +21,7 @@ def _analyze(args, argv) -> None:
 
     print(f"Loading the run in {args.run}", flush=True)
     paths = analyze(load_run(args.run), output, movies=args.movie, user=args.user,
-                    kind=args.kind, k=args.k)
+                    kind=args.kind, k=args.k, progress=lambda line: print(line, flush=True))
     print(f"Wrote {len(paths)} files to {args.output} (start with {paths['report']})")
 
 
