@@ -47,22 +47,25 @@ def _loggers() -> list[logging.Logger]:
 def output(verbose: bool = False) -> Iterator[None]:
     """Inside the block, library noise is hidden (``verbose``: everything is shown).
 
-    The logger levels and warning filters are restored on exit, so an in-process caller (a
-    test, a notebook calling ``main``) keeps its own settings; the C++ level cannot be undone
-    once TensorFlow has loaded.
+    Everything is put back on exit, so an in-process caller (a test, a notebook calling
+    ``main``) keeps its own settings; the C++ level only matters if TensorFlow first loads
+    inside the block. A ``TF_CPP_MIN_LOG_LEVEL`` the environment set is left as it is.
     """
+    previous = os.environ.get(_CPP_LEVEL)
     if _ASKED_LEVEL is None:
         os.environ[_CPP_LEVEL] = "0" if verbose else "3"
-    if verbose:
-        yield
-        return
-    saved = [(logger, logger.level) for logger in _loggers()]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for logger, _ in saved:
-            logger.setLevel(logging.ERROR)
-        try:
+    saved = [] if verbose else [(logger, logger.level) for logger in _loggers()]
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            for logger, _ in saved:
+                logger.setLevel(logging.ERROR)
             yield
-        finally:
-            for logger, level in saved:
-                logger.setLevel(level)
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+        if previous is None:
+            os.environ.pop(_CPP_LEVEL, None)
+        else:
+            os.environ[_CPP_LEVEL] = previous

@@ -190,10 +190,12 @@ def read_hparams(path: str) -> dict:
         raise UserError(f"--hparams {path}: unknown key(s) {', '.join(unknown)}; known: "
                         f"{', '.join(sorted(_MODEL_KEYS | _TRAIN_KEYS))}")
     source = f"--hparams {path}"
-    return {**cfg.check_types(cfg.ModelConfig, {k: v for k, v in raw.items() if k in _MODEL_KEYS},
-                              source),
-            **cfg.check_types(cfg.TrainConfig, {k: v for k, v in raw.items() if k in _TRAIN_KEYS},
-                              source)}
+    checked = {
+        **cfg.check_types(cfg.ModelConfig, {k: v for k, v in raw.items() if k in _MODEL_KEYS},
+                          source),
+        **cfg.check_types(cfg.TrainConfig, {k: v for k, v in raw.items() if k in _TRAIN_KEYS},
+                          source)}
+    return {k: checked[k] for k in raw}  # in the file's order
 
 
 def output_dir(path: str, flag: str = "--output") -> Path:

@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=t.epochs,
                    help="epochs per trial (hyperband: the most); the best epoch is recommended")
     p.add_argument("--objective", help="retrieval: ndcg@K, recall@K, precision@K, map@K or "
-                   "hit_rate@K (default ndcg@10); ranking: rmse (default) or mae")
+                   "hit_rate@K; ranking: rmse or mae (default: ndcg@10, rmse)")
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of each user's train ratings the trials are scored on")
     p.add_argument("--batch-size", type=int, default=t.batch_size, help="examples per step")
