@@ -5,10 +5,12 @@ Sample::
     python -m trainer tune --model retrieval --data-dir ../shared/data/ml-100k \\
         --max-trials 20 --epochs 5 --output tune/retrieval
     python -m trainer train --data-dir ../shared/data/ml-100k \\
-        --hparams tune/retrieval/best_hyperparameters.json --output runs/tuned
+        --hparams tune/retrieval/best_hyperparameters.json --epochs 4 --output runs/tuned
 
 Trials are scored on a validation share of the train split (never on test). Rerunning with
-the same --output resumes the search; a larger --max-trials extends it.
+the same --output resumes the search; a larger --max-trials extends it. The file holds the
+searched values only; the best trial's epoch count is printed (``--epochs 4`` above) and
+applied only when passed.
 """
 from __future__ import annotations
 
