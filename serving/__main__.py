@@ -15,6 +15,7 @@ here), ``--url URL`` (TF Serving REST) or ``--grpc HOST:PORT`` (TF Serving gRPC)
 ``--version N`` or ``--label NAME`` (a version label of the export's models.config). Mistakes a
 user can fix print one line on stderr and exit 2; a server that fails or cannot be reached
 exits 1.
+TensorFlow's log noise (``--model-dir``) is hidden unless ``--verbose``.
 
 Adding a subcommand is one decorated function::
 
@@ -33,6 +34,7 @@ from typing import Any, TextIO
 
 from serving.backends import check_choice
 from serving.client import RecommenderClient, ServingError, make_client
+from tfrs_movies import cli, quiet
 from tfrs_movies.errors import UserError
 
 MODELS = ("retrieval", "ranking", "recommender", "similar_movies")
@@ -59,7 +61,8 @@ def command(name: str, help: str, *arguments, needs_client: bool = True):
 
 _USERS = arg("--user", dest="users", action="append", required=True, metavar="ID",
              help="user id (repeat for several users)")
-_TOP_N = arg("-n", type=int, default=None, metavar="N", help="show at most N movies per query")
+_TOP_N = arg("-n", type=int, default=None, metavar="N",
+             help="show at most N movies per query (default: all the export returns)")
 _REQUEST_LOG = arg("--request-log", metavar="FILE",
                    help="append what was shown to this JSONL request log (one record per user, "
                         "rotated at 64 MiB; see serving/request_log.py)")
@@ -197,17 +200,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m serving", description=__doc__.split("\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m serving", description=cli.summary(__doc__),
+                     formatter_class=cli.HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help, arguments, needs_client, fn in _COMMANDS:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=cli.HelpFormatter)
         for flags, kwargs in arguments:
             p.add_argument(*flags, **kwargs)
         if needs_client:
             _add_backend_args(p)
         p.add_argument("--format", choices=("table", "json"), default="table",
-                       help="output format (default: table)")
+                       help="output format")
+        cli.add_verbose_flag(p)
         p.set_defaults(run=fn, needs_client=needs_client)
     return parser
 
@@ -267,12 +271,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     try:
         args = build_parser().parse_args(argv)
-        client = _make_client(args) if args.needs_client else None
-        try:
-            args.run(args, client, out)
-        finally:
-            if client is not None:
-                client.close()
+        with quiet.output(args.verbose_logs):
+            client = _make_client(args) if args.needs_client else None
+            try:
+                args.run(args, client, out)
+            finally:
+                if client is not None:
+                    client.close()
     except UserError as err:
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2

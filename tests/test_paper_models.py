@@ -127,8 +127,12 @@ def test_train_with_min_movie_ratings_then_analyze(tmp_path, capsys):
 
     out = tmp_path / "analysis"
     top = counts.index[0]
+    capsys.readouterr()
     assert main(["analyze", "--run", str(run), "--output", str(out), "--movie", top,
                  "-k", "5"]) == 0
+    progress = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("[analyze")]
+    assert len(progress) >= 5 and any("t-SNE" in line for line in progress)
     for name in ("report.md", "neighbours.png", "norm_popularity.png", "tsne.png",
                  "loss_curves.png", "projector/vectors.tsv", "projector/metadata.tsv",
                  "projector/projector_config.pbtxt"):
@@ -143,8 +147,34 @@ def test_train_with_min_movie_ratings_then_analyze(tmp_path, capsys):
     for section in ("Nearest neighbours", "norm vs popularity", "t-SNE", "Loss curves",
                     "Recommendations for user", "By dot", "By cosine"):
         assert section in report, section
-    assert "| mf | validation | 2 |" in report  # read back from the TensorBoard logs
+    # Read back from the TensorBoard logs: each epoch's mean batch loss, validation too.
+    assert "| mf | train | 2 |" in report and "| mf | validation | 2 |" in report
+    assert "| last batch |" not in report
 
     capsys.readouterr()
     assert main(["analyze", "--run", str(run), "--output", str(out), "--kind", "ranking"]) == 2
     assert "--kind 'ranking'" in capsys.readouterr().err
+
+
+def test_analysis_plots_compare_honestly(tmp_path):
+    """The neighbours' log axis starts at 1 (a bar near the others never looks like zero);
+    the losses get one panel per model, with its validation curve when there is one."""
+    from types import SimpleNamespace
+
+    from tfrs_movies import analysis
+
+    Figure, _ = analysis._plotting()
+    movies = SimpleNamespace(titles=["A", "B"], position={"a": 0, "b": 1})
+    neighbours = {seed: {measure: pd.DataFrame({"ratings": ratings})
+                         for measure, ratings in (("dot", [300, 340]), ("cosine", [210, 214]))}
+                  for seed in ("a", "b")}
+    fig = analysis._plot_neighbours(Figure, tmp_path / "n.png", movies, neighbours)
+    low, high = fig.axes[0].get_ylim()
+    assert low == 1 and high > 320
+    curves = {"ranking": {"train": [(0, 1.0), (1, 0.8)], "validation": [(0, 1.1), (1, 0.9)],
+                          "tags": {"train": "epoch_mean_loss", "validation": "epoch_mean_loss"}},
+              "retrieval": {"train": [(0, 4.6), (1, 4.4)], "tags": {"train": "epoch_loss"}}}
+    fig = analysis._plot_losses(Figure, tmp_path / "l.png", curves)
+    assert [ax.get_title() for ax in fig.axes] == ["ranking", "retrieval"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["train", "validation"]
+    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["train (last batch)"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -162,3 +163,54 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "ratings.csv" in err and "line 3" in err and "abc" in err
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "movielens/7k"])
+
+
+def test_fit_model_logs_epoch_means_and_warns_nothing(tiny_tables, tmp_path, capsys):
+    """No BackupAndRestore "model must be built" or slow-callback warning (their causes are
+    fixed, not hidden); "(validation included)" only when there is validation."""
+    from tfrs_movies import config as cfg
+    from tfrs_movies.features import FeatureSpace, Vocabulary
+    from tfrs_movies.training import fit_model
+
+    ratings, movies, users = tiny_tables
+    space = FeatureSpace(Vocabulary.build(ratings, movies, users))
+    model_config = cfg.ModelConfig(embedding_dim=4)
+    train_config = cfg.TrainConfig(model="retrieval", epochs=2, batch_size=64, verbose=0)
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        _, history = fit_model("retrieval", space, model_config, train_config, ratings,
+                               run_dir=tmp_path / "a")
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == []
+    out = capsys.readouterr().out
+    assert "examples/s" in out and "(validation included)" not in out
+    assert len(history["mean_loss"]) == 2 and "val_mean_loss" not in history
+
+    _, history = fit_model("retrieval", space, model_config, train_config, ratings[100:],
+                           ratings[:100], run_dir=tmp_path / "b")
+    assert "(validation included)" in capsys.readouterr().out
+    assert len(history["val_mean_loss"]) == 2
+
+
+def test_epoch_means_average_the_batch_losses():
+    from tfrs_movies.training import EpochMeans
+
+    means = EpochMeans()
+    means.on_epoch_begin(0)
+    for loss in (1.0, 2.0, 6.0):
+        means.on_train_batch_end(0, {"loss": tf.constant(loss)})
+    means.on_test_begin()
+    means.on_test_batch_end(0, {"loss": tf.constant(0.5)})
+    logs = {"loss": 6.0}
+    means.on_epoch_end(0, logs)
+    assert logs == {"loss": 6.0, "mean_loss": pytest.approx(3.0), "val_mean_loss": 0.5}
+    means.on_epoch_begin(1)
+    means.on_train_batch_end(0, {"loss": tf.constant(4.0)})
+    logs = {}
+    means.on_epoch_end(1, logs)
+    assert logs == {"mean_loss": 4.0}

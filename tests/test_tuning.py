@@ -37,7 +37,8 @@ def test_two_trial_search(kind, tuner, objective, tmp_path, capsys, monkeypatch)
                  "2", "--output", str(out)] + DATA) == 0
 
     best = json.loads((out / "best_hyperparameters.json").read_text())
-    assert set(best) <= FIELDS and best["model"] == kind and 1 <= best["epochs"] <= 2
+    # The searched values only: the model kind and the training length stay train's.
+    assert set(best) <= FIELDS and not {"model", "epochs"} & set(best)
     assert "tower_layers" in best and isinstance(best["tower_layers"], list)
     assert ("temperature" in best) == (kind == "retrieval")
     assert ("use_bias" in best) == (kind == "ranking")
@@ -50,6 +51,7 @@ def test_two_trial_search(kind, tuner, objective, tmp_path, capsys, monkeypatch)
     scores = [t["score"] for t in trials.values()]
     assert results["best_value"] == (min(scores) if kind == "ranking" else max(scores))
     assert results["objective"] == objective
+    assert 1 <= results["recommended_epochs"] <= 2 and results["best_hyperparameters"] == best
 
     # Scored on the validation share carved from train: never a test rating.
     split = data_lib.make_split(data_lib.load(DATA_CONFIG), DATA_CONFIG)
@@ -64,6 +66,7 @@ def test_two_trial_search(kind, tuner, objective, tmp_path, capsys, monkeypatch)
     progress = [line for line in printed.splitlines() if line.startswith("[")]
     assert len(progress) == 2 and all(f" {objective}=" in line for line in progress)
     assert "2 of 2 trials completed" in printed and "best_hyperparameters.json" in printed
+    assert f"--epochs {results['recommended_epochs']} (the tuned epoch count" in printed
 
 
 def test_failed_trial_is_recorded_and_the_search_resumes(tmp_path, monkeypatch):
@@ -81,11 +84,11 @@ def test_failed_trial_is_recorded_and_the_search_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "fit_model", flaky)
     out = tmp_path / "search"
     settings = dict(kind="retrieval", epochs=1, model_config=cfg.ModelConfig(embedding_dim=8))
-    best = tuning.tune(out, DATA_CONFIG, max_trials=2, **settings)
+    result = tuning.tune(out, DATA_CONFIG, max_trials=2, **settings)
     trials = _trials(out)
     assert [trials[i]["status"] for i in sorted(trials)] == ["FAILED", "COMPLETED"]
     assert "boom in fit" in trials[sorted(trials)[0]]["message"]
-    assert best["epochs"] == 1
+    assert result["recommended_epochs"] == 1 and "epochs" not in result["best_hyperparameters"]
 
     # A larger --max-trials extends the search; the interrupted trial runs again on rerun.
     with pytest.raises(KeyboardInterrupt):
@@ -106,12 +109,16 @@ def test_train_accepts_best_hyperparameters(tmp_path, capsys):
     best_path = search / "best_hyperparameters.json"
     best = json.loads(best_path.read_text())
     run = tmp_path / "run"
-    assert main(["train", "--hparams", str(best_path), "--output", str(run)] + DATA) == 0
+    capsys.readouterr()
+    assert main(["train", "--hparams", str(best_path), "--output", str(run), "--model",
+                 "retrieval", "--epochs", "1"] + DATA) == 0
+    assert f"From {best_path}: " in capsys.readouterr().out
     saved = cfg.load_configs(run / "config.json")
     for key, value in best.items():
         section = "model" if hasattr(saved["model"], key) else "train"
         expected = tuple(value) if isinstance(value, list) else value
         assert getattr(saved[section], key) == expected, key
+    assert saved["train"].model == "retrieval" and saved["train"].epochs == 1  # the flags'
     assert (run / "models" / "retrieval" / "weights.index").exists()
 
     bad = tmp_path / "bad.json"

@@ -6,9 +6,11 @@ TFRS 0.7.7 only works with tf-keras (Keras 2); with it ``tf.keras`` is tf-keras 
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from tfrs_movies import quiet  # noqa: E402  (TensorFlow-free)
 from tfrs_movies.errors import DataError, UserError  # noqa: E402
+
+quiet.library_default()  # C++ info lines off; the CLIs hide more (tfrs_movies.quiet)
 
 __all__ = ["DataError", "UserError"]
 __version__ = "0.1.0"

@@ -6,7 +6,8 @@
     OUT/neighbours.png         popularity of each seed movie's neighbours, dot product vs cosine
     OUT/norm_popularity.png    movie embedding norm against train ratings (log), correlations
     OUT/tsne.png               2-D t-SNE of the movie embeddings, coloured by genre
-    OUT/loss_curves.png        train and validation loss per epoch, from the TensorBoard logs
+    OUT/loss_curves.png        train and validation loss per epoch (the mean over the epoch's
+                               batches), one panel per model, from the TensorBoard logs
     OUT/projector/             vectors.tsv, metadata.tsv, projector_config.pbtxt: load in the
                                TensorBoard Projector (``tensorboard --logdir OUT/projector``)
 
@@ -18,6 +19,8 @@ Needs the ``analysis`` extra (matplotlib, scikit-learn).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,46 +124,61 @@ def _sample_user(run, user: str | None) -> str:
     return str(counts.index[len(counts) // 2])
 
 
+# TensorBoard tags of the epoch loss, best first: the mean over the epoch's batches
+# (``training.EpochMeans``), else (runs trained before it) the last batch's loss.
+LOSS_TAGS = ("epoch_mean_loss", "epoch_loss")
+
+
 def read_loss_curves(run_dir: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """``{kind: {"train"|"validation": [(epoch, loss), ...]}}`` from ``RUN/logs/KIND/``'s
-    TensorBoard event files (scalar ``epoch_loss``; a resumed run's later writes win)."""
-    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    TensorBoard event files: the first of ``LOSS_TAGS`` a part has (a resumed run's later
+    writes win). Each curve's tag is in ``curves[kind]["tags"][part]``."""
+    curves: dict = {}
     logs = Path(run_dir) / "logs"
     for kind_dir in sorted(p for p in logs.glob("*") if p.is_dir()):
         for part in ("train", "validation"):
-            points: dict[int, tuple[float, float]] = {}
+            points: dict[str, dict[int, tuple[float, float]]] = {tag: {} for tag in LOSS_TAGS}
             for path in sorted((kind_dir / part).glob("events.out.tfevents.*")):
                 for record in tf.data.TFRecordDataset(str(path)):
                     event = tf.compat.v1.Event.FromString(record.numpy())
                     for value in event.summary.value:
-                        if value.tag != "epoch_loss":
+                        if value.tag not in points:
                             continue
                         loss = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
                                 else float(value.simple_value))
-                        if event.step not in points or points[event.step][0] <= event.wall_time:
-                            points[event.step] = (event.wall_time, loss)
-            if points:
-                curves.setdefault(kind_dir.name, {})[part] = [
-                    (step, loss) for step, (_, loss) in sorted(points.items())]
+                        seen = points[value.tag]
+                        if event.step not in seen or seen[event.step][0] <= event.wall_time:
+                            seen[event.step] = (event.wall_time, loss)
+            tag = next((t for t in LOSS_TAGS if points[t]), None)
+            if tag:
+                kind = curves.setdefault(kind_dir.name, {"tags": {}})
+                kind[part] = [(step, loss) for step, (_, loss) in sorted(points[tag].items())]
+                kind["tags"][part] = tag
     return curves
 
 
-def _plot_neighbours(Figure, path: Path, movies: _Movies, neighbours: dict) -> None:
+def _plot_neighbours(Figure, path: Path, movies: _Movies, neighbours: dict):
+    """Bars of the neighbours' median popularity per seed; returns the saved figure."""
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     names = [movies.titles[movies.position[s]][:28] for s in neighbours]
     x = np.arange(len(names))
-    for offset, measure in ((-0.2, "dot"), (0.2, "cosine")):
-        medians = [float(np.median(t[measure]["ratings"])) if len(t[measure]) else 0.0
-                   for t in neighbours.values()]
-        ax.bar(x + offset, medians, width=0.4, label=measure)
+    medians = {measure: [float(np.median(t[measure]["ratings"])) if len(t[measure]) else 0.0
+                         for t in neighbours.values()] for measure in ("dot", "cosine")}
+    for offset, (measure, heights) in zip((-0.2, 0.2), medians.items()):
+        bars = ax.bar(x + offset, heights, width=0.4, label=measure)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(x, names, rotation=15, ha="right", fontsize=8)
-    ax.set_yscale("log")  # every analysed movie has >= 1 train rating
+    # Log axis from 1 (every analysed movie has >= 1 train rating), so bar heights compare:
+    # an axis fitted to the bars starts near the smallest one, which then looks like zero.
+    ax.set_yscale("log")
+    ax.set_ylim(1, 3 * max([1.0, *medians["dot"], *medians["cosine"]]))
     ax.set_ylabel("median train ratings of the neighbours")
     ax.set_title("Nearest neighbours: dot product vs cosine")
-    ax.legend(loc="best")
+    ax.legend(loc="upper center", ncols=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return fig
 
 
 def _plot_norms(Figure, path: Path, movies: _Movies, pearson: float, spearman: float) -> None:
@@ -202,24 +220,30 @@ def _plot_tsne(Figure, TSNE, path: Path, movies: _Movies, seed: int) -> int:
     return len(order)
 
 
-def _plot_losses(Figure, path: Path, curves: dict) -> None:
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for kind, parts in curves.items():
+def _plot_losses(Figure, path: Path, curves: dict):
+    """One panel per model (their losses differ in kind and scale), train and validation;
+    returns the saved figure."""
+    fig = Figure(figsize=(5 * max(1, len(curves)), 4))
+    axes = fig.subplots(1, max(1, len(curves)), squeeze=False)[0]
+    for ax, (kind, parts) in zip(axes, curves.items()):
         for part, style in (("train", "-"), ("validation", "--")):
             if part in parts:
                 steps, losses = zip(*parts[part])
-                ax.plot(np.asarray(steps) + 1, losses, style, marker="o", label=f"{kind} {part}")
-    if curves:
+                mean = parts["tags"][part] == "epoch_mean_loss"
+                ax.plot(np.asarray(steps) + 1, losses, style, marker="o",
+                        label=part + ("" if mean else " (last batch)"))
         ax.legend()
-    else:
-        ax.text(0.5, 0.5, "no TensorBoard logs in this run", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("loss")
-    ax.set_title("Loss per epoch")
+        ax.set_title(kind)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel("loss")
+    if not curves:
+        axes[0].text(0.5, 0.5, "no TensorBoard logs in this run", ha="center",
+                     transform=axes[0].transAxes)
+    fig.suptitle("Loss per epoch")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    return fig
 
 
 def _write_projector(folder: Path, movies: _Movies) -> list[Path]:
@@ -268,15 +292,29 @@ def _scored(scores: np.ndarray, k: int, excluded) -> tuple[np.ndarray, np.ndarra
     return top, scores[top]
 
 
+def _progress_lines(report: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``step(text)`` reports ``[analyze 12.3s] text`` (seconds since the start)."""
+    start = time.perf_counter()
+
+    def step(text: str) -> None:
+        if report is not None:
+            report(f"[analyze {time.perf_counter() - start:5.1f}s] {text}")
+    return step
+
+
 def analyze(run, output_dir: str | Path, movies: list[str] | None = None,
-            user: str | None = None, kind: str | None = None, k: int = 10) -> dict[str, Path]:
+            user: str | None = None, kind: str | None = None, k: int = 10,
+            progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Writes the plots, ``report.md`` and ``projector/`` for ``run`` (a ``runs.Run``).
 
     ``movies``: ids or titles whose neighbours to list (default: the most rated three);
     ``user``: whose recommendations to list (default: a median-activity test user);
-    ``kind``: which of the run's models (default: the one ``similar`` uses). Returns
-    name -> path of every file written.
+    ``kind``: which of the run's models (default: the one ``similar`` uses); ``progress``
+    gets a line as each step starts (the CLI prints them). Returns name -> path of every
+    file written.
     """
+    step = _progress_lines(progress)
+    step("loading matplotlib and scikit-learn")
     Figure, TSNE = _plotting()
     if k < 1:
         raise UserError(f"-k must be >= 1, got {k}")
@@ -288,13 +326,16 @@ def analyze(run, output_dir: str | Path, movies: list[str] | None = None,
     model = run.models[kind]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    step(f"embedding the {len(run.vocab.movie_ids):,} rated movies with the {kind} model")
     data = _Movies(run, model)
     if len(data.ids) < 2:
         raise UserError(f"{run.path}: fewer than 2 movies with train ratings, nothing to analyse")
     paths = {}
 
     neighbours = {}
-    for seed in _seeds(run, data, movies):
+    seeds = _seeds(run, data, movies)
+    step(f"neighbours of {len(seeds)} movies -> neighbours.png")
+    for seed in seeds:
         i = data.position[seed]
         neighbours[seed] = {"dot": data.table(*_scored(data.emb @ data.emb[i], k, [i])),
                             "cosine": data.table(*_scored(data.unit @ data.unit[i], k, [i]))}
@@ -305,16 +346,20 @@ def analyze(run, output_dir: str | Path, movies: list[str] | None = None,
     pearson = float(np.corrcoef(log_pop, data.norm)[0, 1]) if data.norm.std() > 0 else 0.0
     spearman = float(pd.Series(data.popularity).corr(pd.Series(data.norm), method="spearman"))
     paths["norm_popularity"] = out / "norm_popularity.png"
+    step("norm against popularity -> norm_popularity.png")
     _plot_norms(Figure, paths["norm_popularity"], data, pearson, spearman)
 
     paths["tsne"] = out / "tsne.png"
+    step(f"t-SNE of {min(len(data.ids), TSNE_MAX_MOVIES):,} movies -> tsne.png (the slow step)")
     tsne_count = _plot_tsne(Figure, TSNE, paths["tsne"], data, run.train.seed)
 
+    step("loss curves from the TensorBoard logs -> loss_curves.png")
     curves = read_loss_curves(run.path)
     paths["loss_curves"] = out / "loss_curves.png"
     _plot_losses(Figure, paths["loss_curves"], curves)
 
     user = _sample_user(run, user)
+    step(f"recommendations for user {user}; projector/ and report.md")
     history, recommendations, seen_count = _user_recommendations(run, model, data, user, k)
 
     for path in _write_projector(out / "projector", data):
@@ -364,13 +409,16 @@ def _write_report(path: Path, run, kind, model, data: _Movies, neighbours, corre
     parts.append(f"\n## t-SNE\n\nThe {tsne_count:,} most rated movies, coloured by their least "
                  "common genre.\n\n![t-SNE](tsne.png)\n")
     parts.append("\n## Loss curves\n\n![loss curves](loss_curves.png)\n\n"
-                 "Each point is the loss `tfrs.Model` reports for the epoch: that of its last "
-                 "batch, so the curves are noisy on small data.\n\n")
+                 "Each point is the mean of the epoch's batch losses, one panel per model "
+                 "(runs trained before that was logged show the loss of the epoch's last "
+                 "batch, marked so).\n\n")
     if curves:
-        rows = [(kind_, part, len(points), points[-1][1])
-                for kind_, parts_ in curves.items() for part, points in parts_.items()]
+        rows = [(kind_, part, len(parts_[part]), parts_[part][-1][1],
+                 "mean" if parts_["tags"][part] == "epoch_mean_loss" else "last batch")
+                for kind_, parts_ in curves.items() for part in ("train", "validation")
+                if part in parts_]
         parts.append(_md_table(pd.DataFrame(rows, columns=["model", "split", "epochs",
-                                                           "final loss"])))
+                                                           "final loss", "loss of"])))
     else:
         parts.append("No TensorBoard logs in this run.\n")
     parts.append(f"\n## Recommendations for user `{user}`\n\n{seen_count} movies seen in train "

@@ -9,6 +9,8 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +268,51 @@ def from_dict(cls, values: dict[str, Any], source: str = "config"):
                         f"known: {', '.join(fields)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**kwargs)
+
+
+def check_types(cls, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` (field name -> JSON value) checked against the field types of ``cls``;
+    returns them with lists turned into tuples. A value of the wrong type (``"big"`` for an
+    int, ``null`` for a float, a non-finite number) raises UserError naming ``source``, the
+    key and the value. Ranges are ``cls``'s own ``__post_init__`` checks."""
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, value in values.items():
+        kind = hints[key]
+        if not _fits(kind, value):
+            raise UserError(f"{source}: {key} = {json.dumps(value)} is not {_describe(kind)}")
+        checked[key] = tuple(value) if isinstance(value, list) else value
+    return checked
+
+
+def _fits(kind, value) -> bool:
+    if kind is type(None):
+        return value is None
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return any(_fits(k, value) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        return isinstance(value, (list, tuple)) and all(_fits(item, v) for v in value)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if kind is str:
+        return isinstance(value, str)
+    return True
+
+
+def _describe(kind) -> str:
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return " or ".join("null" if k is type(None) else _describe(k)
+                           for k in typing.get_args(kind))
+    if typing.get_origin(kind) is tuple:
+        return f"a list of {_describe(typing.get_args(kind)[0]).split(' ', 1)[1]}s"
+    return {bool: "true or false", int: "an integer", float: "a finite number",
+            str: "a string"}.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def save_configs(path: str | os.PathLike, **configs) -> None:

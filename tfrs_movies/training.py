@@ -103,6 +103,10 @@ class Progress(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start = self.last = time.perf_counter()
         self.steps = 0
+        self.validated = False
+
+    def on_test_begin(self, logs=None):  # fit's validation passes, counted in the time
+        self.validated = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -125,7 +129,50 @@ class Progress(tf.keras.callbacks.Callback):
         seconds = time.perf_counter() - self.start
         rate = self.steps * self.batch_size / max(seconds, 1e-9)
         print(f"[{self.name}] {self.steps:,} steps of {self.batch_size} in {seconds:.1f} s: "
-              f"{rate:,.0f} examples/s (validation included)", flush=True)
+              f"{rate:,.0f} examples/s" + (" (validation included)" if self.validated else ""),
+              flush=True)
+
+
+class EpochMeans(tf.keras.callbacks.Callback):
+    """Adds ``mean_loss`` (and ``val_mean_loss``) to the epoch logs: the mean of the epoch's
+    batch losses. A ``tfrs.Model`` reports each batch's own loss, so Keras's epoch ``loss`` is
+    the last batch's, noisy on small data; later callbacks (TensorBoard: ``epoch_mean_loss``,
+    the progress line, History) see the mean as well.
+
+    The batch losses are summed as tensors, so the training loop is never made to wait for a
+    step; logs that are not tensors or numbers (``ParameterServerStrategy``'s remote values)
+    are skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self._supports_tf_logs = True
+        self._sums = {}
+
+    def _add(self, part: str, logs) -> None:
+        loss = logs.get("loss") if isinstance(logs, dict) else None
+        if isinstance(loss, (tf.Tensor, float, int, np.floating)):
+            total, count = self._sums.get(part, (0.0, 0))
+            self._sums[part] = (total + tf.cast(loss, tf.float64), count + 1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._sums = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._add("train", logs)
+
+    def on_test_begin(self, logs=None):
+        self._sums.pop("validation", None)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._add("validation", logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for part, key in (("train", "mean_loss"), ("validation", "val_mean_loss")):
+            if part in self._sums:
+                total, count = self._sums[part]
+                logs[key] = float(total) / count
 
 
 def make_optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
@@ -160,6 +207,9 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
     with strategy.scope():
         model = build_model(kind, space, model_config)
         runs.build_variables(model, space)  # BackupAndRestore needs every variable up front
+        # ...and a model marked built: a tfrs.Model is never called, so Keras would not mark it
+        # (BackupAndRestore then warns, and builds the optimizer's slots only later).
+        model.built = True
         model.compile(optimizer=make_optimizer(train_config, steps))
     callbacks = list(callbacks or [])
     val_ds = None
@@ -172,8 +222,13 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
             callbacks.append(tf.keras.callbacks.EarlyStopping(
                 patience=train_config.early_stopping_patience, restore_best_weights=True))
     if run_dir is not None:
+        # TensorBoard's first batch would import tensorboard.summary (~60 ms, lazily, inside
+        # tf.summary.scalar); Keras times the first batches' callbacks and would call that
+        # warm-up a "slow callback". Imported now, before the clock runs.
+        import tensorboard.summary  # noqa: F401
         callbacks += [
             Progress(kind, batch),
+            EpochMeans(),  # before TensorBoard, which logs what it adds
             tf.keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints" / kind)),
             tf.keras.callbacks.TensorBoard(str(run_dir / "logs" / kind), write_graph=False),
         ]

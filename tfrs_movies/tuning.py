@@ -16,13 +16,17 @@ documented custom-training path) because KerasTuner 1.4.8 cannot build or save t
 
 A trial's objective is the value of the model that ``train --hparams`` rebuilds: with a
 constant learning rate the best epoch (training fewer epochs replays the same prefix), with
-the cosine schedule the last one (the schedule spans all epochs). That epoch count is what
-``best_hyperparameters.json`` records as ``epochs``.
+the cosine schedule the last one (the schedule spans all epochs). That epoch count is a
+recommendation, ``recommended_epochs`` in ``results.json`` (and printed): it is applied only by
+an explicit ``train --epochs N``. ``best_hyperparameters.json`` holds neither ``epochs`` nor
+``model``, so ``train --hparams`` keeps its own model kind and training length.
 
 ``output`` holds:
-  best_hyperparameters.json  ModelConfig/TrainConfig field values, for ``train --hparams``
+  best_hyperparameters.json  the tuned ModelConfig/TrainConfig field values, for
+                             ``train --hparams`` (the searched ones only)
   search.json                the search settings; a rerun must match them and resumes
-  results.json               every trial (values, status, objective, epoch, seconds), the best
+  results.json               every trial (values, status, objective, epoch, seconds), the best,
+                             its ``recommended_epochs``
   defaults.json              with ``compare_defaults``: the untuned configs, measured alike
   trials/                    KerasTuner's own records (oracle.json, trial_NN/trial.json)
 """
@@ -364,8 +368,9 @@ def tune(output: str | Path, data_config: cfg.DataConfig, kind: str, tuner: str 
          max_trials: int = 20, epochs: int = 10, objective: str | None = None,
          validation_fraction: float = 0.1, model_config: cfg.ModelConfig | None = None,
          train_config: cfg.TrainConfig | None = None, compare_defaults: bool = False) -> dict:
-    """Searches ``search_space(kind)`` and returns the best values (as written to
-    ``output/best_hyperparameters.json``).
+    """Searches ``search_space(kind)``; returns what ``output/results.json`` holds: among others
+    ``best_hyperparameters`` (as written to ``best_hyperparameters.json``) and
+    ``recommended_epochs`` (the best trial's epoch count, module doc).
 
     ``max_trials`` counts every trial in ``output``, earlier runs included: a rerun resumes
     (an interrupted trial runs again) and a larger ``max_trials`` extends the search.
@@ -410,15 +415,16 @@ def tune(output: str | Path, data_config: cfg.DataConfig, kind: str, tuner: str 
 
 def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: bool,
             model_config: cfg.ModelConfig, train_config: cfg.TrainConfig) -> dict:
-    """Writes best_hyperparameters.json, results.json (and defaults.json); prints the table."""
+    """Writes best_hyperparameters.json, results.json (and defaults.json); prints the table;
+    returns what results.json holds."""
     trials = sorted(search.oracle.trials.values(), key=lambda t: int(t.trial_id))
     done = [t for t in trials if t.status == "COMPLETED"]
     if not done:
         raise UserError(f"no trial completed; see the records in {search.project_dir}")
     best = search.oracle.get_best_trials(1)[0]
+    # Only the searched values: the model kind and the epoch count stay train's to choose.
     values = to_fields(best.hyperparameters.values)
-    values["epochs"] = int(best.metrics.get_last_value("best_epoch"))
-    values["model"] = search.kind
+    epochs = int(best.metrics.get_last_value("best_epoch"))
     configs_with(model_config, train_config, values)  # the file must build valid configs
     write_json(out / "best_hyperparameters.json", values)
 
@@ -430,8 +436,9 @@ def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: b
     print(table.to_string(index=False, na_rep="-",
                           float_format=lambda x: f"{x:.4g}"))
     summary = {"objective": goal.name, "direction": goal.direction, "best_trial": best.trial_id,
-               "best_value": float(best.score), "best_hyperparameters": values, "trials": rows}
-    print(f"Best: trial {best.trial_id}, {goal.name}={best.score:.4f} "
+               "best_value": float(best.score), "best_hyperparameters": values,
+               "recommended_epochs": epochs, "trials": rows}
+    print(f"Best: trial {best.trial_id}, {goal.name}={best.score:.4f} at epoch {epochs} "
           f"({', '.join(f'{k}={_short(v)}' for k, v in values.items())})")
     if compare_defaults:
         baseline = _defaults(search, out, goal, model_config, train_config)
@@ -444,7 +451,7 @@ def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: b
               f"{'better' if gain > 0 else 'worse'} by {abs(gain):.4f} "
               f"({100 * abs(gain) / abs(baseline['value']):.1f}%)")
     write_json(out / "results.json", summary)
-    return values
+    return summary
 
 
 def _defaults(search: ConfigTuner, out: Path, goal: Objective, model_config: cfg.ModelConfig,

@@ -1,4 +1,4 @@
-"""``python -m trainer``: train, evaluate, recommend, similar (and export) jobs.
+"""``python -m trainer``: train, evaluate, recommend, similar, export, tune and analyze jobs.
 
 Sample::
 
@@ -10,7 +10,8 @@ Sample::
     python -m trainer export --run runs/ml100k-v2 --export-dir exports/ml100k --label canary
 
 Each subcommand parses flags into the config dataclasses and calls one library function;
-mistakes the user can fix print one line and exit with status 2.
+mistakes the user can fix print one line and exit with status 2. TensorFlow's log noise is
+hidden unless ``--verbose`` (``tfrs_movies.quiet``).
 """
 from __future__ import annotations
 
@@ -20,34 +21,47 @@ import sys
 from pathlib import Path
 
 import tfrs_movies  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tfrs_movies import cli, quiet
 from tfrs_movies import config as cfg
 from tfrs_movies.errors import UserError
 from trainer import flags
 
 
 def _train(args, argv) -> None:
+    values = vars(args)
+    output = flags.output_dir(args.output)
+    data_config = flags.data_config(values)
+    # Keras progress: a bar on a terminal, one line per epoch in a log file.
+    model_config, train_config = flags.configs(
+        values, args.hparams, overrides={"verbose": 1 if sys.stdout.isatty() else 2})
     from tfrs_movies.training import train
 
-    values = vars(args)
-    explicit = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
-    model_hp, train_hp = flags.hparams(args.hparams, explicit)
-    values["verbose"] = 1 if sys.stdout.isatty() else 2
-    train(args.output, flags.data_config(values), flags.pick(cfg.ModelConfig, values, model_hp),
-          flags.pick(cfg.TrainConfig, values, train_hp))
-    print(f"Run written to {args.output} (metrics in {Path(args.output) / 'metrics.json'})")
+    train(output, data_config, model_config, train_config)
+    print(f"Run written to {output} (metrics in {output / 'metrics.json'})")
 
 
 def _evaluate(args, argv) -> None:
+    output = flags.output_file(args.output) if args.output else None
+    from tfrs_movies.data.splits import shared_pairs
     from tfrs_movies.data.tabular import read_ratings_file
     from tfrs_movies.evaluation import evaluate
     from tfrs_movies.runs import load_run, write_json
 
     run = load_run(args.run)
     test = None
+    trained_on = None
     if args.test_ratings:
         test = read_ratings_file(args.test_ratings)
+        trained_on = shared_pairs(test, run.split.train)
+        if trained_on:
+            print(f"warning: {trained_on:,} of the {len(test):,} ratings of {args.test_ratings} "
+                  f"({trained_on / len(test):.1%}) are in the run's train split (same user and "
+                  "movie): the models were trained on them, so these metrics flatter them",
+                  file=sys.stderr)
     metrics = evaluate(run, test)
-    out = Path(args.output) if args.output else run.path / "metrics.json"
+    if trained_on is not None:
+        metrics["test_ratings_in_train"] = trained_on
+    out = output or run.path / "metrics.json"
     write_json(out, metrics)
     print(f"Metrics written to {out}")
 
@@ -94,46 +108,52 @@ def _export(args, argv) -> None:
 _COMMAND_MODULES: tuple[str, ...] = ("analyze", "tune")
 
 
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train models and evaluate them",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=cli.summary(__doc__),
+                                     formatter_class=cli.HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _command(sub, "train", "train models and evaluate them")
     p.add_argument("--output", default="runs/latest", help="run directory (rerun to resume)")
     flags.add_data_flags(p)
     flags.add_model_flags(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a run on its test split or on a file")
-    p.add_argument("--run", required=True)
-    p.add_argument("--test-ratings", help="evaluate on these interactions instead")
-    p.add_argument("--output", help="metrics JSON (default RUN/metrics.json)")
+    p = _command(sub, "evaluate", "evaluate a run on its test split or on a file")
+    p.add_argument("--run", required=True, help="run directory written by train")
+    p.add_argument("--test-ratings", metavar="FILE", help="evaluate on these interactions "
+                   "instead (pairs in the run's train split are counted and warned about)")
+    p.add_argument("--output", metavar="FILE", help="metrics JSON (default: RUN/metrics.json)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("recommend", help="top movies for a user")
-    p.add_argument("--run", required=True)
-    p.add_argument("--user", required=True)
-    p.add_argument("-k", type=int, default=10)
+    p = _command(sub, "recommend", "top movies for a user")
+    p.add_argument("--run", required=True, help="run directory written by train")
+    p.add_argument("--user", required=True, help="user id")
+    p.add_argument("-k", type=int, default=10, help="movies listed")
     p.set_defaults(func=_recommend)
 
-    p = sub.add_parser("similar", help="movies similar to one or more movies (cosine)")
-    p.add_argument("--run", required=True)
+    p = _command(sub, "similar", "movies similar to one or more movies (cosine)")
+    p.add_argument("--run", required=True, help="run directory written by train")
     p.add_argument("--movie", action="append", required=True, help="id or title; repeatable")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="movies listed")
     p.set_defaults(func=_similar)
 
     e = cfg.ExportConfig()
-    p = sub.add_parser("export", help="write TF Serving SavedModels for a run",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True)
-    p.add_argument("--export-dir", required=True)
-    p.add_argument("--index", default=e.index, choices=("brute-force", "scann"))
+    p = _command(sub, "export", "write TF Serving SavedModels for a run")
+    p.add_argument("--run", required=True, help="run directory written by train")
+    p.add_argument("--export-dir", required=True,
+                   help="folder of the model folders and models.config")
+    p.add_argument("--index", default=e.index, choices=("brute-force", "scann"),
+                   help="retrieval index: exact (any device) or approximate ScaNN (CPU)")
     p.add_argument("--version", type=int, help="version number (default: the next free one)")
     p.add_argument("-k", type=int, default=e.k, help="candidates retrieved")
     p.add_argument("-n", type=int, default=e.n, help="recommendations returned after ranking")
     p.add_argument("--keep-seen", dest="exclude_seen", action="store_false",
-                   help="let retrieval/recommender return movies the user rated in train")
+                   help="let retrieval/recommender return movies the user rated in train "
+                   "(left out otherwise)")
     p.add_argument("--serving-root", default=e.serving_root,
                    help="where the export dir is mounted in the TF Serving container")
     p.add_argument("--label", metavar="NAME",
@@ -144,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for module in _COMMAND_MODULES:
         importlib.import_module(f"trainer.{module}").register(sub)
+    for p in sub.choices.values():
+        p.formatter_class = cli.HelpFormatter
+        cli.add_verbose_flag(p)
     return parser
 
 
@@ -151,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     try:
-        args.func(args, argv)
+        with quiet.output(args.verbose_logs):
+            args.func(args, argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

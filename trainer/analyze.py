@@ -10,23 +10,26 @@ Writes ``report.md``, ``neighbours.png``, ``norm_popularity.png``, ``tsne.png``,
 """
 from __future__ import annotations
 
-import argparse
+from tfrs_movies import cli
+from trainer import flags
 
 
 def _analyze(args, argv) -> None:
+    output = flags.output_dir(args.output)
     from tfrs_movies.analysis import analyze
     from tfrs_movies.runs import load_run
 
-    paths = analyze(load_run(args.run), args.output, movies=args.movie, user=args.user,
-                    kind=args.kind, k=args.k)
+    print(f"Loading the run in {args.run}", flush=True)
+    paths = analyze(load_run(args.run), output, movies=args.movie, user=args.user,
+                    kind=args.kind, k=args.k, progress=lambda line: print(line, flush=True))
     print(f"Wrote {len(paths)} files to {args.output} (start with {paths['report']})")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "analyze", help="embedding analysis of a run: neighbours, norms, t-SNE, losses",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--run", required=True)
+        description=cli.summary(__doc__))
+    p.add_argument("--run", required=True, help="run directory written by train")
     p.add_argument("--output", required=True, help="folder for the plots, report.md, projector/")
     p.add_argument("--movie", action="append",
                    help="id or title whose neighbours to list; repeatable (default: the three "

@@ -1,4 +1,10 @@
-"""Flag groups shared by the ``python -m trainer`` subcommands, and their parsing into configs."""
+"""Flag groups shared by the ``python -m trainer`` subcommands, and their parsing into configs.
+
+Every flag that sets a config field is parsed with ``default=argparse.SUPPRESS``: it is in the
+namespace only when given on the command line (however abbreviated), so ``configs`` can let
+explicit flags beat a ``--hparams`` file, and the file beat the defaults, which live in one
+place, the config dataclasses (``--help`` shows them from there).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,69 +12,109 @@ import dataclasses
 import json
 from pathlib import Path
 
+from tfrs_movies import cli
 from tfrs_movies import config as cfg
 from tfrs_movies.errors import UserError
+
+_MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(cfg.ModelConfig))
+_TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(cfg.TrainConfig))
+
+
+def _flag(group, flag: str, default, help: str, **kwargs) -> None:
+    """A config flag: absent from the namespace unless given; ``--help`` shows ``default``."""
+    cli.set_shown_default(
+        group.add_argument(flag, default=argparse.SUPPRESS, help=help, **kwargs), default)
+
+
+def _switch(group, flag: str, dest: str, help: str) -> None:
+    """A ``store_false`` config flag (absent unless given, so a file's value is kept)."""
+    group.add_argument(flag, dest=dest, action="store_false", default=argparse.SUPPRESS,
+                       help=help)
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:
     d = cfg.DataConfig()
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, choices=cfg.DATASETS)
-    g.add_argument("--data-dir", help="raw extracted MovieLens folder (default: env "
-                   "TFRS_MOVIES_DATA_DIR; unset = read through TFDS)")
-    g.add_argument("--tfds-manual-dir",
-                   help="folder holding the official MovieLens zip (offline TFDS)")
-    g.add_argument("--tfds-data-dir", help="where TFDS keeps prepared datasets")
-    g.add_argument("--ratings", help="csv: interactions file user_id,movie_id,rating[,timestamp]"
-                   f" (csv/parquet); synthetic: number of ratings (default {d.synthetic_ratings})")
-    g.add_argument("--movies", help="csv: movies file movie_id[,title,genres]; synthetic: number "
-                   f"of movies (default {d.synthetic_movies})")
-    g.add_argument("--users", help="csv: users file user_id[,age,gender,occupation,zip_code]; "
-                   f"synthetic: number of users (default {d.synthetic_users})")
-    g.add_argument("--test-ratings", help="explicit test interactions instead of a split")
-    g.add_argument("--min-movie-ratings", type=int, default=d.min_movie_ratings)
-    g.add_argument("--rating-scale", type=scale, metavar="LOW,HIGH",
-                   help="every rating must be in [LOW, HIGH], e.g. 1,5 (default: only ratings "
-                   "far above the rest of the file's are refused)")
-    g.add_argument("--split", default=d.split, choices=cfg.SPLITS)
-    g.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    g.add_argument("--leave-last", type=int, default=d.leave_last)
-    g.add_argument("--fold-in-fraction", type=float, default=d.fold_in_fraction)
-    g.add_argument("--seed", type=int, default=d.seed, help="seeds data, split and training")
+    _flag(g, "--dataset", d.dataset, "data source: a MovieLens version (from --data-dir or "
+          "TFDS), csv files or a synthetic generator", choices=cfg.DATASETS)
+    _flag(g, "--data-dir", None, "raw extracted MovieLens folder (default: env "
+          "TFRS_MOVIES_DATA_DIR; unset = read through TFDS)", metavar="DIR")
+    _flag(g, "--tfds-manual-dir", None,
+          "folder holding the official MovieLens zip (offline TFDS)", metavar="DIR")
+    _flag(g, "--tfds-data-dir", None, "where TFDS keeps prepared datasets (default: TFDS's)",
+          metavar="DIR")
+    _flag(g, "--ratings", None, "csv: interactions file user_id,movie_id,rating[,timestamp] "
+          f"(csv/parquet); synthetic: number of ratings (default {d.synthetic_ratings})")
+    _flag(g, "--movies", None, "csv: movies file movie_id[,title,genres]; synthetic: number "
+          f"of movies (default {d.synthetic_movies})")
+    _flag(g, "--users", None, "csv: users file user_id[,age,gender,occupation,zip_code]; "
+          f"synthetic: number of users (default {d.synthetic_users})")
+    _flag(g, "--test-ratings", None, "explicit test interactions instead of a split (train "
+          "is every other rating)", metavar="FILE")
+    _flag(g, "--min-movie-ratings", d.min_movie_ratings,
+          "drop movies with fewer ratings than this, before splitting", type=int)
+    _flag(g, "--rating-scale", None, "every rating must be in [LOW, HIGH], e.g. 1,5 (default: "
+          "only ratings far above the rest of the file's are refused)", type=scale,
+          metavar="LOW,HIGH")
+    _flag(g, "--split", d.split, "how the test ratings are held out (README: Data)",
+          choices=cfg.SPLITS)
+    _flag(g, "--test-fraction", d.test_fraction, "share held out: of the ratings (random, "
+          "user, temporal) or of the users (strong)", type=float)
+    _flag(g, "--leave-last", d.leave_last, "ratings per user held out by --split leave-last",
+          type=int)
+    _flag(g, "--fold-in-fraction", d.fold_in_fraction, "share of a held-out user's ratings "
+          "given to the model at evaluation (--split strong)", type=float)
+    _flag(g, "--seed", d.seed, "seeds data, split and training", type=int)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     m, t = cfg.ModelConfig(), cfg.TrainConfig()
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=t.model, choices=cfg.MODELS)
-    g.add_argument("--embedding-dim", type=int, default=m.embedding_dim)
-    g.add_argument("--tower-layers", type=ints, default=m.tower_layers, help="e.g. 128,64")
-    g.add_argument("--no-features", dest="use_features", action="store_false")
-    g.add_argument("--no-history", dest="use_history", action="store_false")
-    g.add_argument("--temperature", type=float, default=m.temperature)
-    g.add_argument("--num-sampled-negatives", type=int, default=m.num_sampled_negatives)
-    g.add_argument("--per-replica-negatives", dest="cross_replica_negatives",
-                   action="store_false", help="distributed retrieval: softmax over each "
-                   "replica's own batch share instead of all replicas' candidates")
-    g.add_argument("--l2", type=float, default=m.l2)
-    g.add_argument("--gravity", type=float, default=m.gravity,
-                   help="gravity regularizer weight on the id embeddings (mf-gravity: 1.0 if 0)")
-    g.add_argument("--dropout", type=float, default=m.dropout)
-    g.add_argument("--ranking-layers", type=ints, default=m.ranking_layers)
-    g.add_argument("--ranking-head", default=m.ranking_head, choices=("regression", "classes"))
+    _flag(g, "--model", t.model, "what to train: all = retrieval and ranking (README: Models)",
+          choices=cfg.MODELS)
+    _flag(g, "--embedding-dim", m.embedding_dim, "width of the embeddings and tower outputs",
+          type=int)
+    _flag(g, "--tower-layers", m.tower_layers, "hidden layer sizes on each tower, e.g. 128,64",
+          type=ints)
+    _switch(g, "--no-features", "use_features",
+            "ignore demographics, genres, titles and years (ids and history only)")
+    _switch(g, "--no-history", "use_history",
+            "leave the user's rated movies out of the user tower")
+    _flag(g, "--temperature", m.temperature, "softmax temperature of the retrieval task",
+          type=float)
+    _flag(g, "--num-sampled-negatives", m.num_sampled_negatives,
+          "extra uniformly sampled negatives per batch (0: in-batch ones only)", type=int)
+    _switch(g, "--per-replica-negatives", "cross_replica_negatives",
+            "distributed retrieval: softmax over each replica's own batch share instead of "
+            "all replicas' candidates")
+    _flag(g, "--l2", m.l2, "L2 weight on the embedding tables (default: the model kind's, 5e-4 "
+          "for retrieval, ranking, multitask; 0 for mf, mf-gravity, softmax-history, "
+          "rating-classes)", type=float)
+    _flag(g, "--gravity", m.gravity,
+          "gravity regularizer weight on the id embeddings (mf-gravity: 1.0 if 0)", type=float)
+    _flag(g, "--dropout", m.dropout, "dropout rate in the towers and the ranking MLP",
+          type=float)
+    _flag(g, "--ranking-layers", m.ranking_layers, "hidden layer sizes of the ranking MLP",
+          type=ints)
+    _flag(g, "--ranking-head", m.ranking_head, "regression (MSE) or classes (softmax over the "
+          "rating values)", choices=("regression", "classes"))
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=t.epochs)
-    g.add_argument("--batch-size", type=int, default=t.batch_size)
-    g.add_argument("--learning-rate", type=float, default=t.learning_rate)
-    g.add_argument("--lr-schedule", default=t.lr_schedule, choices=("constant", "cosine"))
-    g.add_argument("--validation-fraction", type=float, default=t.validation_fraction)
-    g.add_argument("--early-stopping-patience", type=int, default=t.early_stopping_patience)
-    g.add_argument("--eval-k", type=int, default=t.eval_k)
-    g.add_argument("--strategy", default=t.strategy, choices=cfg.STRATEGIES,
-                   help="tf.distribute strategy (multi-worker kinds read TF_CONFIG); "
-                   "--batch-size is the global batch")
-    g.add_argument("--hparams", help="JSON of ModelConfig/TrainConfig values (from `tune`); "
-                   "they override the defaults, explicit flags override them")
+    _flag(g, "--epochs", t.epochs, "passes over the train split", type=int)
+    _flag(g, "--batch-size", t.batch_size, "examples per step, also the in-batch negatives "
+          "(the global batch under --strategy)", type=int)
+    _flag(g, "--learning-rate", t.learning_rate, "Adam learning rate (the peak, with cosine)",
+          type=float)
+    _flag(g, "--lr-schedule", t.lr_schedule, "constant, or cosine decay to 0 over all steps",
+          choices=("constant", "cosine"))
+    _flag(g, "--validation-fraction", t.validation_fraction, "share of each user's train "
+          "ratings held out for validation curves and early stopping (0: none)", type=float)
+    _flag(g, "--early-stopping-patience", t.early_stopping_patience,
+          "epochs without validation improvement before stopping (0: never)", type=int)
+    _flag(g, "--eval-k", t.eval_k, "K of the top-K metrics in metrics.json", type=int)
+    _flag(g, "--strategy", t.strategy, "tf.distribute strategy (multi-worker kinds read "
+          "TF_CONFIG); --batch-size is the global batch", choices=cfg.STRATEGIES)
+    g.add_argument("--hparams", metavar="FILE", help="JSON object of ModelConfig/TrainConfig "
+                   "values (from tune): they replace the defaults; flags given replace them")
 
 
 def ints(text: str) -> tuple[int, ...]:
@@ -88,6 +134,7 @@ def scale(text: str) -> tuple[float, float]:
 
 
 def pick(cls, values: dict, overrides: dict | None = None):
+    """``cls`` from the ``values`` (and ``overrides``) naming its fields; the rest default."""
     names = {f.name for f in dataclasses.fields(cls)}
     chosen = {k: v for k, v in values.items() if k in names}
     chosen.update({k: v for k, v in (overrides or {}).items() if k in names})
@@ -97,9 +144,9 @@ def pick(cls, values: dict, overrides: dict | None = None):
 def data_config(values: dict) -> cfg.DataConfig:
     """DataConfig from flags; for ``synthetic``, --users/--movies/--ratings are sizes."""
     values = dict(values)
-    if values["dataset"] == "synthetic":
+    if values.get("dataset") == "synthetic":
         for flag in ("users", "movies", "ratings"):
-            text = values.pop(flag)
+            text = values.pop(flag, None)
             if text is not None:
                 try:
                     values[f"synthetic_{flag}"] = int(float(text))
@@ -109,23 +156,79 @@ def data_config(values: dict) -> cfg.DataConfig:
     return pick(cfg.DataConfig, values)
 
 
-def hparams(path: str | None, argv_flags: set[str]) -> tuple[dict, dict]:
-    """Values from ``--hparams FILE`` for the model and train configs, minus explicit flags."""
-    if not path:
-        return {}, {}
+def configs(values: dict, hparams_path: str | None = None, overrides: dict | None = None,
+            report=print) -> tuple[cfg.ModelConfig, cfg.TrainConfig]:
+    """The one merge of hyperparameters: flags given (the config fields in ``values``, a parsed
+    namespace's dict) beat the ``hparams_path`` file, which beats the dataclass defaults.
+
+    ``overrides`` (settings the CLI decides, such as Keras's ``verbose``) beat all three.
+    ``report`` gets one line saying which file values were used and which flags replaced
+    them. Everything is checked before anything is written.
+    """
+    explicit = {k: v for k, v in values.items() if k in _MODEL_KEYS | _TRAIN_KEYS}
+    explicit.update(overrides or {})
+    from_file = read_hparams(hparams_path) if hparams_path else {}
+    merged = {**from_file, **explicit}
+    try:
+        model_config = pick(cfg.ModelConfig, merged)
+        train_config = pick(cfg.TrainConfig, merged)
+    except UserError as e:
+        if not from_file:
+            raise
+        raise UserError(f"{e} (with the values of --hparams {hparams_path})") from None
+    if from_file:
+        used = [f"{k}={cli.format_default(v)}" for k, v in from_file.items() if k not in explicit]
+        replaced = sorted(set(from_file) & set(explicit))
+        report(f"From {hparams_path}: {', '.join(used) or 'nothing'}"
+               + (f" (replaced by flags: {', '.join(replaced)})" if replaced else ""))
+    return model_config, train_config
+
+
+def read_hparams(path: str) -> dict:
+    """The ``--hparams`` file's values, checked: a JSON object of ModelConfig/TrainConfig
+    field names and values of the fields' types (lists for tuples, returned as tuples)."""
     try:
         raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"--hparams {path}: no such file") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"--hparams {path}: not valid JSON ({e})") from None
-    model_keys = {f.name for f in dataclasses.fields(cfg.ModelConfig)}
-    train_keys = {f.name for f in dataclasses.fields(cfg.TrainConfig)}
-    unknown = sorted(set(raw) - model_keys - train_keys)
+    if not isinstance(raw, dict):
+        raise UserError(f"--hparams {path}: expected a JSON object of field values such as "
+                        f'{{"embedding_dim": 64}}, got {json.dumps(raw)[:60]}')
+    unknown = sorted(set(raw) - _MODEL_KEYS - _TRAIN_KEYS)
     if unknown:
         raise UserError(f"--hparams {path}: unknown key(s) {', '.join(unknown)}; known: "
-                        f"{', '.join(sorted(model_keys | train_keys))}")
-    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()
-           if k.replace("_", "-") not in argv_flags}
-    return ({k: v for k, v in raw.items() if k in model_keys},
-            {k: v for k, v in raw.items() if k in train_keys})
+                        f"{', '.join(sorted(_MODEL_KEYS | _TRAIN_KEYS))}")
+    source = f"--hparams {path}"
+    checked = {
+        **cfg.check_types(cfg.ModelConfig, {k: v for k, v in raw.items() if k in _MODEL_KEYS},
+                          source),
+        **cfg.check_types(cfg.TrainConfig, {k: v for k, v in raw.items() if k in _TRAIN_KEYS},
+                          source)}
+    return {k: checked[k] for k in raw}  # in the file's order
+
+
+def output_dir(path: str, flag: str = "--output") -> Path:
+    """``path`` as a directory to write into, refused in one line if it (or a parent) is a
+    file; nothing is created."""
+    out = Path(path)
+    for where in (out, *out.parents):
+        if where.exists():
+            if not where.is_dir():
+                what = "is a file" if where == out else f"is inside {where}, a file"
+                raise UserError(f"{flag} {path} {what}: give a directory")
+            break
+    return out
+
+
+def output_file(path: str, flag: str = "--output") -> Path:
+    """``path`` as a file to (over)write: refused if it is a directory or below a file; its
+    parent directories are created."""
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{flag} {path} is a directory: give a file name, e.g. "
+                        f"{out / 'metrics.json'}")
+    output_dir(str(out.parent), flag=f"{flag} {path}: its folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out

@@ -195,3 +195,13 @@ def _explicit_test(ratings: pd.DataFrame, path, rating_scale=None) -> Split:
         log.info("%s: %d test ratings have both a user and a movie unseen in train",
                  path, int(unseen.sum()))
     return Split(train=train, test=conform(test, RATING_COLUMNS))
+
+
+def shared_pairs(ratings: pd.DataFrame, other: pd.DataFrame) -> int:
+    """How many rows of ``ratings`` have a (user_id, movie_id) pair that ``other`` also has:
+    e.g. test ratings a model was trained on."""
+    pairs = ["user_id", "movie_id"]
+    if not len(ratings) or not len(other):
+        return 0
+    return int(pd.MultiIndex.from_frame(ratings[pairs].astype(str)).isin(
+        pd.MultiIndex.from_frame(other[pairs].astype(str))).sum())

@@ -1,0 +1,67 @@
+"""What ``python -m trainer`` and ``python -m serving`` share: help that states each flag's real
+default, descriptions from docstrings without reStructuredText markup, and ``--verbose``.
+
+A flag whose parsed default is ``argparse.SUPPRESS`` (absent from the namespace unless given,
+so that explicit flags can be told from defaults) shows the default it stands for through
+``set_shown_default``; the value then lives in one place, the config dataclass.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def set_shown_default(action: argparse.Action, value) -> argparse.Action:
+    """Makes ``--help`` print ``value`` as the default of ``action``."""
+    action.shown_default = value
+    return action
+
+
+def shown_default(action: argparse.Action):
+    return getattr(action, "shown_default", action.default)
+
+
+def format_default(value) -> str:
+    """``(128, 64)`` -> ``128,64`` (the form the flag takes), ``()`` -> ``none``."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Ends each flag's help with ``(default: X)``, X being what a run without the flag uses.
+
+    Nothing is added for switches (``store_true``/``store_false``: their help says what turning
+    them on does), required flags, flags without a default, and flags whose help already
+    speaks of its default. Descriptions keep their line breaks (sample commands).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.nargs == 0 or action.required or "default" in text:
+            return text
+        value = shown_default(action)
+        if value is None or value is argparse.SUPPRESS:
+            return text
+        # argparse %-formats the help string: a literal % in the value must be doubled.
+        return f"{text} (default: {format_default(value).replace('%', '%%')})".strip()
+
+
+def plain(text: str) -> str:
+    """Docstring text for a terminal: ````code```` and ```x``` lose their backticks, a
+    paragraph's closing ``::`` becomes ``:``."""
+    text = re.sub(r"``([^`]*)``", r"\1", text)
+    text = re.sub(r"`([^`]*)`", r"\1", text)
+    return re.sub(r"::$", ":", text, flags=re.MULTILINE)
+
+
+def summary(doc: str | None) -> str:
+    """The first line of a module docstring, as plain text (a parser's description)."""
+    return plain((doc or "").strip().split("\n")[0])
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` (``args.verbose_logs``): show what ``tfrs_movies.quiet`` hides."""
+    parser.add_argument("--verbose", dest="verbose_logs", action="store_true",
+                        help="show TensorFlow's log lines and library warnings (hidden "
+                        "otherwise)")
