@@ -9,7 +9,8 @@ Writes ``DIR/speed.json`` (flat keys: ``section_figure.detail``, plus ``machine.
 its keys: `benchmarks.train_speed`, `benchmarks.serving_cost`, `benchmarks.serving_speed`,
 `benchmarks.scann_speed`, `benchmarks.batch_speed`. Speed figures are medians over repeats
 after a warm-up, next to a baseline measured in the same run. Run it on a quiet machine: other
-jobs on the same cores change every figure (``machine.load_average_1m`` records the load when it started).
+jobs on the same cores change every figure (``machine.load_average_1m`` records the load when
+it started).
 """
 from __future__ import annotations
 
