@@ -78,7 +78,7 @@ def latency(client, users: list[str], batch: int, calls: int, warmup: int) -> di
 
     request = _requests(users, batch)
     seconds = time_calls(lambda i: client.recommend(request(i)), calls, warmup)
-    signature = client.backend._signature(MODEL, None)
+    signature, _ = client.backend._signature(MODEL, None)
     empty = tf.fill([batch, 1], "")
     bare = time_calls(lambda i: signature(user_id=tf.constant(request(i)),
                                           exclude_movie_ids=empty)["ratings"].numpy(),
