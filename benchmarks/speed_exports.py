@@ -2,7 +2,8 @@
 
 Latency and throughput depend on the catalogue, the vocabularies and the graph, not on how well
 the model has learned, so each export here trains retrieval and ranking for one epoch on at
-most ``fit_rows`` ratings, while the vocabularies (users, histories, catalogue) come from all
+most ``fit_rows`` ratings (and the recommender's re-ranker on a fold of those), while the
+vocabularies (users, histories, catalogue) come from all
 of the data. The export itself is `tfrs_movies.export.export`, exactly what
 ``python -m trainer export`` writes.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from tfrs_movies import runs
+from tfrs_movies import reranker, runs
 from tfrs_movies.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.data import Split, load, make_split
 from tfrs_movies.data.synthetic import synthetic
@@ -76,11 +77,16 @@ def build(catalogue: Catalogue, data_dir: Path, work: Path) -> Exported:
     fit = train.sample(n=min(catalogue.fit_rows, len(train)), random_state=0)
     models = {kind: fit_model(kind, space, model_config, train_config, fit)[0]
               for kind in ("retrieval", "ranking")}
+    # The served recommender's second stage, trained as `train` does (on a fold of ``fit``).
+    second = reranker.fit(fit, data.movies, data.users, train.iloc[:0], model_config,
+                          train_config, reranker.ReRankerConfig(use_ease=reranker.ease_fits(
+                              len(vocab.catalog_users) + 1, len(vocab.catalog_movies))),
+                          seed=0)
     seconds["fit"] = time.perf_counter() - start
     run = runs.Run(path=work, data=DataConfig(), model=model_config, train=train_config,
                    movies=data.movies, users=data.users,
                    split=Split(train=train, test=train.iloc[:0]), vocab=vocab, space=space,
-                   models=models)
+                   models=models, reranker=second)
     dirs = {}
     for index in catalogue.indexes:
         start = time.perf_counter()

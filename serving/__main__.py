@@ -75,9 +75,9 @@ _REQUEST_LOG = arg("--request-log", metavar="FILE",
 def _recommend(args, client, out) -> None:
     results = client.recommend(args.users, [args.exclude] * len(args.users), n=args.n)
     per_user = list(zip(args.users, results, strict=True))
-    rows = [(user, i + 1, r.movie_id, r.title, r.score, r.rating)
+    rows = [(user, i + 1, r.movie_id, r.title, r.score, r.rating, r.rank_score)
             for user, recs in per_user for i, r in enumerate(recs)]
-    _emit(args, out, ("user", "rank", "movie_id", "title", "score", "rating"), rows,
+    _emit(args, out, ("user", "rank", "movie_id", "title", "score", "rating", "rank_score"), rows,
           {user: [asdict(r) for r in recs] for user, recs in per_user})
 
 

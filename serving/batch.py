@@ -11,7 +11,7 @@ or ``python -m serving batch --users users.csv --out recs.parquet --model-dir ex
 Input: a CSV/TSV or Parquet file with a ``user_id`` column (``userId`` also works; other columns
 are ignored: the export looks features up in-graph), or a list of ids. Output: Parquet, or CSV
 when ``out_path`` ends in ``.csv``, one row per recommendation with `SCHEMA`'s columns
-``user_id, rank, movie_id, title, score, rating``; users in input order, ranks 1..n.
+``user_id, rank, movie_id, title, score, rating, rank_score``; users in input order, ranks 1..n.
 
 How a run is made safe to kill:
 - The distinct valid ids, in input order, are cut into parts of ``part_size`` users; each part
@@ -67,7 +67,8 @@ __all__ = ["SCHEMA", "BatchReport", "UserIds", "check_outputs", "format_rate", "
 
 MODEL = "recommender"  # a model of the serving contract (``tfrs_movies.contract``)
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int64()), ("movie_id", pa.string()),
-                    ("title", pa.string()), ("score", pa.float32()), ("rating", pa.float32())])
+                    ("title", pa.string()), ("score", pa.float32()), ("rating", pa.float32()),
+                    ("rank_score", pa.float32())])
 ERROR_COLUMNS = ("user_id", "error")
 DEFAULT_BATCH_SIZE = 128  # TF Serving's max_batch_size in serving/batching_parameters.txt
 DEFAULT_PART_SIZE = 4096  # users per part file: resume granularity vs. files per run
@@ -318,6 +319,7 @@ def _table(users: Sequence[str], out: Mapping[str, np.ndarray], n: int | None) -
         pa.array(titles[keep], pa.string()),
         pa.array(scores[keep]),
         pa.array(ratings[keep]),
+        pa.array(np.asarray(out["rank_scores"], np.float32)[keep]),
     ], schema=SCHEMA)
 
 

@@ -62,12 +62,15 @@ class Recommendation:
       title: the movie title frozen into the export.
       score: the retrieval score (dot product of user and movie embeddings).
       rating: the ranking model's predicted rating.
+      rank_score: the served order's score (the learned re-ranker's; the predicted rating
+        for an export without one); the list is sorted by it.
     """
 
     movie_id: str
     title: str
     score: float
     rating: float
+    rank_score: float
 
 
 class RecommenderClient:
@@ -130,8 +133,9 @@ class RecommenderClient:
         inputs = self._user_inputs(user_ids, exclude)
         out, version = self._call("recommender", inputs, with_version=with_version)
         results = [
-            [Recommendation(m, t, float(s), float(r)) for m, t, s, r in row]
-            for row in _rows(n, out["movie_ids"], out["titles"], out["scores"], out["ratings"])
+            [Recommendation(m, t, float(s), float(r), float(o)) for m, t, s, r, o in row]
+            for row in _rows(n, out["movie_ids"], out["titles"], out["scores"], out["ratings"],
+                             out["rank_scores"])
         ]
         self._log("recommender", inputs["user_id"], [[r.movie_id for r in row]
                                                       for row in results], version)

@@ -120,7 +120,8 @@ class Recommender(_Catalogue):
         return {"movie_ids": tf.gather(ids, best, batch_dims=1),
                 "titles": tf.gather(tf.gather(self.titles, index), best, batch_dims=1),
                 "scores": tf.gather(scores, best, batch_dims=1),
-                "ratings": tf.gather(ratings, best, batch_dims=1)}
+                "ratings": tf.gather(ratings, best, batch_dims=1),
+                "rank_scores": tf.gather(ratings, best, batch_dims=1)}
 
 
 class SimilarMovies(_Catalogue):
@@ -183,7 +184,8 @@ def test_recommend_retrieves_then_ranks(client):
     (recs,) = client.recommend(["u1"])
     # Candidates "4", "1", "5"; "4"'s bias drops its rating to 3.0 so it is cut at n=2.
     assert [r.movie_id for r in recs] == ["1", "5"]
-    assert recs[0] == Recommendation("1", "Toy Story (1995)", 3.0, pytest.approx(3.9242, 1e-4))
+    assert recs[0] == Recommendation("1", "Toy Story (1995)", 3.0, pytest.approx(3.9242, 1e-4),
+                                     pytest.approx(3.9242, 1e-4))
     assert recs[1].score == pytest.approx(2.5)
     assert recs[0].rating >= recs[1].rating
 
@@ -517,7 +519,8 @@ def test_cli_recommend_table(export_dir, capsys):
                      "--model-dir", export_dir, "-n", "1"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert out[0].split() == ["user", "rank", "movie_id", "title", "score", "rating"]
+    assert out[0].split() == ["user", "rank", "movie_id", "title", "score", "rating",
+                              "rank_score"]
     assert out[1].split()[:3] == ["u1", "1", "1"] and "Toy Story (1995)" in out[1]
     assert len(out) == 3
 

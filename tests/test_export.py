@@ -4,11 +4,12 @@ from __future__ import annotations
 import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfrs_movies import contract
-from tfrs_movies.config import ExportConfig, ModelConfig
+from tfrs_movies import contract, reranker
+from tfrs_movies.config import ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.export import export, models_config
 from tfrs_movies.index import BruteForce, Popular, ScaNN
@@ -31,9 +32,13 @@ def trained(tiny_tables):
         model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
         model.fit(make_dataset(train, 64, shuffle_seed=0), epochs=2, verbose=0)
         models[kind] = model
+    second = reranker.fit(train, movies, users, train.iloc[:0], ModelConfig(embedding_dim=8),
+                          TrainConfig(epochs=2, verbose=0, batch_size=64),
+                          reranker.ReRankerConfig(candidates=20, epochs=5), seed=0)
     return types.SimpleNamespace(
         vocab=space.vocab, retrieval_model=lambda: models["retrieval"],
-        ranking_model=lambda: models["ranking"], embedding_model=lambda: models["retrieval"])
+        ranking_model=lambda: models["ranking"], embedding_model=lambda: models["retrieval"],
+        reranker=second)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +89,7 @@ def test_retrieval_excludes_and_sorts(exported, trained, name):
     ids = _strings(out["movie_ids"])
     assert not set(excluded) & set(ids[0])
     assert set(ids.ravel()) <= catalog
-    order_key = "ratings" if name == "recommender" else "scores"
+    order_key = "rank_scores" if name == "recommender" else "scores"
     values = out[order_key].numpy()
     assert np.all(np.diff(values, axis=1) <= 1e-6)
     if name == "recommender":
@@ -249,15 +254,29 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
                                atol=1e-6)
     np.testing.assert_array_equal(_strings(out["movie_ids"])[known], catalog[want[known]])
 
+    # The recommender: the re-ranker's features of those candidates, its order, then ratings.
+    known_users = sorted(set(vocab.catalog_users) | set(vocab.user_ids))
+    pairs = pd.DataFrame([(u, m) for u, h in zip(vocab.catalog_users, vocab.history) for m in h],
+                         columns=["user_id", "movie_id"])
+    ease = reranker.ease_scores(pairs, np.asarray(known_users), catalog, 500.0)
+    counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
+    popularity = np.asarray([counts.get(m, 0) for m in catalog], np.float32)
     rec = models["recommender"](**request)
     for row, user in enumerate(users[:-1]):
-        ratings = ranking.predict_rating(tf.constant([user] * 20),
-                                         tf.constant(catalog[want[row]])).numpy()
-        order = np.argsort(-ratings, kind="stable")[:5]
-        np.testing.assert_allclose(rec["ratings"].numpy()[row], ratings[order], rtol=1e-5)
+        x = reranker.features(
+            tf.constant(want_scores[row:row + 1]),
+            tf.constant(ease[known_users.index(user)][want[row]][None]),
+            tf.constant(popularity[want[row]][None]), tf.constant([float(len(seen[row]))]))
+        learned = trained.reranker(x).numpy()[0]
+        order = np.argsort(-learned, kind="stable")[:5]
+        np.testing.assert_allclose(rec["rank_scores"].numpy()[row], learned[order], rtol=1e-4,
+                                   atol=1e-5)
         assert list(_strings(rec["movie_ids"])[row]) == list(catalog[want[row][order]])
         np.testing.assert_allclose(rec["scores"].numpy()[row], want_scores[row][order],
                                    rtol=1e-5, atol=1e-6)
+        ratings = ranking.predict_rating(tf.constant([user] * 5),
+                                         tf.constant(catalog[want[row][order]])).numpy()
+        np.testing.assert_allclose(rec["ratings"].numpy()[row], ratings, rtol=1e-5)
     if index == "brute-force":
         pairs = tf.constant(users), tf.constant(list(catalog[:7]) + ["?"])
         np.testing.assert_allclose(models["ranking"](user_id=pairs[0], movie_id=pairs[1])[
@@ -285,3 +304,26 @@ def test_requests_larger_than_a_chunk_and_mismatched_inputs(exported, trained):
     empty = models["retrieval"](user_id=tf.constant([], tf.string),
                                 exclude_movie_ids=tf.zeros([0, 1], tf.string))
     assert empty["movie_ids"].shape[0] == 0
+
+
+def test_reranker_features_are_normalized_within_each_list():
+    scores = tf.constant([[3.0, 2.0, 1.0, float("-inf")], [9.0, 8.0, 7.0, 6.0]])
+    ease = tf.constant([[1.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
+    x = reranker.features(scores, ease, tf.ones([2, 4]) * 9, tf.constant([10.0, 999.0])).numpy()
+    z = x[..., reranker.FEATURES.index("retrieval_z")]
+    # The same list shifted by 6 scores the same z: only the order within a list counts.
+    np.testing.assert_allclose(z[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
+    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1], 0.0, 0.0, x[0, 3, 4], 0.0, 0.0]
+    np.testing.assert_allclose(z[1], [1.3416, 0.4472, -0.4472, -1.3416], atol=1e-3)
+    rank = x[..., reranker.FEATURES.index("rank")]
+    assert rank[0, 0] == 0 and np.all(np.diff(rank[1]) > 0)
+    activity = x[..., reranker.FEATURES.index("activity")]
+    np.testing.assert_allclose(activity[:, 0], np.log1p([10.0, 999.0]) / np.log(1000), rtol=1e-5)
+
+
+def test_listwise_loss_shares_the_target_among_positives():
+    scores = tf.constant([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    labels = tf.constant([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    log_p = tf.nn.log_softmax(scores).numpy()
+    want = [-(log_p[0, 0] + log_p[0, 1]) / 2, -log_p[1, 2]]
+    np.testing.assert_allclose(reranker.listwise_loss(labels, scores).numpy(), want, rtol=1e-6)

@@ -51,7 +51,8 @@ class Lists(tf.Module):
     def serve(self, user_id, exclude_movie_ids):
         ids = tf.gather(self.rows, self.table.lookup(user_id))
         scores = tf.tile(tf.cast(tf.range(N, 0, -1), tf.float32)[None], [tf.shape(ids)[0], 1])
-        return {"movie_ids": ids, "titles": ids, "scores": scores, "ratings": scores / 2}
+        return {"movie_ids": ids, "titles": ids, "scores": scores, "ratings": scores / 2,
+                "rank_scores": scores}
 
 
 @pytest.fixture(scope="module")

@@ -76,8 +76,10 @@ SIGNATURES: dict[str, Signature] = {s.model: s for s in (
         (Tensor("movie_ids", "string", ("B", "N"), "best first"),
          Tensor("titles", "string", ("B", "N"), "the movies' titles"),
          Tensor("scores", "float32", ("B", "N"), "the retrieval score of each movie"),
-         Tensor("ratings", "float32", ("B", "N"),
-                "predicted stars; the served order (-inf where movie_ids is \"\")"))),
+         Tensor("ratings", "float32", ("B", "N"), "predicted stars of each movie"),
+         Tensor("rank_scores", "float32", ("B", "N"),
+                "the served order, best first: the learned re-ranker's score (the predicted "
+                "rating for a run without a re-ranker); -inf where movie_ids is \"\""))),
     Signature(
         "similar_movies", "cosine neighbours of the mean of up to E seed movies",
         (Tensor("movie_ids", "string", ("B", "E"), 'seed movie ids per query ("" pads)'),),

@@ -64,6 +64,36 @@ def evaluate_retrieval(model, movie_ids: list[str], seen: pd.DataFrame, test: pd
     return {key: float(value) for key, value in result.items()}
 
 
+def evaluate_served(run, seen: pd.DataFrame, test: pd.DataFrame, k: int = 10) -> dict:
+    """Top-k metrics of what the run's export serves: its ``recommender`` (retrieve, re-rank)
+    built in memory, asked for every test user (their seen movies are excluded in-graph)."""
+    from tfrs_movies.config import ExportConfig
+    from tfrs_movies.export import build_modules
+
+    modules = build_modules(run, ExportConfig(n=k))
+    recommender = modules["recommender"]
+    movies = np.asarray(run.vocab.catalog_movies, dtype=str)
+    movie_pos = pd.Series(np.arange(len(movies)), index=movies)
+    test = test[test["movie_id"].isin(movie_pos.index)]
+    users = np.asarray(sorted(set(test["user_id"])), dtype=str)
+    rows = []
+    for i in range(0, len(users), _BATCH):
+        batch = users[i:i + _BATCH]
+        out = recommender.serve(tf.constant(batch), tf.fill([len(batch), 1], ""))
+        rows.append(out["movie_ids"].numpy().astype(str))
+    ids = np.concatenate(rows) if rows else np.zeros((0, k), str)
+    topk = movie_pos.reindex(ids.ravel()).fillna(-1).to_numpy(np.int64).reshape(ids.shape)
+    relevant = test.groupby("user_id")["movie_id"].agg(
+        lambda s: movie_pos[s].to_numpy(np.int64))
+    result = M.ranking_metrics(topk, [relevant[u] for u in users], k)
+    result[f"coverage@{k}"] = M.catalog_coverage(topk, len(movies))
+    pop = seen[seen["movie_id"].isin(movie_pos.index)].drop_duplicates(["user_id", "movie_id"])
+    popularity = np.bincount(movie_pos[pop["movie_id"]].to_numpy(np.int64),
+                             minlength=len(movies))
+    result[f"novelty@{k}"] = M.novelty(topk, popularity, max(seen["user_id"].nunique(), 1))
+    return {key: float(value) for key, value in result.items()}
+
+
 def evaluate(run, test: pd.DataFrame | None = None) -> dict:
     """Metrics of every trained model of ``run`` (a ``runs.Run``) on ``test`` (default: the
     run's test split), one section per model kind."""
@@ -81,6 +111,11 @@ def evaluate(run, test: pd.DataFrame | None = None) -> dict:
         out[kind] = section
         print(f"[{kind}] " + "  ".join(f"{key}={value:.4f}" for key, value in section.items()
                                        if key.split("@")[0] in _SHOWN))
+    if run.retrieval_model() is not None and run.ranking_model() is not None:
+        out["recommender"] = section = evaluate_served(run, seen, test, k)
+        print("[recommender, as served] " + "  ".join(
+            f"{key}={value:.4f}" for key, value in section.items()
+            if key.split("@")[0] in _SHOWN))
     return out
 
 

@@ -5,7 +5,8 @@
     DIR/models.config              model_config_list for the models below
     DIR/retrieval/N/               user_id [B], exclude_movie_ids [B,E] -> movie_ids, scores [B,K]
     DIR/ranking/N/                 user_id [B], movie_id [B] -> rating [B]
-    DIR/recommender/N/             as retrieval -> movie_ids, titles, scores, ratings [B,n]
+    DIR/recommender/N/             as retrieval -> movie_ids, titles, scores, ratings,
+                                   rank_scores [B,n] (ordered by the learned re-ranker)
     DIR/similar_movies/N/          movie_ids [B,E] ("" pads) -> movie_ids, scores [B,K] (cosine)
 
 Towers are computed once, here: every known user's query embedding and rating representation
@@ -28,9 +29,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
-from tfrs_movies import contract
+from tfrs_movies import contract, reranker
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import embed
@@ -188,6 +190,32 @@ class _Ranker(tf.Module):
         return self.head.rating(self.head(users, movies, training=False))
 
 
+class _Reorder(tf.Module):
+    """The learned second stage (``reranker``): its features from tables frozen here (EASE
+    scores of every user row, popularity, history lengths) and its MLP; user rows [B],
+    candidates [B, K] and their retrieval scores -> [B, K] scores (-inf on empty slots)."""
+
+    def __init__(self, reranker_model, users: _Users, catalogue: _Catalogue, seen, vocab):
+        super().__init__()
+        self.model = reranker_model
+        self.popularity = tf.constant(catalogue.popularity.astype(np.float32))
+        self.history = tf.constant(seen.row_lengths().numpy().astype(np.float32))
+        self.ease = None
+        if reranker_model.config_.use_ease:
+            pairs = pd.DataFrame([(u, m) for u, h in zip(vocab.catalog_users, vocab.history)
+                                  for m in h], columns=["user_id", "movie_id"])
+            table = reranker.ease_scores(pairs, users.with_unknown, catalogue.ids_np,
+                                         reranker_model.config_.ease_lambda)
+            self.ease = tf.Variable(table, trainable=False, name="ease_scores")
+
+    def __call__(self, rows, positions, scores):
+        ease = (tf.gather(tf.gather(self.ease, rows), positions, batch_dims=1)
+                if self.ease is not None else tf.zeros_like(scores))
+        x = reranker.features(scores, ease, tf.gather(self.popularity, positions),
+                              tf.gather(self.history, rows))
+        return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
+
+
 class RetrievalModule(tf.Module):
     def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever):
         super().__init__()
@@ -227,13 +255,14 @@ class RankingModule(tf.Module):
 
 
 class RecommenderModule(tf.Module):
-    """Retrieve k candidates, rank them with the rating head, return the best n."""
+    """Retrieve k candidates, order them by the learned re-ranker (``reorder``; without one, by
+    predicted rating), return the best n with their predicted ratings."""
 
     def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever,
-                 ranker: _Ranker, n: int):
+                 ranker: _Ranker, n: int, reorder: _Reorder | None = None):
         super().__init__()
         self.users, self.catalogue = users, catalogue
-        self.retriever, self.ranker = retriever, ranker
+        self.retriever, self.ranker, self.reorder = retriever, ranker, reorder
         self.n = min(n, retriever.k)
         self._outputs = {name: tf.TensorSpec([None, self.n], _DTYPES[t.dtype])
                          for name, t in ((t.name, t) for t in
@@ -242,12 +271,19 @@ class RecommenderModule(tf.Module):
     def _serve(self, user_id, exclude_movie_ids):
         rows = self.users.rows.lookup(user_id)
         scores, positions = self.retriever(rows, self.catalogue.lookup(exclude_movie_ids))
-        ratings = tf.where(tf.math.is_inf(scores), _NEG, self.ranker(rows, positions))
-        ratings, top = tf.math.top_k(ratings, self.n)
-        positions = tf.gather(positions, top, batch_dims=1)
-        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, ratings),
-                "titles": self.catalogue.strings(self.catalogue.titles, positions, ratings),
-                "scores": tf.gather(scores, top, batch_dims=1), "ratings": ratings}
+        if self.reorder is not None:
+            order, top = tf.math.top_k(self.reorder(rows, positions, scores), self.n)
+            positions = tf.gather(positions, top, batch_dims=1)
+            # The rating head runs on the n shown movies only.
+            ratings = tf.where(tf.math.is_inf(order), _NEG, self.ranker(rows, positions))
+        else:
+            ratings = tf.where(tf.math.is_inf(scores), _NEG, self.ranker(rows, positions))
+            order, top = tf.math.top_k(ratings, self.n)
+            positions, ratings = tf.gather(positions, top, batch_dims=1), order
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, order),
+                "titles": self.catalogue.strings(self.catalogue.titles, positions, order),
+                "scores": tf.gather(scores, top, batch_dims=1), "ratings": ratings,
+                "rank_scores": order}
 
     @tf.function(input_signature=_spec("recommender"))
     def serve(self, user_id, exclude_movie_ids):
@@ -297,8 +333,11 @@ def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
         retriever = _Retriever(retrieval, users, catalogue, config)
         modules["retrieval"] = RetrievalModule(users, catalogue, retriever)
         if ranker is not None:
+            second = getattr(run, "reranker", None)
+            reorder = None if second is None else _Reorder(
+                second, users, catalogue, _seen(users, vocab, catalogue), vocab)
             modules["recommender"] = RecommenderModule(users, catalogue, retriever, ranker,
-                                                       config.n)
+                                                       config.n, reorder)
     if ranker is not None:
         modules["ranking"] = RankingModule(users, catalogue, ranker)
     modules["similar_movies"] = SimilarMoviesModule(run.embedding_model(), catalogue, config.k)

@@ -7,6 +7,7 @@ Layout::
     RUN/split/{train,test,fold_in}.parquet   the seeded split (so others evaluate on it too)
     RUN/vocab.json               the vocabulary built from train (+ fold-in) only
     RUN/models/KIND/weights.*    final weights of each trained model (retrieval, ranking, ...)
+    RUN/models/reranker/         the learned second stage (``--model all``): config, weights
     RUN/checkpoints/KIND/        epoch backups while a model trains (resume after a kill)
     RUN/logs/KIND/               TensorBoard logs
     RUN/metrics.json             evaluation results, one section per model
@@ -22,7 +23,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_movies import config as cfg
-from tfrs_movies import kinds
+from tfrs_movies import kinds, reranker
 from tfrs_movies.data import Split, load_split
 from tfrs_movies.errors import UserError
 from tfrs_movies.features import FeatureSpace, Vocabulary
@@ -43,6 +44,7 @@ class Run:
     vocab: Vocabulary
     space: FeatureSpace
     models: dict
+    reranker: object = None  # the learned second stage (``tfrs_movies.reranker``), if trained
 
     def retrieval_model(self):
         """The first model whose towers retrieve (``retrieves``), or None."""
@@ -129,7 +131,8 @@ def load_run(run_dir: str | Path, require_trained: bool = True) -> Run:
     return Run(path=path, data=configs["data"], model=configs["model"], train=configs["train"],
                movies=pd.read_parquet(path / "catalog" / "movies.parquet"),
                users=pd.read_parquet(path / "catalog" / "users.parquet"),
-               split=load_split(path), vocab=vocab, space=space, models=models)
+               split=load_split(path), vocab=vocab, space=space, models=models,
+               reranker=reranker.load(path))
 
 
 def write_json(path: Path, values: dict) -> None:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
 from tfrs_movies import distribute
-from tfrs_movies import kinds
+from tfrs_movies import kinds, reranker
 from tfrs_movies import runs
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import evaluate
@@ -330,9 +330,26 @@ def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.Mod
     else:
         run = runs.load_run(run_dir, require_trained=False)
         run.models = models
+    if train_config.model == "all" and run.reranker is None:
+        run.reranker = _fit_reranker(run, fit, model_config, train_config)
     metrics = evaluate(run)
     runs.write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
+                  train_config: cfg.TrainConfig):
+    """Trains and saves the served recommender's second stage (``tfrs_movies.reranker``)."""
+    users = len(set(run.vocab.catalog_users) | set(run.vocab.user_ids)) + 1
+    config = reranker.ReRankerConfig(
+        use_ease=reranker.ease_fits(users, len(run.vocab.catalog_movies)))
+    print(f"[reranker] learning the served order from lists of {config.candidates} retrieved "
+          f"movies{'' if config.use_ease else ' (catalogue too large for EASE: without it)'}")
+    model = reranker.fit(fit, run.movies, run.users, run.split.fold_in, model_config,
+                         dataclasses.replace(train_config, strategy="default"), config,
+                         train_config.seed)
+    reranker.save(model, run.path)
+    return model
 
 
 def _save_weights(model, prefix: Path, role: distribute.Role) -> None:

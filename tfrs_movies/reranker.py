@@ -1,0 +1,242 @@
+"""The second stage: a listwise re-ranker that learns what a user watches next.
+
+The served ``recommender`` retrieves ``K`` candidates and orders them by this model's score.
+It reads, per candidate, what the two towers cannot express on their own, each normalised
+within the user's list (z-scores), so that values computed by the fold models it learned on
+and by the full-train models it serves with are on one scale:
+
+  retrieval   the candidate's retrieval score (z-scored and raw) and its rank in the list
+  item-item   the EASE score of the candidate given the user's history (closed form, fitted
+              on the ranker's own training fold; at export on all of train), z-scored and raw
+  popularity  log(1 + train ratings) of the candidate, z-scored
+  activity    log(1 + the user's history length), the same for the whole list
+
+``features`` computes them in TensorFlow, for training and inside the exported graph alike.
+
+Learning without leaks (``fit``): the train split is cut per user into a fold A (80%) and a
+fold B (20%). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
+A; the movies of B among them are the positives, the rest the hard negatives (what the ranker
+sees when serving). EASE is fitted on A. The loss is a softmax over the list with the positives
+sharing the target mass.
+
+Scale: EASE inverts a catalogue x catalogue matrix, and the export stores every known user's
+EASE scores ([users, catalogue] floats), so the item-item family is used while the catalogue
+has at most ``MAX_EASE_MOVIES`` movies and the table at most ``MAX_EASE_CELLS`` cells (ML-100K,
+ML-1M); beyond, the re-ranker is trained and served without it (its features are zeros).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_movies import data as data_lib
+
+FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "activity", "retrieval", "ease")
+MAX_EASE_MOVIES = 10_000
+MAX_EASE_CELLS = 50_000_000
+_NEG = float("-inf")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReRankerConfig:
+    """How the re-ranker is trained.
+
+    Attributes:
+      candidates: list length K it learns on (the export's ``k``).
+      fold_fraction: share of each user's train ratings held out as fold B (the positives).
+      ease_lambda: EASE's L2 weight.
+      hidden: the MLP's hidden sizes.
+      epochs, batch_size, learning_rate: Adam on lists (batch_size lists per step).
+      use_ease: whether the item-item family is used (decided from the catalogue's size).
+    """
+
+    candidates: int = 100
+    fold_fraction: float = 0.2
+    ease_lambda: float = 500.0
+    hidden: tuple[int, ...] = (32, 16)
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    use_ease: bool = True
+
+
+def ease_fits(users: int, movies: int) -> bool:
+    return movies <= MAX_EASE_MOVIES and users * movies <= MAX_EASE_CELLS
+
+
+def ease_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+                lam: float) -> np.ndarray:
+    """EASE (Steck 2019) user x movie scores ``X B`` [U, N], float32, for the rows
+    ``user_ids`` and columns ``movie_ids`` (ids absent from ``ratings`` get zero rows)."""
+    users = pd.Series(np.arange(len(user_ids)), index=user_ids)
+    movies = pd.Series(np.arange(len(movie_ids)), index=movie_ids)
+    rows, cols = ratings["user_id"].map(users), ratings["movie_id"].map(movies)
+    keep = rows.notna() & cols.notna()
+    x = np.zeros((len(user_ids), len(movie_ids)), np.float32)
+    x[rows[keep].to_numpy(np.int64), cols[keep].to_numpy(np.int64)] = 1.0
+    gram = (x.T @ x).astype(np.float64) + lam * np.eye(len(movie_ids))
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return (x @ b.astype(np.float32)).astype(np.float32)
+
+
+def _zscore(values: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """[B, K] -> z-scores within each row over its ``valid`` slots (0 elsewhere)."""
+    weight = tf.cast(valid, tf.float32)
+    count = tf.maximum(tf.reduce_sum(weight, axis=1, keepdims=True), 1.0)
+    values = tf.where(valid, values, 0.0)
+    mean = tf.reduce_sum(values * weight, axis=1, keepdims=True) / count
+    var = tf.reduce_sum(tf.square(values - mean) * weight, axis=1, keepdims=True) / count
+    return tf.where(valid, (values - mean) / (tf.sqrt(var) + 1e-6), 0.0)
+
+
+def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
+             history: tf.Tensor) -> tf.Tensor:
+    """The re-ranker's input [B, K, F] (``FEATURES``) of one list per user.
+
+    Args:
+      scores: [B, K] retrieval scores, best first; -inf marks an empty slot.
+      ease: [B, K] EASE scores of the candidates (zeros without the item-item family).
+      popularity: [B, K] train ratings of the candidates.
+      history: [B] the users' history lengths.
+    """
+    valid = scores > _NEG
+    k = tf.shape(scores)[1]
+    rank = tf.math.log1p(tf.cast(tf.range(k), tf.float32)) / tf.math.log1p(
+        tf.cast(k, tf.float32))
+    rank = tf.broadcast_to(rank[None, :], tf.shape(scores))
+    activity = tf.broadcast_to(
+        (tf.math.log1p(tf.cast(history, tf.float32)) / np.log(1000.0))[:, None], tf.shape(scores))
+    parts = [_zscore(scores, valid), rank, _zscore(ease, valid),
+             _zscore(tf.math.log1p(tf.cast(popularity, tf.float32)), valid), activity,
+             tf.where(valid, scores, 0.0), tf.where(valid, 10.0 * ease, 0.0)]
+    return tf.stack(parts, axis=-1)
+
+
+class ReRanker(tf.keras.Model):
+    """[B, K, F] features -> [B, K] scores (higher first); an MLP per candidate."""
+
+    def __init__(self, config: ReRankerConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config_ = config
+        self.hidden = [tf.keras.layers.Dense(u, activation="relu") for u in config.hidden]
+        self.out = tf.keras.layers.Dense(1)
+
+    def call(self, x, training=False):
+        for layer in self.hidden:
+            x = layer(x)
+        return self.out(x)[..., 0]
+
+
+def listwise_loss(labels: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy of a list whose positives share the target: [B, K] -> [B]."""
+    target = labels / tf.maximum(tf.reduce_sum(labels, axis=1, keepdims=True), 1.0)
+    return -tf.reduce_sum(target * tf.nn.log_softmax(scores), axis=1)
+
+
+def weights_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "models" / "reranker" / "weights"
+
+
+def save(model: ReRanker, run_dir: Path) -> None:
+    path = weights_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / "config.json").write_text(json.dumps(dataclasses.asdict(model.config_)))
+    model.save_weights(str(path))
+
+
+def load(run_dir: Path) -> ReRanker | None:
+    """The run's re-ranker, or None when it has none."""
+    path = weights_path(run_dir)
+    if not Path(f"{path}.index").exists():
+        return None
+    values = json.loads((path.parent / "config.json").read_text())
+    config = ReRankerConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in values.items()})
+    model = build(config)
+    model.load_weights(str(path)).expect_partial()
+    return model
+
+
+def build(config: ReRankerConfig) -> ReRanker:
+    model = ReRanker(config, name="reranker")
+    model(tf.zeros([1, 1, len(FEATURES)]))
+    return model
+
+
+def _top_unseen(query: np.ndarray, candidates: np.ndarray, seen: np.ndarray, k: int,
+                cells: int = 50_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Per user row, the k best catalogue positions by dot product and their scores, the
+    ``seen`` keys (``row * N + position``) excluded; about ``cells`` scores in memory at once."""
+    n = len(candidates)
+    chunk = max(1, cells // n)
+    tops, scores = [], []
+    for start in range(0, len(query), chunk):
+        block = query[start:start + chunk] @ candidates.T
+        keys = seen[(seen >= start * n) & (seen < (start + len(block)) * n)] - start * n
+        block.flat[keys] = -np.inf
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n else np.tile(
+            np.arange(n), (len(block), 1))
+        order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        tops.append(top)
+        scores.append(np.take_along_axis(block, top, axis=1))
+    return np.concatenate(tops), np.concatenate(scores)
+
+
+def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
+        model_config, train_config, config: ReRankerConfig, seed: int) -> ReRanker:
+    """Trains the re-ranker on lists from a retrieval model that never saw their targets."""
+    from tfrs_movies.evaluation import embed
+    from tfrs_movies.features import FeatureSpace, Vocabulary
+    from tfrs_movies.training import fit_model
+
+    start = time.perf_counter()
+    fold_a, fold_b = data_lib.carve_validation(train, config.fold_fraction, seed)
+    vocab = Vocabulary.build(fold_a, movies, users, fold_in)
+    space = FeatureSpace(vocab, max_history=model_config.max_history)
+    print(f"[reranker] training a retrieval model on fold A ({len(fold_a):,} ratings; the "
+          f"{len(fold_b):,} of fold B are its targets)", flush=True)
+    retrieval, _ = fit_model("retrieval", space, model_config, train_config, fold_a)
+    user_ids = np.asarray(sorted(set(train["user_id"])), dtype=str)
+    movie_ids = np.asarray(vocab.catalog_movies, dtype=str)
+    user_pos = pd.Series(np.arange(len(user_ids)), index=user_ids)
+    movie_pos = pd.Series(np.arange(len(movie_ids)), index=movie_ids)
+    n = len(movie_ids)
+
+    def keys(frame):  # (user row, catalogue position) as one int64
+        frame = frame[frame["movie_id"].isin(movie_pos.index)]
+        rows = frame["user_id"].map(user_pos).to_numpy(np.int64)
+        return rows, frame["movie_id"].map(movie_pos).to_numpy(np.int64)
+
+    seen_rows, seen_cols = keys(fold_a)
+    k = min(config.candidates, n)
+    top, scores = _top_unseen(embed(retrieval.user_embedding, user_ids),
+                              embed(retrieval.movie_embedding, movie_ids),
+                              seen_rows * n + seen_cols, k)
+    ease = (np.take_along_axis(ease_scores(fold_a, user_ids, movie_ids, config.ease_lambda),
+                               top, axis=1) if config.use_ease else np.zeros_like(scores))
+    popularity = np.bincount(seen_cols, minlength=n)[top]
+    history = np.bincount(seen_rows, minlength=len(user_ids))
+    b_rows, b_cols = keys(fold_b)
+    candidate_keys = np.arange(len(user_ids))[:, None] * n + top
+    labels = np.isin(candidate_keys, b_rows * n + b_cols).astype(np.float32)
+    keep = labels.sum(axis=1) > 0
+    x = features(tf.constant(scores[keep]), tf.constant(ease[keep]),
+                 tf.constant(popularity[keep]), tf.constant(history[keep])).numpy()
+    print(f"[reranker] {int(keep.sum()):,} lists of {k}, {labels[keep].sum(1).mean():.1f} "
+          f"positives each (fold B recall@{k} {labels.sum() / max(len(b_rows), 1):.3f})",
+          flush=True)
+    tf.keras.utils.set_random_seed(seed)
+    model = build(config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate), loss=listwise_loss)
+    model.fit(x, labels[keep], batch_size=config.batch_size, epochs=config.epochs, verbose=0)
+    print(f"[reranker] trained in {time.perf_counter() - start:.1f}s", flush=True)
+    return model
