@@ -88,7 +88,7 @@ def table(r: dict) -> str:
         out += ["| ML-100K, brute force: the served path vs retrieval | batch | retrieval p50 ms "
                 "| recommender p50 ms | recommender / retrieval |", "|---|---:|---:|---:|---:|"]
         for b in batches:
-            out.append(f"| retrieve 100, rank, top 10 | {b} | "
+            out.append(f"| retrieve 100, re-rank, top 10 | {b} | "
                        f"{_fmt(r[f'cost_p50_ms.retrieval.batch{b}'], 2)} | "
                        f"{_fmt(r[f'cost_p50_ms.recommender.batch{b}'], 2)} | "
                        f"{_fmt(r[f'cost_ratio.batch{b}'], 2)} |")

@@ -2,8 +2,10 @@
 
 Protocols (each on its own seeded split of ``--data-dir``):
   top-n      per-user random 75/25 split, every rating a positive, train items excluded,
-             k=10: nDCG/P/R/MAP@10 of the *exported* retrieval and recommender models,
-             against popularity and EASE (closed form, lambda=500) on the same split.
+             k=10: nDCG/P/R/MAP@10, coverage and novelty of the *exported* recommender (what
+             is served: retrieve 100, re-rank, top 10) and retrieval models, against popularity
+             and EASE (closed form, lambda=500) on the same split; mean and spread over
+             ``--seeds`` (each seeds the split and the training).
   rating     random 90/10 split and the fixed u1.base/u1.test split: RMSE and MAE of the
              ranking model, against scikit-surprise SVD and SVD++ (extra ``[bench]``).
   tutorial   the TFRS basic-retrieval tutorial: random 80/20 split seeded 42, top-100
@@ -86,15 +88,17 @@ def baselines_topn(train, test, movies, k=10, ease_lambda=500.0) -> dict:
 
 
 def exported_topn(export_dir: Path, train, test, movies, k=10) -> dict:
-    """nDCG/P/R/MAP@k of the exported retrieval and recommender models (train items are
-    excluded in-graph by the export, so the client sends no exclusions)."""
+    """nDCG/P/R/MAP@k, coverage and novelty of the exported recommender and retrieval models
+    (train items are excluded in-graph by the export, so the client sends no exclusions)."""
     import tensorflow as tf
 
     users, user_pos, movie_pos, tr, te = _index(train, test, movies)
     evaluated = np.unique(te[0])
     relevant = _relevant(te, evaluated)
     out = {}
-    for name in ("retrieval", "recommender"):
+    seen = np.unique(tr[0] * len(movies) + tr[1])
+    popularity = np.bincount(seen % len(movies), minlength=len(movies))
+    for name in ("recommender", "retrieval"):
         fn = tf.saved_model.load(str(export_dir / name / "1")).signatures["serving_default"]
         ids = np.asarray(users)[evaluated]
         rows = []
@@ -103,7 +107,10 @@ def exported_topn(export_dir: Path, train, test, movies, k=10) -> dict:
             got = fn(user_id=batch, exclude_movie_ids=tf.fill([len(ids[i:i + 512]), 1], ""))
             rows.append(got["movie_ids"].numpy().astype(str)[:, :k])
         topk = np.vectorize(lambda m: movie_pos.get(m, -1))(np.concatenate(rows))
-        out[f"ours: exported {name}"] = M.ranking_metrics(topk, relevant, k)
+        out[f"ours: exported {name}"] = {
+            **M.ranking_metrics(topk, relevant, k),
+            f"coverage@{k}": M.catalog_coverage(topk, len(movies)),
+            f"novelty@{k}": M.novelty(topk, popularity, np.unique(tr[0]).size)}
     return out
 
 
@@ -111,8 +118,19 @@ def _train(data: DataConfig, out: Path, kind: str = "all", **model) -> Path:
     from tfrs_movies.training import train
 
     train(out, data, dataclasses.replace(ModelConfig(), **model),
-          TrainConfig(model=kind, verbose=0))
+          TrainConfig(model=kind, verbose=0, seed=data.seed))
     return out
+
+
+def _mean_and_spread(per_seed: list[dict]) -> tuple[dict, dict]:
+    """{row: {metric: mean}}, {row: {metric: standard deviation}} over the seeds' results."""
+    mean, spread = {}, {}
+    for row in per_seed[0]:
+        keys = [k for k, v in per_seed[0][row].items() if isinstance(v, float)]
+        values = {k: np.asarray([r[row][k] for r in per_seed]) for k in keys}
+        mean[row] = {k: float(v.mean()) for k, v in values.items()}
+        spread[row] = {k: float(v.std()) for k, v in values.items()}
+    return mean, spread
 
 
 def surprise_rmse(train: pd.DataFrame, test: pd.DataFrame, seed: int = 42) -> dict:
@@ -138,7 +156,8 @@ def surprise_rmse(train: pd.DataFrame, test: pd.DataFrame, seed: int = 42) -> di
     return out
 
 
-def run(data_dir: Path, output: Path, ablations: bool = False) -> dict:
+def run(data_dir: Path, output: Path, ablations: bool = False,
+        seeds: tuple[int, ...] = (42,)) -> dict:
     from tfrs_movies.evaluation import evaluate_retrieval
     from tfrs_movies.export import export
     from tfrs_movies.runs import load_run
@@ -147,16 +166,22 @@ def run(data_dir: Path, output: Path, ablations: bool = False) -> dict:
     work = Path(tempfile.mkdtemp(prefix="quality-"))
     base = DataConfig(data_dir=str(data_dir))
 
-    print("top-n: per-user 75/25 split")
-    topn = dataclasses.replace(base, split="user", test_fraction=0.25)
-    run_dir = _train(topn, work / "topn")
-    trained = load_run(run_dir)
-    export(trained, work / "topn-export", ExportConfig())
-    movies = trained.vocab.catalog_movies
-    split = trained.split
-    results["top-n"] = {**exported_topn(work / "topn-export", split.train, split.test, movies),
-                        **baselines_topn(split.train, split.test, movies)}
-    if ablations:
+    per_seed = []
+    for seed in seeds:
+        print(f"top-n: per-user 75/25 split, seed {seed}")
+        topn = dataclasses.replace(base, split="user", test_fraction=0.25, seed=seed)
+        trained = load_run(_train(topn, work / f"topn-{seed}"))
+        export(trained, work / f"topn-export-{seed}", ExportConfig())
+        movies = trained.vocab.catalog_movies
+        split = trained.split
+        per_seed.append({**exported_topn(work / f"topn-export-{seed}", split.train, split.test,
+                                         movies),
+                         **baselines_topn(split.train, split.test, movies)})
+        print("  " + ", ".join(f"{row}: {m['ndcg@10']:.4f}" for row, m in per_seed[-1].items()))
+    results["top-n"], results["top-n spread"] = _mean_and_spread(per_seed)
+    results["top-n seeds"] = {str(s): {row: m["ndcg@10"] for row, m in r.items()}
+                              for s, r in zip(seeds, per_seed)}
+    if ablations:  # on the last seed's split
         for label, change in ABLATIONS.items():
             print(f"ablation: {label}")
             ablated = load_run(_train(topn, work / f"ablation-{len(results)}-{label[:8]}",
@@ -204,13 +229,21 @@ def flatten(results: dict) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| protocol | model | nDCG@10 | P@10 | R@10 | MAP@10 |", "|---|---|---|---|---|---|"]
+    seeds = len(results.get("top-n seeds", {})) or 1
+    lines = [f"| protocol | model | nDCG@10 (mean ± sd, {seeds} seeds) | P@10 | R@10 | MAP@10 "
+             "| coverage@10 | novelty@10 |", "|---|---|---|---|---|---|---|---|"]
+    spread = results.get("top-n spread", {})
     for model, m in results["top-n"].items():
-        lines.append(f"| top-n (per-user 75/25) | {model} | {m['ndcg@10']:.4f} | "
-                     f"{m['precision@10']:.4f} | {m['recall@10']:.4f} | {m['map@10']:.4f} |")
+        sd = spread.get(model, {}).get("ndcg@10")
+        extra = " | ".join(f"{m[key]:.4f}" if key in m else "" for key in
+                           ("coverage@10", "novelty@10"))
+        lines.append(f"| top-n (per-user 75/25) | {model} | {m['ndcg@10']:.4f}"
+                     f"{f' ± {sd:.4f}' if sd is not None else ''} | "
+                     f"{m['precision@10']:.4f} | {m['recall@10']:.4f} | {m['map@10']:.4f} | "
+                     f"{extra} |")
     for model, value in PUBLISHED_TOPN.items():
         lines.append(f"| top-n (per-user 75/25) | {model} (published, not run here) | "
-                     f"{value:.3f} | | | |")
+                     f"{value:.3f} | | | | | |")
     lines += ["", "| protocol | model | RMSE | MAE |", "|---|---|---|---|"]
     for split, rows in results["rating"].items():
         for model, m in rows.items():
@@ -230,9 +263,12 @@ def main(argv=None) -> int:
                         default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k")
     parser.add_argument("--output", type=Path, default=Path("bench/quality"))
     parser.add_argument("--ablations", action="store_true", help="add one row per lever")
+    parser.add_argument("--seeds", default="42,7,3",
+                        help="comma-separated seeds of the top-n protocol (default: %(default)s)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    results = run(args.data_dir, args.output, args.ablations)
+    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+    results = run(args.data_dir, args.output, args.ablations, seeds)
     args.output.mkdir(parents=True, exist_ok=True)
     flat = flatten(results)
     flat["wall_seconds"] = round(time.perf_counter() - start, 1)

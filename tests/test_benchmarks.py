@@ -160,7 +160,7 @@ def test_table_renders_every_section():
               "cost_ratio.batch64": 1.25, "cost_memory_growth_mb.users2000": 120.0,
               "cost_batch_users": 943, "cost_batch_users_per_s": 12000.0})
     text = bench.table(r)
-    assert "| retrieve 100, rank, top 10 | 64 | 6.00 | 7.50 | 1.25 |" in text
+    assert "| retrieve 100, re-rank, top 10 | 64 | 6.00 | 7.50 | 1.25 |" in text
     assert "call of 2000 users grows peak memory by 120 MB" in text
     assert "943 ML-100K users: 12,000 users/s" in text
     assert "| ml100k (80,000 ratings) | retrieval | 9,000 | 3,000 | 3.00 | 900 / 800 |" in text
@@ -183,3 +183,18 @@ def test_synthetic_users_table_is_complete():
     # batch_speed relies on every synthetic user having ratings (a history to look up)
     data = synthetic(150, 60, 1500)
     assert pd.Series(data.ratings["user_id"]).nunique() == 150
+
+
+def test_quality_table_gives_mean_and_spread_over_seeds():
+    from benchmarks import quality
+
+    rows = [{"ours: exported recommender": {"ndcg@10": v, "precision@10": 0.4, "recall@10": 0.2,
+                                             "map@10": 0.1, "coverage@10": 0.3,
+                                             "novelty@10": 2.0}} for v in (0.48, 0.50)]
+    mean, spread = quality._mean_and_spread(rows)
+    assert mean["ours: exported recommender"]["ndcg@10"] == pytest.approx(0.49)
+    assert spread["ours: exported recommender"]["ndcg@10"] == pytest.approx(0.01)
+    text = quality.table({"top-n": mean, "top-n spread": spread,
+                          "top-n seeds": {"42": {}, "7": {}}, "rating": {}, "tutorial": {}})
+    assert "nDCG@10 (mean ± sd, 2 seeds)" in text
+    assert "| ours: exported recommender | 0.4900 ± 0.0100 | 0.4000 |" in text

@@ -220,6 +220,15 @@ def test_index_is_exact_and_never_short(kind):
             assert not set(positions.numpy()[row]) & set(excluded[row])
         np.testing.assert_array_equal(positions.numpy()[0], want[0])  # completed exactly
     np.testing.assert_allclose(scores.numpy()[0], want_scores[0], rtol=1e-5)
+    # A few exclusions per row (the list is short next to the catalogue: the k + E best are
+    # fetched, then the excluded dropped) give the exact answer too.
+    few = best[:, :3].copy()
+    few[3] = -1
+    scores, positions = index(tf.constant(queries), tf.constant(few), 10)
+    want_scores, want = _exact(embeddings, queries, few, 10)
+    if kind == "brute-force":
+        np.testing.assert_array_equal(positions.numpy(), want)
+    assert not any(set(positions.numpy()[row]) & set(few[row]) for row in range(3))
     # Fewer allowed movies than k: the rest of the row is empty (-inf).
     scores, _ = index(tf.constant(queries[:1]), tf.constant([list(range(495))]), 10)
     assert np.isfinite(scores.numpy()[0]).sum() == 5

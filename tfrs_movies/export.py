@@ -309,7 +309,7 @@ class SimilarMoviesModule(tf.Module):
     def _serve(self, movie_ids):
         seeds = self.catalogue.lookup(movie_ids)
         valid = tf.cast(seeds >= 0, tf.float32)[:, :, None]
-        vectors = tf.gather(self.index.embeddings, tf.maximum(seeds, 0)) * valid
+        vectors = self.index.vectors(tf.maximum(seeds, 0)) * valid
         query = tf.math.l2_normalize(tf.reduce_sum(vectors, axis=1), axis=1)
         scores, positions = self.index(query, seeds, self.k)
         scores, positions = _fallback(tf.reduce_all(seeds < 0, axis=1), self.popular, seeds,

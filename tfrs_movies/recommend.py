@@ -37,10 +37,11 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = 100
     """Top ``k`` unseen catalogue movies for ``user_id``: (table, notice or None).
 
     What the run's exported ``recommender`` answers (``retrieval`` when the run has no rating
-    model): the ``candidates`` best unseen movies by retrieval score, ordered by predicted
-    rating. Columns: rank, movie_id, title, score (retrieval score; for an unknown user
-    ``log(1 + train ratings)`` of the popular movies) and rating (predicted stars). A ranking-only
-    run orders every unseen movie by predicted rating. A user the run has never seen gets the
+    model): the ``candidates`` best unseen movies by retrieval score, ordered by the learned
+    re-ranker (by predicted rating without one). Columns: rank, movie_id, title, score
+    (retrieval score; for an unknown user ``log(1 + train ratings)`` of the popular movies),
+    rating (predicted stars) and rank_score (the served order's score). A ranking-only run
+    orders every unseen movie by predicted rating. A user the run has never seen gets the
     popular movies and a notice saying so.
     """
     if k < 1:
@@ -59,6 +60,7 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = 100
         columns = {"score": out["scores"]}
         if rates:
             columns["rating"] = out["ratings"]
+            columns["rank_score"] = out["rank_scores"]
         titles = out["titles"] if rates else _titles(run, out["movie_ids"])
         return _table(out["movie_ids"], titles, **columns), notice
     # A ranking-only run: every unseen catalogue movie, ordered by predicted rating.
