@@ -34,7 +34,7 @@ def trained(tiny_tables):
         models[kind] = model
     second = reranker.fit(train, movies, users, train.iloc[:0], ModelConfig(embedding_dim=8),
                           TrainConfig(epochs=2, verbose=0, batch_size=64),
-                          reranker.ReRankerConfig(candidates=20, epochs=5), seed=0)
+                          reranker.ReRankerConfig(candidates=20, epochs=3), seed=0)
     return types.SimpleNamespace(
         vocab=space.vocab, retrieval_model=lambda: models["retrieval"],
         ranking_model=lambda: models["ranking"], embedding_model=lambda: models["retrieval"],
@@ -275,7 +275,7 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
         x = reranker.features(
             tf.constant(want_scores[row:row + 1]),
             tf.constant(ease[known_users.index(user)][want[row]][None]),
-            tf.constant(popularity[want[row]][None]), tf.constant([float(len(seen[row]))]))
+            tf.constant(popularity[want[row]][None]))
         learned = trained.reranker(x).numpy()[0]
         order = np.argsort(-learned, kind="stable")[:5]
         np.testing.assert_allclose(rec["rank_scores"].numpy()[row], learned[order], rtol=1e-4,
@@ -318,16 +318,16 @@ def test_requests_larger_than_a_chunk_and_mismatched_inputs(exported, trained):
 def test_reranker_features_are_normalized_within_each_list():
     scores = tf.constant([[3.0, 2.0, 1.0, float("-inf")], [9.0, 8.0, 7.0, 6.0]])
     ease = tf.constant([[1.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
-    x = reranker.features(scores, ease, tf.ones([2, 4]) * 9, tf.constant([10.0, 999.0])).numpy()
+    x = reranker.features(scores, ease, tf.constant([[1.0, 9.0, 99.0, 0.0]] * 2)).numpy()
     z = x[..., reranker.FEATURES.index("retrieval_z")]
     # The same list shifted by 6 scores the same z: only the order within a list counts.
     np.testing.assert_allclose(z[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
-    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1], 0.0, 0.0, x[0, 3, 4], 0.0, 0.0]
+    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1], 0.0, 0.0]  # an empty slot
     np.testing.assert_allclose(z[1], [1.3416, 0.4472, -0.4472, -1.3416], atol=1e-3)
     rank = x[..., reranker.FEATURES.index("rank")]
     assert rank[0, 0] == 0 and np.all(np.diff(rank[1]) > 0)
-    activity = x[..., reranker.FEATURES.index("activity")]
-    np.testing.assert_allclose(activity[:, 0], np.log1p([10.0, 999.0]) / np.log(1000), rtol=1e-5)
+    popularity = x[..., reranker.FEATURES.index("popularity_z")]
+    assert popularity[0, 0] < popularity[0, 1] < popularity[0, 2]  # log(1 + ratings), z-scored
 
 
 def test_listwise_loss_shares_the_target_among_positives():
@@ -336,3 +336,18 @@ def test_listwise_loss_shares_the_target_among_positives():
     log_p = tf.nn.log_softmax(scores).numpy()
     want = [-(log_p[0, 0] + log_p[0, 1]) / 2, -log_p[1, 2]]
     np.testing.assert_allclose(reranker.listwise_loss(labels, scores).numpy(), want, rtol=1e-6)
+
+
+def test_bad_versions_and_missing_models_are_refused_before_anything_is_built(trained,
+                                                                             tmp_path):
+    for version in (-1, 0):
+        with pytest.raises(UserError, match="positive integer"):
+            ExportConfig(version=version)
+    retrieval_only = types.SimpleNamespace(
+        path=tmp_path / "run", vocab=trained.vocab, retrieval_model=trained.retrieval_model,
+        ranking_model=lambda: None, embedding_model=trained.retrieval_model)
+    with pytest.raises(UserError, match="cannot give ranking and recommender .*--partial"):
+        export(retrieval_only, tmp_path / "exp", ExportConfig(k=10, n=3))
+    assert not (tmp_path / "exp").exists()
+    written = export(retrieval_only, tmp_path / "exp", ExportConfig(k=10, n=3, partial=True))
+    assert set(written) == {"retrieval", "similar_movies"}

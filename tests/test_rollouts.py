@@ -162,8 +162,8 @@ def test_export_with_labels(tiny_tables, tmp_path):
     model = build_model("retrieval", space, ModelConfig(embedding_dim=4))
     run = types.SimpleNamespace(vocab=space.vocab, retrieval_model=lambda: None,
                                 ranking_model=lambda: None, embedding_model=lambda: model)
-    export(run, tmp_path, ExportConfig(k=5, n=5, label="stable"))
-    export(run, tmp_path, ExportConfig(k=3, n=3, label="canary"))
+    export(run, tmp_path, ExportConfig(k=5, n=5, label="stable", partial=True))
+    export(run, tmp_path, ExportConfig(k=3, n=3, label="canary", partial=True))
     (entry,) = mc.read(tmp_path)
     assert (entry.name, entry.versions, dict(entry.labels)) == (
         "similar_movies", (1, 2), {"stable": 1, "canary": 2})

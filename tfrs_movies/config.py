@@ -236,6 +236,8 @@ class ExportConfig:
       label: version label (``stable``, ``canary``, ...: lower-case letters, digits, ``_``,
         ``-``, starting with a letter) recorded for the written version in models.config;
         see ``tfrs_movies.model_config`` for how TF Serving takes it.
+      partial: write the models the run supports even when some of the four cannot be
+        (e.g. a run without a rating model has no recommender); otherwise that is an error.
     """
 
     index: str = "brute-force"
@@ -245,6 +247,7 @@ class ExportConfig:
     version: int | None = None
     serving_root: str = "/models"
     label: str | None = None
+    partial: bool = False
 
     def __post_init__(self):
         if self.label is not None:
@@ -253,6 +256,9 @@ class ExportConfig:
             raise UserError(f"unknown index {self.index!r}: choose 'brute-force' or 'scann'")
         if self.k < 1 or self.n < 1 or self.n > self.k:
             raise UserError(f"need 1 <= n <= k, got k={self.k} n={self.n}")
+        if self.version is not None and (isinstance(self.version, bool) or self.version < 1):
+            raise UserError(f"--version must be a positive integer (TF Serving loads numbered "
+                            f"version folders 1, 2, ...), got {self.version}")
 
 
 def to_dict(config) -> dict[str, Any]:

@@ -192,14 +192,13 @@ class _Ranker(tf.Module):
 
 class _Reorder(tf.Module):
     """The learned second stage (``reranker``): its features from tables frozen here (EASE
-    scores of every user row, popularity, history lengths) and its MLP; user rows [B],
-    candidates [B, K] and their retrieval scores -> [B, K] scores (-inf on empty slots)."""
+    scores of every user row, popularity) and its MLP; user rows [B], candidates [B, K] and
+    their retrieval scores -> [B, K] scores (-inf on empty slots)."""
 
-    def __init__(self, reranker_model, users: _Users, catalogue: _Catalogue, seen, vocab):
+    def __init__(self, reranker_model, users: _Users, catalogue: _Catalogue, vocab):
         super().__init__()
         self.model = reranker_model
         self.popularity = tf.constant(catalogue.popularity.astype(np.float32))
-        self.history = tf.constant(seen.row_lengths().numpy().astype(np.float32))
         self.ease = None
         if reranker_model.config_.use_ease:
             pairs = pd.DataFrame([(u, m) for u, h in zip(vocab.catalog_users, vocab.history)
@@ -211,8 +210,7 @@ class _Reorder(tf.Module):
     def __call__(self, rows, positions, scores):
         ease = (tf.gather(tf.gather(self.ease, rows), positions, batch_dims=1)
                 if self.ease is not None else tf.zeros_like(scores))
-        x = reranker.features(scores, ease, tf.gather(self.popularity, positions),
-                              tf.gather(self.history, rows))
+        x = reranker.features(scores, ease, tf.gather(self.popularity, positions))
         return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
 
 
@@ -334,14 +332,26 @@ def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
         modules["retrieval"] = RetrievalModule(users, catalogue, retriever)
         if ranker is not None:
             second = getattr(run, "reranker", None)
-            reorder = None if second is None else _Reorder(
-                second, users, catalogue, _seen(users, vocab, catalogue), vocab)
+            reorder = None if second is None else _Reorder(second, users, catalogue, vocab)
             modules["recommender"] = RecommenderModule(users, catalogue, retriever, ranker,
                                                        config.n, reorder)
     if ranker is not None:
         modules["ranking"] = RankingModule(users, catalogue, ranker)
     modules["similar_movies"] = SimilarMoviesModule(run.embedding_model(), catalogue, config.k)
     return {name: modules[name] for name in MODELS if name in modules}
+
+
+def _missing_models(run) -> list[str]:
+    """Why each contract model the run cannot export is missing (empty: all four)."""
+    missing = []
+    if run.retrieval_model() is None:
+        missing.append("retrieval and recommender (no retrieval model: train --model all, "
+                       "retrieval or multitask)")
+    if run.ranking_model() is None:
+        missing.append("ranking" + (" and recommender" if run.retrieval_model() is not None
+                                    else "") + " (no rating model: train --model all, "
+                       "ranking or multitask)")
+    return missing
 
 
 def next_version(model_dir: Path) -> int:
@@ -375,6 +385,10 @@ def export(run, export_dir: str | Path, config: ExportConfig) -> dict[str, Path]
             raise UserError(f"version {config.version} already exists for {', '.join(taken)} in "
                             f"{export_dir}: versions are never overwritten; omit --version to "
                             "write the next one")
+    missing = _missing_models(run)
+    if missing and not config.partial:
+        raise UserError(f"{run.path} cannot give {'; '.join(missing)}: pass --partial to "
+                        f"export the other models alone")
     start = time.perf_counter()
     modules = build_modules(run, config)
     print(f"Computed the serving tables in {time.perf_counter() - start:.1f}s")

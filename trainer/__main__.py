@@ -98,7 +98,7 @@ def _export(args, argv) -> None:
         import scann  # noqa: F401  (registers the ScaNN ops)
     config = cfg.ExportConfig(index=args.index, k=args.k, n=args.n, version=args.version,
                               exclude_seen=args.exclude_seen, serving_root=args.serving_root,
-                              label=args.label)
+                              label=args.label, partial=args.partial)
     written = export(load_run(args.run), args.export_dir, config)
     print(f"Exported {', '.join(written)} to {args.export_dir} "
           f"(TF Serving config: {Path(args.export_dir) / 'models.config'})")
@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="version label for the written version in models.config (e.g. stable, "
                         "canary; TF Serving then keeps the labelled versions loaded); see "
                         "'python -m serving promote'")
+    p.add_argument("--partial", action="store_true",
+                   help="export what the run supports when it lacks a model (e.g. no "
+                   "recommender without a rating model) instead of stopping")
     p.set_defaults(func=_export)
 
     for module in _COMMAND_MODULES:
