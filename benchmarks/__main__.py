@@ -100,7 +100,7 @@ def table(r: dict) -> str:
     labels = sorted({k.split(".", 2)[2].rsplit(".", 1)[0] for k in r
                      if k.startswith("serving_p50_ms.")})
     if labels:
-        out += ["| exported `recommender` (retrieve 100, rank, top 10) | batch | p50 ms | "
+        out += ["| exported `recommender` (retrieve 100, re-rank, top 10) | batch | p50 ms | "
                 "p99 ms | signature alone p50 ms |", "|---|---:|---:|---:|---:|"]
         for label in labels:
             for batch in (1, 64):

@@ -105,10 +105,16 @@ def exported_topn(export_dir: Path, train, test, movies, k=10) -> dict:
         for i in range(0, len(ids), 512):
             batch = tf.constant(ids[i:i + 512])
             got = fn(user_id=batch, exclude_movie_ids=tf.fill([len(ids[i:i + 512]), 1], ""))
-            rows.append(got["movie_ids"].numpy().astype(str)[:, :k])
-        topk = np.vectorize(lambda m: movie_pos.get(m, -1))(np.concatenate(rows))
+            rows.append(got["movie_ids"].numpy().astype(str))
+        listed = np.vectorize(lambda m: movie_pos.get(m, -1))(np.concatenate(rows))
+        topk = listed[:, :k]
+        ceiling = {}
+        if name == "retrieval":  # what the re-ranker can reach: its candidates' recall
+            width = listed.shape[1]
+            ceiling[f"recall@{width}"] = M.ranking_metrics(listed, relevant, width)[
+                f"recall@{width}"]
         out[f"ours: exported {name}"] = {
-            **M.ranking_metrics(topk, relevant, k),
+            **M.ranking_metrics(topk, relevant, k), **ceiling,
             f"coverage@{k}": M.catalog_coverage(topk, len(movies)),
             f"novelty@{k}": M.novelty(topk, popularity, np.unique(tr[0]).size)}
     return out

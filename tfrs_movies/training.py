@@ -346,7 +346,7 @@ def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
     print(f"[reranker] learning the served order from lists of {config.candidates} retrieved "
           f"movies{'' if config.use_ease else ' (catalogue too large for EASE: without it)'}")
     model = reranker.fit(fit, run.movies, run.users, run.split.fold_in, model_config,
-                         dataclasses.replace(train_config, strategy="default"), config,
+                         dataclasses.replace(train_config, strategy="default", verbose=0), config,
                          train_config.seed)
     reranker.save(model, run.path)
     return model
