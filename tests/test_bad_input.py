@@ -27,7 +27,8 @@ class FakeRecommender:
         return {"movie_ids": np.array([["m1", "m2"]] * b, object),
                 "titles": np.array([["One", "Two"]] * b, object),
                 "scores": np.full((b, 2), 0.5, np.float32),
-                "ratings": np.full((b, 2), 4.0, np.float32)}
+                "ratings": np.full((b, 2), 4.0, np.float32),
+                "rank_scores": np.full((b, 2), 1.0, np.float32)}
 
     def close(self):
         pass

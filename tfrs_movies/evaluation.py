@@ -70,16 +70,25 @@ def evaluate_served(run, seen: pd.DataFrame, test: pd.DataFrame, k: int = 10) ->
     from tfrs_movies.config import ExportConfig
     from tfrs_movies.export import build_modules
 
-    modules = build_modules(run, ExportConfig(n=k))
-    recommender = modules["recommender"]
     movies = np.asarray(run.vocab.catalog_movies, dtype=str)
+    k = min(k, len(movies))
+    modules = build_modules(run, ExportConfig(k=max(ExportConfig.k, k), n=k))
+    recommender = modules["recommender"]
     movie_pos = pd.Series(np.arange(len(movies)), index=movies)
     test = test[test["movie_id"].isin(movie_pos.index)]
     users = np.asarray(sorted(set(test["user_id"])), dtype=str)
+    # Everything known at training time is excluded, as in evaluate_retrieval (the export
+    # already leaves out the history it was built from; a validation share is not in it).
+    known = seen.groupby("user_id")["movie_id"].agg(list)
     rows = []
     for i in range(0, len(users), _BATCH):
         batch = users[i:i + _BATCH]
-        out = recommender.serve(tf.constant(batch), tf.fill([len(batch), 1], ""))
+        excluded = [known.get(u, []) for u in batch]
+        width = 1 + max(map(len, excluded), default=0)
+        pad = np.full((len(batch), width), "", dtype=object)
+        for row, ids in enumerate(excluded):
+            pad[row, 1:1 + len(ids)] = ids
+        out = recommender.serve(tf.constant(batch), tf.constant(pad.astype(str)))
         rows.append(out["movie_ids"].numpy().astype(str))
     ids = np.concatenate(rows) if rows else np.zeros((0, k), str)
     topk = movie_pos.reindex(ids.ravel()).fillna(-1).to_numpy(np.int64).reshape(ids.shape)

@@ -69,7 +69,7 @@ class Index(tf.Module):
             scores, positions = _drop(scores, positions, excluded, k)
         if self.exact:
             return scores, positions
-        allowed = self.size - _distinct_valid(excluded)
+        allowed = self.size - _distinct_valid(tf.sort(excluded, axis=1))
         found = tf.reduce_sum(tf.cast(scores > _NEG, tf.int32), axis=1)
         short = found < tf.minimum(k, allowed)
         return tf.cond(tf.reduce_any(short),

@@ -69,6 +69,8 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = 100
     catalog = _catalog(run)
     catalog = catalog[~catalog["movie_id"].isin(seen)]
     ids = catalog["movie_id"].to_numpy(dtype=str)
+    if not len(ids):
+        return _table(np.zeros(0, object), np.zeros(0, object), rating=np.zeros(0)), notice
     ratings = modules["ranking"].serve(tf.constant([user_id] * len(ids)),
                                        tf.constant(ids))["rating"].numpy()
     top = np.argsort(-ratings, kind="stable")[:k]

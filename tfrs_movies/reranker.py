@@ -191,8 +191,10 @@ def _top_unseen(query: np.ndarray, candidates: np.ndarray, seen: np.ndarray, k: 
 
 
 def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
-        model_config, train_config, config: ReRankerConfig, seed: int) -> ReRanker:
-    """Trains the re-ranker on lists from a retrieval model that never saw their targets."""
+        model_config, train_config, config: ReRankerConfig, seed: int) -> ReRanker | None:
+    """Trains the re-ranker on lists from a retrieval model that never saw their targets;
+    None when no list holds a positive (too little data: the recommender then orders by
+    predicted rating)."""
     from tfrs_movies.evaluation import embed
     from tfrs_movies.features import FeatureSpace, Vocabulary
     from tfrs_movies.training import fit_model
@@ -227,6 +229,10 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
     candidate_keys = np.arange(len(user_ids))[:, None] * n + top
     labels = np.isin(candidate_keys, b_rows * n + b_cols).astype(np.float32)
     keep = labels.sum(axis=1) > 0
+    if not keep.any():
+        print(f"[reranker] no user's top {k} holds one of their fold B movies: no re-ranker "
+              f"(the recommender orders by predicted rating)", flush=True)
+        return None
     x = features(tf.constant(scores[keep]), tf.constant(ease[keep]),
                  tf.constant(popularity[keep])).numpy()
     print(f"[reranker] {int(keep.sum()):,} lists of {k}, {labels[keep].sum(1).mean():.1f} "

@@ -348,7 +348,8 @@ def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
     model = reranker.fit(fit, run.movies, run.users, run.split.fold_in, model_config,
                          dataclasses.replace(train_config, strategy="default", verbose=0), config,
                          train_config.seed)
-    reranker.save(model, run.path)
+    if model is not None:
+        reranker.save(model, run.path)
     return model
 
 
