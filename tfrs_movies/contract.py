@@ -71,7 +71,7 @@ SIGNATURES: dict[str, Signature] = {s.model: s for s in (
         (_USER, Tensor("movie_id", "string", ("B",), "one movie per user id")),
         (Tensor("rating", "float32", ("B",), "predicted stars, within the train rating range"),)),
     Signature(
-        "recommender", "retrieve K candidates, rank them, return the best N",
+        "recommender", "retrieve K candidates, re-rank them, return the best N",
         (_USER, _EXCLUDE),
         (Tensor("movie_ids", "string", ("B", "N"), "best first"),
          Tensor("titles", "string", ("B", "N"), "the movies' titles"),
