@@ -1,7 +1,7 @@
 """`python -m serving`: query the exported recommender from the command line.
 
     python -m serving recommend --user 42 --user 7 --exclude 50 --url http://localhost:8501 -n 5
-    python -m serving similar --movie 1 --movie 50 --model-dir export/
+    python -m serving similar --movie 1 --movie "Star Wars (1977)" --model-dir export/
     python -m serving rank --user 42 --movie 50 --movie 181 --grpc localhost:8500
     python -m serving batch --users users.csv --out recs.parquet --model-dir export/ -n 10 \
         --exclude-seen runs/ml100k/split/train.parquet --resume
@@ -14,7 +14,9 @@ The query subcommands take exactly one backend: ``--model-dir DIR`` (load the Sa
 here), ``--url URL`` (TF Serving REST) or ``--grpc HOST:PORT`` (TF Serving gRPC), and optionally
 ``--version N`` or ``--label NAME`` (a version label of the export's models.config). Mistakes a
 user can fix print one line on stderr and exit 2; a server that fails or cannot be reached
-exits 1.
+exits 1. A movie is named by its id or its title (whole or a part, ignoring case; resolved by
+the model's ``lookup`` signature); an unknown user, or seeds none of which is known, get the
+popular movies and a one-line notice on stderr.
 TensorFlow's log noise (``--model-dir``) is hidden unless ``--verbose``.
 
 Adding a subcommand is one decorated function::
@@ -34,7 +36,7 @@ from typing import Any, TextIO
 
 from serving.backends import check_choice
 from serving.client import RecommenderClient, ServingError, make_client
-from tfrs_movies import cli, quiet
+from tfrs_movies import cli, contract, movie_names, quiet
 from tfrs_movies.errors import UserError
 
 MODELS = ("retrieval", "ranking", "recommender", "similar_movies")
@@ -47,14 +49,17 @@ def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     return flags, kwargs
 
 
-def command(name: str, help: str, *arguments, needs_client: bool = True):
+def command(name: str, help: str, *arguments, needs_client: bool = True,
+            columns: str | None = None):
     """Registers ``fn(args, client, out)`` as subcommand ``name`` with these arguments.
 
     With ``needs_client`` the subcommand also gets the backend flags and a connected
-    `RecommenderClient`; otherwise ``client`` is None.
+    `RecommenderClient`; otherwise ``client`` is None. ``columns`` explains the printed
+    columns in the subcommand's ``--help``.
     """
     def register(fn: Handler) -> Handler:
-        _COMMANDS.append((name, help, arguments, needs_client, fn))
+        description = f"{help}. Columns: {columns}." if columns else help
+        _COMMANDS.append((name, help, description, arguments, needs_client, fn))
         return fn
     return register
 
@@ -68,36 +73,53 @@ _REQUEST_LOG = arg("--request-log", metavar="FILE",
                         "rotated at 64 MiB; see serving/request_log.py)")
 
 
-@command("recommend", "best movies for users: retrieve candidates, then rank them", _USERS,
-         arg("--exclude", action="append", default=[], metavar="ID",
-             help="movie id never to recommend, for every user (repeatable)"), _TOP_N,
-         _REQUEST_LOG)
+@command("recommend", "best movies for users: retrieve candidates, then re-rank them", _USERS,
+         arg("--exclude", action="append", default=[], metavar="MOVIE",
+             help="movie id or title never to recommend, for every user (repeatable)"), _TOP_N,
+         _REQUEST_LOG, columns="rank 1 = best; score = the retrieval score (dot product of the "
+         "user and movie embeddings; log(1 + train ratings) of the popular movies an unknown "
+         "user gets, with a notice); rating = predicted stars; rank_score = the served order's "
+         "score (the learned re-ranker's; the predicted rating for an export without one)")
 def _recommend(args, client, out) -> None:
-    results = client.recommend(args.users, [args.exclude] * len(args.users), n=args.n)
-    per_user = list(zip(args.users, results, strict=True))
+    exclude = _movie_ids(client, args.exclude, "recommender") if args.exclude else []
+    results = client.recommend(args.users, [exclude] * len(args.users), n=args.n)
+    _notice_unknown("user", [u for u, known in zip(args.users, results.known, strict=True)
+                             if known is False])
+    per_user = list(zip(args.users, results, results.known, strict=True))
     rows = [(user, i + 1, r.movie_id, r.title, r.score, r.rating, r.rank_score)
-            for user, recs in per_user for i, r in enumerate(recs)]
+            for user, recs, _ in per_user for i, r in enumerate(recs)]
     _emit(args, out, ("user", "rank", "movie_id", "title", "score", "rating", "rank_score"), rows,
-          {user: [asdict(r) for r in recs] for user, recs in per_user})
+          {user: [{**asdict(r), "known": known} for r in recs]
+           for user, recs, known in per_user})
 
 
 @command("similar", "movies similar to seed movies (several seeds are averaged into one query)",
-         arg("--movie", dest="movies", action="append", required=True, metavar="ID",
-             help="seed movie id (repeatable)"), _TOP_N, _REQUEST_LOG)
+         arg("--movie", dest="movies", action="append", required=True, metavar="MOVIE",
+             help="seed movie id or title (whole or a part, ignoring case; repeatable)"),
+         _TOP_N, _REQUEST_LOG, columns="score = cosine similarity of the movie's embedding and "
+         "the mean of the seeds' normalized embeddings (the seeds are left out)")
 def _similar(args, client, out) -> None:
-    (results,) = client.similar([args.movies], n=args.n)
-    rows = [(i + 1, movie_id, score) for i, (movie_id, score) in enumerate(results)]
-    _emit(args, out, ("rank", "movie_id", "score"), rows,
-          [{"movie_id": m, "score": s} for m, s in results])
+    seeds = _movie_ids(client, args.movies, "similar_movies")
+    results = client.similar([seeds], n=args.n)
+    if results.known[0] is False:
+        _notice_unknown("movie", seeds)
+    (found,) = results
+    titles = _titles(client, [m for m, _ in found])
+    rows = [(i + 1, movie_id, titles.get(movie_id, ""), score)
+            for i, (movie_id, score) in enumerate(found)]
+    _emit(args, out, ("rank", "movie_id", "title", "score"), rows,
+          [{"movie_id": m, "title": t, "score": s} for _, m, t, s in rows])
 
 
 @command("rank", "predicted ratings for user/movie pairs (one --user pairs with every --movie)",
-         _USERS, arg("--movie", dest="movies", action="append", required=True, metavar="ID",
-                     help="movie id (repeatable)"))
+         _USERS, arg("--movie", dest="movies", action="append", required=True, metavar="MOVIE",
+                     help="movie id or title (repeatable)"),
+         columns="rating = predicted stars, within the train ratings' range")
 def _rank(args, client, out) -> None:
-    ratings = client.rank(args.users, args.movies)
+    movies = _movie_ids(client, args.movies, "ranking")
+    ratings = client.rank(args.users, movies)
     users = args.users * len(args.movies) if len(args.users) == 1 else args.users
-    rows = [(u, m, float(r)) for u, m, r in zip(users, args.movies, ratings, strict=True)]
+    rows = [(u, m, float(r)) for u, m, r in zip(users, movies, ratings, strict=True)]
     _emit(args, out, ("user", "movie_id", "rating"), rows,
           [{"user_id": u, "movie_id": m, "rating": r} for u, m, r in rows])
 
@@ -203,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m serving", description=cli.summary(__doc__),
                      formatter_class=cli.HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help, arguments, needs_client, fn in _COMMANDS:
-        p = sub.add_parser(name, help=help, description=help, formatter_class=cli.HelpFormatter)
+    for name, help, description, arguments, needs_client, fn in _COMMANDS:
+        p = sub.add_parser(name, help=help, description=description,
+                           formatter_class=cli.HelpFormatter)
         for flags, kwargs in arguments:
             p.add_argument(*flags, **kwargs)
         if needs_client:
@@ -244,6 +267,37 @@ def _make_client(args: argparse.Namespace) -> RecommenderClient:
         return make_client(model_dir=args.model_dir, **pins)
     return make_client(url=args.url, grpc=args.grpc, timeout=args.timeout, retries=args.retries,
                        **pins)
+
+
+def _movie_ids(client: RecommenderClient, names: list[str], model: str) -> list[str]:
+    """The ids ``names`` (ids or titles) stand for, from ``model``'s lookup signature; an
+    export written before it had one gets the names as ids, with a notice."""
+    try:
+        return client.resolve_movies(names, model=model)
+    except ServingError as err:
+        if f"{contract.LOOKUP.name}" not in str(err) or not (
+                err.status in (400, 404) or err.code in ("NOT_FOUND", "INVALID_ARGUMENT")):
+            raise
+        print(f"notice: this {model} export has no {contract.LOOKUP.name!r} signature (it is "
+              "older): movies are passed as ids, unchecked; re-export to name them by title",
+              file=sys.stderr)
+        return list(names)
+
+
+def _titles(client: RecommenderClient, ids: list[str]) -> dict[str, str]:
+    """Titles of catalogue ``ids`` (similar_movies' lookup); none from an older export."""
+    if not ids:
+        return {}
+    try:
+        found = client.lookup(ids, model="similar_movies")
+    except ServingError:
+        return {}
+    return {f.query: f.titles[0] for f in found if f.match == movie_names.ID and f.titles}
+
+
+def _notice_unknown(what: str, ids: list[str]) -> None:
+    if ids:
+        print(contract.fallback_notice(what, ids), file=sys.stderr)
 
 
 def _emit(args, out: TextIO, headers: tuple[str, ...], rows: list[tuple], payload) -> None:

@@ -2,8 +2,10 @@
 
 Every backend has ``predict(model, inputs, version=None, label=None) -> dict[str, np.ndarray]``:
 ``inputs`` maps input names to numpy arrays (strings as Python ``str``), the result maps output
-names to numpy arrays with strings decoded to Python ``str`` (dtype ``object``) and floats as
-``float32``, so the three backends return identical values for the same export. ``version``
+names to numpy arrays with strings decoded to Python ``str`` (dtype ``object``), floats as
+``float32`` and booleans as ``bool``, so the three backends return identical values for the
+same export. ``signature=`` (keyword) names another signature than ``serving_default``, e.g.
+the ``lookup`` every model has (`tfrs_movies.contract.LOOKUP`). ``version``
 asks for a version number, ``label`` for a version label of the export's ``models.config``
 (``stable``, ``canary``; at most one of the two; neither: the latest version).
 ``answer(...)`` takes the same arguments and returns an `Answer`: the outputs and the version
@@ -106,10 +108,13 @@ _DECODE = np.frompyfunc(lambda v: v.decode("utf-8") if isinstance(v, bytes) else
 
 
 def _normalize(array: np.ndarray) -> np.ndarray:
-    """Strings to ``object`` str arrays and floats to float32, so every backend agrees."""
+    """Strings to ``object`` str arrays, floats to float32 and ints to int32, so every backend
+    agrees (JSON numbers would otherwise come back as int64)."""
     array = decode_strings(array)
     if array.dtype.kind == "f":
         return array.astype(np.float32)
+    if array.dtype.kind in "iu":
+        return array.astype(np.int32)
     return array
 
 
@@ -193,13 +198,19 @@ class LocalBackend:
                                f"(available: {available})", code="NOT_FOUND", model=model)
         return os.path.join(model_dir, str(int(version)))
 
-    def _signature(self, model: str, version: int | None, label: str | None = None):
+    def _signature(self, model: str, version: int | None, label: str | None = None,
+                   signature: str = SIGNATURE):
+        """(the signature's function, the version it belongs to)."""
         path = self.model_path(model, version, label)
         key = (model, int(os.path.basename(path)))
         with self._lock:
             if key not in self._signatures:
                 self._signatures[key] = self._load(path, model)
-        return self._signatures[key][1], key[1]
+        loaded = self._signatures[key]
+        if signature not in loaded.signatures:
+            raise ServingError(f"{path!r} has no {signature!r} signature (has: "
+                               f"{sorted(loaded.signatures)})", code="NOT_FOUND", model=model)
+        return loaded.signatures[signature], key[1]
 
     def _load(self, path: str, model: str):
         import tensorflow as tf
@@ -210,21 +221,19 @@ class LocalBackend:
         except Exception as err:  # a half-written or incompatible export
             raise ServingError(f"cannot load {path!r}: {err}", code="INTERNAL",
                                model=model) from err
-        if SIGNATURE not in loaded.signatures:
-            raise ServingError(f"{path!r} has no {SIGNATURE!r} signature (has: "
-                               f"{sorted(loaded.signatures)})", code="NOT_FOUND", model=model)
-        # Keep `loaded` alive: the signature's captured tables and variables live on it.
-        return loaded, loaded.signatures[SIGNATURE]
+        # Keep `loaded` alive: the signatures' captured tables and variables live on it.
+        return loaded
 
     def predict(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
-                label: str | None = None) -> dict[str, np.ndarray]:
-        return self.answer(model, inputs, version, label).outputs
+                label: str | None = None, *, signature: str = SIGNATURE
+                ) -> dict[str, np.ndarray]:
+        return self.answer(model, inputs, version, label, signature=signature).outputs
 
     def answer(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
-               label: str | None = None) -> Answer:
+               label: str | None = None, *, signature: str = SIGNATURE) -> Answer:
         import tensorflow as tf
 
-        fn, version = self._signature(model, version, label)
+        fn, version = self._signature(model, version, label, signature)
         specs = fn.structured_input_signature[1]
         if set(inputs) != set(specs):
             raise ServingError(f"model {model!r} takes inputs {sorted(specs)}, got "
@@ -320,8 +329,8 @@ class RestBackend:
         return f"{self.url}{path}" + (f":{verb}" if verb else "")
 
     def answer(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
-               label: str | None = None) -> Answer:
-        outputs = self.predict(model, inputs, version, label)
+               label: str | None = None, *, signature: str = SIGNATURE) -> Answer:
+        outputs = self.predict(model, inputs, version, label, signature=signature)
         if label is not None:
             version = self.label_version(model, label)
         return Answer(outputs, None if version is None else int(version))
@@ -338,8 +347,9 @@ class RestBackend:
         return versions[0] if len(versions) == 1 else None
 
     def predict(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
-                label: str | None = None) -> dict[str, np.ndarray]:
-        body = json.dumps({"signature_name": SIGNATURE,
+                label: str | None = None, *, signature: str = SIGNATURE
+                ) -> dict[str, np.ndarray]:
+        body = json.dumps({"signature_name": signature,
                            "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}})
         url = self.endpoint(model, version, label)
         payload = self._send(url, body.encode(), model)
@@ -531,11 +541,12 @@ class GrpcBackend:
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
     def predict(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
-                label: str | None = None) -> dict[str, np.ndarray]:
-        return self.answer(model, inputs, version, label).outputs
+                label: str | None = None, *, signature: str = SIGNATURE
+                ) -> dict[str, np.ndarray]:
+        return self.answer(model, inputs, version, label, signature=signature).outputs
 
     def answer(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
-               label: str | None = None) -> Answer:
+               label: str | None = None, *, signature: str = SIGNATURE) -> Answer:
         """As `predict`; the version comes from the response's ``model_spec``."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
@@ -543,7 +554,7 @@ class GrpcBackend:
         check_choice(version, label)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
-        request.model_spec.signature_name = SIGNATURE
+        request.model_spec.signature_name = signature
         if version is not None:
             request.model_spec.version.value = int(version)
         elif label is not None:

@@ -11,7 +11,10 @@ or ``python -m serving batch --users users.csv --out recs.parquet --model-dir ex
 Input: a CSV/TSV or Parquet file with a ``user_id`` column (``userId`` also works; other columns
 are ignored: the export looks features up in-graph), or a list of ids. Output: Parquet, or CSV
 when ``out_path`` ends in ``.csv``, one row per recommendation with `SCHEMA`'s columns
-``user_id, rank, movie_id, title, score, rating, rank_score``; users in input order, ranks 1..n.
+``user_id, rank, movie_id, title, score, rating, rank_score, known``; users in input order,
+ranks 1..n. ``known`` is false on every row of a user the export does not know (their rows are
+the popular movies, ``score`` then ``log(1 + train ratings)``), null from an export older than
+the contract's ``known`` output.
 
 How a run is made safe to kill:
 - The distinct valid ids, in input order, are cut into parts of ``part_size`` users; each part
@@ -32,7 +35,7 @@ server rejects (HTTP 400 / INVALID_ARGUMENT; the batch is split in halves until 
 are alone), are written with the reason to ``OUT.errors.csv``. Before splitting, one request
 with a plain id probes the server: if that is rejected too, the fault is the request or model
 (wrong export, signature mismatch), not the ids, and the run stops. Unknown ids are not errors:
-the export answers them with the most popular movies (a client cannot tell known from unknown).
+the export answers them with the most popular movies, and their rows say ``known`` false.
 
 Exclusions: the export already drops the movies each user rated in its run's train data (unless
 exported with ``--keep-seen``); ``exclude`` adds more, e.g. ratings collected since the export.
@@ -68,7 +71,7 @@ __all__ = ["SCHEMA", "BatchReport", "UserIds", "check_outputs", "format_rate", "
 MODEL = "recommender"  # a model of the serving contract (``tfrs_movies.contract``)
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int64()), ("movie_id", pa.string()),
                     ("title", pa.string()), ("score", pa.float32()), ("rating", pa.float32()),
-                    ("rank_score", pa.float32())])
+                    ("rank_score", pa.float32()), ("known", pa.bool_())])
 ERROR_COLUMNS = ("user_id", "error")
 DEFAULT_BATCH_SIZE = 128  # TF Serving's max_batch_size in serving/batching_parameters.txt
 DEFAULT_PART_SIZE = 4096  # users per part file: resume granularity vs. files per run
@@ -76,7 +79,7 @@ _PAD = contract.PAD
 _PROBE_ID = "1"  # any non-empty id is valid for the export (unknown ones get popular movies)
 _BAD_CHARS = r"[\x00-\x1f\x7f\ud800-\udfff]"  # control characters, lone surrogates
 _MANIFEST = "manifest.json"
-_OUTPUTS = contract.signature(MODEL).output_names
+_OUTPUTS = contract.signature(MODEL).required_outputs
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -312,6 +315,8 @@ def _table(users: Sequence[str], out: Mapping[str, np.ndarray], n: int | None) -
     rank = np.cumsum(valid, axis=1)
     keep = valid & (rank <= n) if n is not None else valid
     row = np.nonzero(keep)[0]
+    known = (pa.array(np.asarray(out["known"], bool).reshape(len(users))[row]) if "known" in out
+             else pa.nulls(len(row), pa.bool_()))
     return pa.Table.from_arrays([
         pa.array(np.asarray(users, dtype=object)[row], pa.string()),
         pa.array(rank[keep].astype(np.int64)),
@@ -320,6 +325,7 @@ def _table(users: Sequence[str], out: Mapping[str, np.ndarray], n: int | None) -
         pa.array(scores[keep]),
         pa.array(ratings[keep]),
         pa.array(np.asarray(out["rank_scores"], np.float32)[keep]),
+        known,
     ], schema=SCHEMA)
 
 

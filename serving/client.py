@@ -4,6 +4,8 @@
     client = make_client(url="http://localhost:8501")        # or model_dir=..., grpc="host:8500"
     client.recommend(["42"], exclude=[["50", "181"]])       # [[Recommendation(...), ...]]
     client.similar([["1", "50"]])                           # seeds averaged: [[("172", 0.93), ...]]
+    client.recommend(["99999"]).known                       # [False]: the popularity fallback
+    client.resolve_movies(["Star Wars (1977)", "50"])       # ["50", "50"]: titles or ids
     make_client(url=..., labels={"recommender": "canary"})  # a version label of models.config
 
 The models follow the serving contract (``tfrs_movies.contract``): batched string ids in,
@@ -34,11 +36,12 @@ from serving.backends import (
     check_choice,
 )
 from serving.request_log import RequestLog
-from tfrs_movies import contract
+from tfrs_movies import contract, movie_names
 from tfrs_movies.errors import UserError, shown
+from tfrs_movies.movie_names import Matches
 
-__all__ = ["Backend", "GrpcBackend", "LocalBackend", "Recommendation", "RecommenderClient",
-           "RestBackend", "ServingError", "make_client"]
+__all__ = ["Backend", "GrpcBackend", "LocalBackend", "Matches", "Recommendation",
+           "RecommenderClient", "RestBackend", "Results", "ServingError", "make_client"]
 
 PAD = contract.PAD
 
@@ -71,6 +74,17 @@ class Recommendation:
     score: float
     rating: float
     rank_score: float
+
+
+class Results(list):
+    """One list per query, as a plain list, plus ``known``: per query, True when the model
+    answered it (a known user; a query with at least one known seed), False when the list is
+    the popularity fallback (scores then ``log(1 + train ratings)``), None when the export is
+    older than the ``known`` output and cannot say."""
+
+    def __init__(self, rows, known):
+        super().__init__(rows)
+        self.known: list[bool | None] = list(known)
 
 
 class RecommenderClient:
@@ -116,7 +130,7 @@ class RecommenderClient:
           n: keep at most this many per user (the export fixes the maximum).
 
         Returns:
-          B lists of `Recommendation`, best first.
+          B lists of `Recommendation`, best first, as `Results` (``.known`` per user).
         """
         return self._recommend(user_ids, exclude, n, self.request_log is not None)[0]
 
@@ -132,23 +146,24 @@ class RecommenderClient:
         _check_n(n)
         inputs = self._user_inputs(user_ids, exclude)
         out, version = self._call("recommender", inputs, with_version=with_version)
-        results = [
+        results = Results((
             [Recommendation(m, t, float(s), float(r), float(o)) for m, t, s, r, o in row]
             for row in _rows(n, out["movie_ids"], out["titles"], out["scores"], out["ratings"],
-                             out["rank_scores"])
-        ]
+                             out["rank_scores"])), _known(out, len(user_ids)))
         self._log("recommender", inputs["user_id"], [[r.movie_id for r in row]
                                                       for row in results], version)
         return results, version
 
     def retrieve(self, user_ids: Sequence[str], exclude: Sequence[Sequence[str]] | None = None,
                  *, n: int | None = None) -> list[list[tuple[str, float]]]:
-        """Retrieval candidates only: B lists of ``(movie_id, score)``, highest score first."""
+        """Retrieval candidates only: B lists of ``(movie_id, score)``, highest score first, as
+        `Results` (``.known`` per user)."""
         _check_n(n)
         inputs = self._user_inputs(user_ids, exclude)
         out, version = self._call("retrieval", inputs, with_version=self.request_log is not None)
-        results = [[(m, float(s)) for m, s in row]
-                   for row in _rows(n, out["movie_ids"], out["scores"])]
+        results = Results(([(m, float(s)) for m, s in row]
+                           for row in _rows(n, out["movie_ids"], out["scores"])),
+                          _known(out, len(user_ids)))
         self._log("retrieval", inputs["user_id"], [[m for m, _ in row] for row in results],
                   version)
         return results
@@ -179,7 +194,8 @@ class RecommenderClient:
           n: keep at most this many per query.
 
         Returns:
-          B lists of ``(movie_id, score)``.
+          B lists of ``(movie_id, score)``, as `Results` (``.known`` per query: False when
+          none of its seeds is in the catalogue and the list is the popular movies).
         """
         _check_n(n)
         if not isinstance(movie_ids, (list, tuple)) or not movie_ids:
@@ -191,11 +207,29 @@ class RecommenderClient:
             rows = [_check_ids(f"movie_ids[{i}]", row) for i, row in enumerate(movie_ids)]
         out, version = self._call("similar_movies", {"movie_ids": _pad(rows)},
                                   with_version=self.request_log is not None)
-        results = [[(m, float(s)) for m, s in row]
-                   for row in _rows(n, out["movie_ids"], out["scores"])]
+        results = Results(([(m, float(s)) for m, s in row]
+                           for row in _rows(n, out["movie_ids"], out["scores"])),
+                          _known(out, len(rows)))
         self._log("similar_movies", [None] * len(rows), [[m for m, _ in row] for row in results],
                   version, seed_ids=rows)
         return results
+
+    def lookup(self, queries: Sequence[str], *, model: str = "similar_movies"
+               ) -> list[Matches]:
+        """The catalogue movies each query (an id or a title) names, from ``model``'s
+        ``lookup`` signature (`tfrs_movies.contract.LOOKUP`; same pin as the model's answers).
+        """
+        queries = _check_ids("movies", queries)
+        out, _ = self._call(model, {"query": np.array(queries, dtype=object)},
+                            signature=contract.LOOKUP)
+        return movie_names.from_outputs(queries, out)
+
+    def resolve_movies(self, queries: Sequence[str], *, model: str = "similar_movies"
+                       ) -> list[str]:
+        """Movie ids for ids or titles (one lookup request): an id stands for itself, else a
+        title matches whole or in part, ignoring case. `UserError` names a query that names
+        no movie, or several (listing a few)."""
+        return [movie_names.pick(found) for found in self.lookup(queries, model=model)]
 
     def close(self) -> None:
         self.backend.close()
@@ -224,24 +258,29 @@ class RecommenderClient:
                                  label=self.labels.get(model), fields=self.log_fields,
                                  seed_ids=seed_ids)
 
-    def _call(self, model: str, inputs: dict[str, np.ndarray], with_version: bool = False
+    def _call(self, model: str, inputs: dict[str, np.ndarray], with_version: bool = False,
+              signature: contract.Signature | None = None
               ) -> tuple[dict[str, np.ndarray], int | None]:
-        """The model's outputs and, with ``with_version``, the version that answered.
+        """The model's outputs (of ``signature``; default its ``serving_default``) and, with
+        ``with_version``, the version that answered.
 
         The version costs nothing locally and over gRPC; over REST a label request then also
         reads the label's version from the model status (one GET).
         """
         pin = self.pin(model)
+        if signature is not None:  # only then: a backend need not know other signatures
+            pin["signature"] = signature.name
+        signature = signature or contract.signature(model)
         answer = getattr(self.backend, "answer", None)
         if with_version and answer is not None:
             reply: Answer = answer(model, inputs, **pin)
             out, version = reply.outputs, reply.version
         else:
             out, version = self.backend.predict(model, inputs, **pin), pin["version"]
-        expected = contract.signature(model).output_names
+        expected = signature.output_names
         if len(expected) == 1 and UNNAMED_OUTPUT in out:
             out = {expected[0]: out[UNNAMED_OUTPUT]}
-        missing = [name for name in expected if name not in out]
+        missing = [name for name in signature.required_outputs if name not in out]
         if missing:
             raise ServingError(f"model {model!r} returned outputs {sorted(out)}, missing "
                                f"{missing}: is the export older than the serving contract?",
@@ -263,6 +302,13 @@ def _check_ids(name: str, ids, allow_empty: bool = False) -> list[str]:
         if not value.strip():
             raise UserError(f"{name}[{i}] is an empty id ({value!r}); '' is the padding value")
     return list(ids)
+
+
+def _known(out: Mapping[str, np.ndarray], b: int) -> list[bool | None]:
+    """The ``known`` output as B bools; B Nones when the export has no such output."""
+    if "known" not in out:
+        return [None] * b
+    return [bool(v) for v in np.asarray(out["known"]).reshape(b)]
 
 
 def _check_n(n: int | None) -> None:

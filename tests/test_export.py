@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfrs_movies import contract, reranker
+from tfrs_movies import contract, movie_names, reranker
 from tfrs_movies.config import ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.export import export, models_config
@@ -47,11 +47,12 @@ def exported(trained, tmp_path_factory):
     paths = export(trained, root / "bf", ExportConfig(k=20, n=5))
     import scann  # noqa: F401  (registers the ScaNN ops before loading)
     scann_paths = export(trained, root / "scann", ExportConfig(index="scann", k=20, n=5))
-    load = {name: tf.saved_model.load(str(path)).signatures["serving_default"]
-            for name, path in paths.items()}
+    loaded = {name: tf.saved_model.load(str(path)) for name, path in paths.items()}
+    load = {name: m.signatures["serving_default"] for name, m in loaded.items()}
     load_scann = {name: tf.saved_model.load(str(path)).signatures["serving_default"]
                   for name, path in scann_paths.items() if name in ("retrieval", "recommender")}
-    return root, load, load_scann
+    lookups = {name: m.signatures[contract.LOOKUP.name] for name, m in loaded.items()}
+    return root, load, load_scann, lookups
 
 
 def _strings(tensor) -> np.ndarray:
@@ -59,10 +60,11 @@ def _strings(tensor) -> np.ndarray:
 
 
 def test_signatures_match_the_contract(exported):
-    root, models, _ = exported
-    assert set(models) == set(contract.MODELS)
-    for name, signature in contract.SIGNATURES.items():
-        fn = models[name]
+    root, models, _, lookups = exported
+    assert set(models) == set(lookups) == set(contract.MODELS)
+    for name, signature in [*contract.SIGNATURES.items(),
+                            *((f"{n}:lookup", contract.LOOKUP) for n in contract.MODELS)]:
+        fn = models[name] if ":" not in name else lookups[name.split(":")[0]]
         specs = fn.structured_input_signature[1]
         assert set(specs) == set(signature.input_names)
         for t in signature.inputs:
@@ -79,7 +81,7 @@ def test_signatures_match_the_contract(exported):
 
 @pytest.mark.parametrize("name", ["retrieval", "recommender"])
 def test_retrieval_excludes_and_sorts(exported, trained, name):
-    _, models, _ = exported
+    _, models, _ = exported[:3]
     catalog = set(trained.vocab.catalog_movies)
     first = _strings(models[name](user_id=tf.constant(["u1"]),
                                   exclude_movie_ids=tf.constant([[""]]))["movie_ids"])[0]
@@ -101,7 +103,7 @@ def test_retrieval_excludes_and_sorts(exported, trained, name):
 @pytest.mark.parametrize("index", ["brute-force", "scann"])
 @pytest.mark.parametrize("name", ["retrieval", "recommender"])
 def test_a_users_rated_movies_are_never_served(exported, trained, index, name):
-    _, models, scann = exported
+    _, models, scann = exported[:3]
     fn = (models if index == "brute-force" else scann)[name]
     vocab = trained.vocab
     users = vocab.user_ids[:10]
@@ -122,12 +124,19 @@ def test_keep_seen_serves_rated_movies(trained, tmp_path):
 
 
 def test_unknown_user_gets_popular_unseen_movies(exported, trained):
-    _, models, _ = exported
+    _, models, _ = exported[:3]
     counts = dict(zip(trained.vocab.movie_ids, trained.vocab.movie_counts))
     most_popular = max(counts, key=counts.get)
     out = models["retrieval"](user_id=tf.constant(["never-seen"]),
                               exclude_movie_ids=tf.constant([[most_popular]]))
     ids = list(_strings(out["movie_ids"])[0])
+    assert out["known"].numpy().tolist() == [False]
+    both = models["recommender"](user_id=tf.constant(["u1", "never-seen"]),
+                                 exclude_movie_ids=tf.constant([[""], [""]]))
+    assert both["known"].numpy().tolist() == [True, False]
+    # Its candidates are the k=20 most popular (scores log(1 + count)), then re-ranked.
+    twentieth = np.log1p(sorted(counts.values(), reverse=True)[19])
+    assert np.all(both["scores"].numpy()[1] >= twentieth - 1e-5)
     assert most_popular not in ids
     ranked = sorted((m for m in counts if m != most_popular), key=lambda m: -counts[m])
     assert counts[ids[0]] == counts[ranked[0]]
@@ -136,7 +145,7 @@ def test_unknown_user_gets_popular_unseen_movies(exported, trained):
 
 
 def test_similar_movies_averages_seeds_and_skips_them(exported):
-    _, models, _ = exported
+    _, models, _ = exported[:3]
     out = models["similar_movies"](movie_ids=tf.constant([["m1", "m2"], ["m1", ""], ["?", ""]]))
     ids, scores = _strings(out["movie_ids"]), out["scores"].numpy()
     assert not {"m1", "m2"} & set(ids[0])
@@ -144,10 +153,36 @@ def test_similar_movies_averages_seeds_and_skips_them(exported):
     assert np.all(scores[:2] <= 1.0 + 1e-5)
     assert list(ids[0]) != list(ids[1])  # a second seed changes the neighbours
     assert np.all(np.isfinite(scores[2]))  # no known seed: popular movies, no crash
+    assert out["known"].numpy().tolist() == [True, True, False]
+
+
+def test_lookup_names_movies_by_id_or_title_on_every_model(exported):
+    # Titles are "Film {m % 9} of genre {g} ({1980 + m % 20})", one per movie m0..m59.
+    lookups = exported[3]
+    queries = ["m1", "FILM 1 OF GENRE", "(1981)", "of genre", "nothing", ".*", "m1 "]
+    for name, fn in lookups.items():
+        out = fn(query=tf.constant(queries))
+        found = movie_names.from_outputs(queries, {k: v.numpy() for k, v in out.items()})
+        assert [f.match for f in found] == [movie_names.ID, movie_names.PART, movie_names.PART,
+                                            movie_names.PART, 0, 0, 0], name
+        assert found[0].movie_ids == ("m1",)
+        titles = dict(zip(found[3].movie_ids, found[3].titles))
+        whole = fn(query=tf.constant([titles["m1"].upper()]))
+        assert whole["match"].numpy()[0] == movie_names.TITLE
+        assert _strings(whole["movie_ids"])[0][0] == "m1"
+        assert set(found[2].movie_ids) == {"m1", "m21", "m41"} and found[2].count == 3
+        assert found[3].count == 60 and len(found[3].movie_ids) == contract.LOOKUP_MATCHES
+    assert movie_names.pick(found[0]) == "m1"
+    with pytest.raises(UserError, match=r"'\(1981\)' matches 3 movies \(part of their titles"):
+        movie_names.pick(found[2])
+    with pytest.raises(UserError, match="matches 60 movies .* and 52 more"):
+        movie_names.pick(found[3])
+    with pytest.raises(UserError, match="no movie with id or title 'nothing'"):
+        movie_names.pick(found[4])
 
 
 def test_scann_agrees_with_brute_force(exported, trained):
-    _, models, scann = exported
+    _, models, scann = exported[:3]
     users = tf.constant(trained.vocab.user_ids)
     no_exclusions = tf.fill([len(trained.vocab.user_ids), 1], "")
     exact = _strings(models["retrieval"](user_id=users,
@@ -238,7 +273,7 @@ def test_index_is_exact_and_never_short(kind):
 def test_exports_answer_what_the_towers_answer(exported, trained, index):
     """For one run, the exported graphs (tables computed at export) return the ids and scores
     a direct evaluation of the towers gives: known and unknown users, with exclusions."""
-    _, bf, scann = exported
+    _, bf, scann = exported[:3]
     models = bf if index == "brute-force" else scann
     vocab = trained.vocab
     retrieval, ranking = trained.retrieval_model(), trained.ranking_model()
@@ -295,7 +330,7 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
 def test_requests_larger_than_a_chunk_and_mismatched_inputs(exported, trained):
     """A request over ``MAX_ROWS_PER_CALL`` rows runs in chunks and answers as row by row;
     inputs of different lengths are refused with a message naming both."""
-    _, models, _ = exported
+    _, models, _ = exported[:3]
     rows = contract.MAX_ROWS_PER_CALL + 7
     users = [trained.vocab.user_ids[i % len(trained.vocab.user_ids)] for i in range(rows)]
     big = models["recommender"](user_id=tf.constant(users),

@@ -6,8 +6,13 @@ signature here and everything that uses it follows (or fails its tests).
 
 Dimensions: ``B`` users or queries in the request, ``E`` excluded or seed ids per row (``""``
 pads), ``K`` candidates retrieved (``ExportConfig.k``), ``N`` recommendations returned
-(``ExportConfig.n``). A request of more than ``MAX_ROWS_PER_CALL`` rows is processed inside the
-graph in chunks of that many, so one call's memory does not grow with its batch.
+(``ExportConfig.n``), ``M`` movies a lookup lists (``LOOKUP_MATCHES``). A request of more than
+``MAX_ROWS_PER_CALL`` rows is processed inside the graph in chunks of that many, so one call's
+memory does not grow with its batch.
+
+Every model also has a second signature, `LOOKUP` (``lookup``): a movie id or title -> the
+catalogue movies it names, so a client can accept titles wherever a movie is named and catch
+unknown ids before asking for anything (``tfrs_movies.movie_names`` reads its answer).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import dataclasses
 SIGNATURE = "serving_default"
 PAD = ""  # pads ragged id lists to a rectangle; never a valid id
 MAX_ROWS_PER_CALL = 256
+LOOKUP_MATCHES = 8  # M: the movies a lookup lists (it counts them all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,25 +30,31 @@ class Tensor:
 
     Attributes:
       name: the key in requests and responses.
-      dtype: ``string`` or ``float32`` (TF Serving's ``DT_STRING``/``DT_FLOAT``).
+      dtype: ``string``, ``float32``, ``int32`` or ``bool`` (TF Serving's ``DT_STRING``,
+        ``DT_FLOAT``, ``DT_INT32``, ``DT_BOOL``; JSON strings, numbers and true/false).
       shape: symbolic dimensions, e.g. ``("B", "K")``.
       doc: what it holds.
+      required: clients need this output; False for outputs added after the first exports
+        (``known``), which a client reads when present, so exports written before it still
+        serve.
     """
 
     name: str
     dtype: str
     shape: tuple[str, ...]
     doc: str
+    required: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class Signature:
-    """The ``serving_default`` signature of one exported model."""
+    """A signature of an exported model: ``serving_default`` unless ``name`` says otherwise."""
 
     model: str
     doc: str
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
+    name: str = SIGNATURE
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -52,11 +64,20 @@ class Signature:
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
 
+    @property
+    def required_outputs(self) -> tuple[str, ...]:
+        """The outputs a client may insist on (see `Tensor.required`)."""
+        return tuple(t.name for t in self.outputs if t.required)
+
 
 _USER = Tensor("user_id", "string", ("B",), "user ids; unknown ids get the popular movies")
 _EXCLUDE = Tensor("exclude_movie_ids", "string", ("B", "E"),
                   "movie ids never to return for that user, besides the ones they rated in "
                   "the run's train data (unless exported with --keep-seen)")
+_KNOWN_USER = Tensor("known", "bool", ("B",),
+                     "true: the user has a row in the export; false: an unknown user, answered "
+                     "with the most popular allowed movies (scores then log(1 + train "
+                     "ratings))", required=False)
 
 SIGNATURES: dict[str, Signature] = {s.model: s for s in (
     Signature(
@@ -65,7 +86,8 @@ SIGNATURES: dict[str, Signature] = {s.model: s for s in (
         (Tensor("movie_ids", "string", ("B", "K"), 'best first; "" where fewer are allowed'),
          Tensor("scores", "float32", ("B", "K"),
                 "retrieval score (dot product); -inf where movie_ids is \"\"; the log "
-                "rating count for an unknown user's popular movies"))),
+                "rating count for an unknown user's popular movies"),
+         _KNOWN_USER)),
     Signature(
         "ranking", "predicted ratings of (user, movie) pairs",
         (_USER, Tensor("movie_id", "string", ("B",), "one movie per user id")),
@@ -79,15 +101,33 @@ SIGNATURES: dict[str, Signature] = {s.model: s for s in (
          Tensor("ratings", "float32", ("B", "N"), "predicted stars of each movie"),
          Tensor("rank_scores", "float32", ("B", "N"),
                 "the served order, best first: the learned re-ranker's score (the predicted "
-                "rating for a run without a re-ranker); -inf where movie_ids is \"\""))),
+                "rating for a run without a re-ranker); -inf where movie_ids is \"\""),
+         _KNOWN_USER)),
     Signature(
         "similar_movies", "cosine neighbours of the mean of up to E seed movies",
         (Tensor("movie_ids", "string", ("B", "E"), 'seed movie ids per query ("" pads)'),),
         (Tensor("movie_ids", "string", ("B", "K"), "best first, seeds left out"),
          Tensor("scores", "float32", ("B", "K"),
-                "cosine similarity; the log rating count when no seed is known"))),
+                "cosine similarity; the log rating count when no seed is known"),
+         Tensor("known", "bool", ("B",),
+                "true: at least one seed is in the catalogue (unknown seeds are left out of "
+                "the mean); false: none is, and the list is the most popular movies",
+                required=False))),
 )}
 MODELS = tuple(SIGNATURES)
+
+# On every model (each holds the catalogue), so a client resolves a movie with the model, and
+# the version, that then answers.
+LOOKUP = Signature(
+    "*", "the catalogue movies a movie id or title names: the id itself, else the titles equal "
+    "to it ignoring case, else the titles containing it ignoring case",
+    (Tensor("query", "string", ("B",), "a movie id or title (or part of one)"),),
+    (Tensor("movie_ids", "string", ("B", "M"), 'the movies named, in catalogue order; "" pads'),
+     Tensor("titles", "string", ("B", "M"), "their titles"),
+     Tensor("match", "int32", ("B",),
+            "how they match: 3 the id, 2 the whole title, 1 part of the title, 0 none"),
+     Tensor("count", "int32", ("B",), "how many movies match that way (may exceed M)")),
+    name="lookup")
 
 
 def signature(model: str) -> Signature:
@@ -97,3 +137,12 @@ def signature(model: str) -> Signature:
     except KeyError:
         raise KeyError(f"no model {model!r} in the serving contract "
                        f"(models: {', '.join(MODELS)})") from None
+
+
+def fallback_notice(what: str, ids: list[str]) -> str:
+    """The one line both CLIs print when ``known`` is false: ``what`` is ``user`` (``ids``: the
+    unknown users) or ``movie`` (``ids``: a query's seeds, none of them known)."""
+    shown = ", ".join(repr(str(i)) for i in ids)
+    subject = f"{what} {shown} is" if len(ids) == 1 else f"{what}s {shown} are"
+    return (f"notice: {subject} unknown to the model (not in its run's data): showing the most "
+            "popular movies instead (score: log(1 + train ratings))")

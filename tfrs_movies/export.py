@@ -9,6 +9,10 @@
                                    rank_scores [B,n] (ordered by the learned re-ranker)
     DIR/similar_movies/N/          movie_ids [B,E] ("" pads) -> movie_ids, scores [B,K] (cosine)
 
+Retrieval, the recommender and similar movies also say per row whether it was answered from
+the model or is the popularity fallback (``known`` [B]), and every model has a second
+signature, ``lookup``: a movie id or title -> the catalogue movies it names (``_Catalogue.find``).
+
 Towers are computed once, here: every known user's query embedding and rating representation
 and every catalogue movie's candidate embedding and rating representation are stored as
 non-trainable variables (no 2 GB GraphDef limit at 10^6 movies). Every user the run knows (the
@@ -41,13 +45,20 @@ from tfrs_movies.model_config import models_config, record_export  # noqa: F401 
 
 MODELS = contract.MODELS
 _NEG = float("-inf")
-_DTYPES = {"string": tf.string, "float32": tf.float32}
+_DTYPES = {"string": tf.string, "float32": tf.float32, "int32": tf.int32, "bool": tf.bool}
+# RE2 metacharacters, escaped so a lookup's query matches as plain text.
+_REGEX_SPECIAL = r"([\\.+*?()|\[\]{}^$])"
 
 
-def _spec(model: str) -> list[tf.TensorSpec]:
+def _spec(model: str | contract.Signature) -> list[tf.TensorSpec]:
     """The contract's inputs of ``model`` as TensorSpecs, every dimension dynamic."""
+    signature = contract.signature(model) if isinstance(model, str) else model
     return [tf.TensorSpec([None] * len(t.shape), _DTYPES[t.dtype], name=t.name)
-            for t in contract.signature(model).inputs]
+            for t in signature.inputs]
+
+
+def _known() -> tf.TensorSpec:
+    return tf.TensorSpec([None], tf.bool)
 
 
 def _id_table(ids: np.ndarray, first: int = 0) -> tf.lookup.StaticHashTable:
@@ -107,19 +118,55 @@ class _Users(tf.Module):
 
 
 class _Catalogue(tf.Module):
-    """Catalogue movies: id -> position (-1 unknown), titles, popularity, seen lists."""
+    """Catalogue movies: id -> position (-1 unknown), titles, popularity, seen lists; `find`
+    is the ``lookup`` signature of every model."""
 
     def __init__(self, vocab):
         super().__init__()
         self.ids_np = np.asarray(vocab.catalog_movies, dtype=str)
         self.ids = tf.constant(self.ids_np)
         self.titles = tf.constant(np.asarray(vocab.catalog_titles, dtype=str))
+        self.lowered = tf.constant(tf.strings.lower(self.titles, encoding="utf-8").numpy())
         self.positions = _id_table(self.ids_np)
         counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
         self.popularity = np.asarray([counts.get(m, 0) for m in self.ids_np], np.float64)
+        m = min(contract.LOOKUP_MATCHES, len(self.ids_np))
+        self._found = {"movie_ids": tf.TensorSpec([None, m], tf.string),
+                       "titles": tf.TensorSpec([None, m], tf.string),
+                       "match": tf.TensorSpec([None], tf.int32),
+                       "count": tf.TensorSpec([None], tf.int32)}
 
     def lookup(self, ids: tf.Tensor) -> tf.Tensor:
         return self.positions.lookup(ids)
+
+    def _find(self, query):
+        """query [B] -> the movies it names (`contract.LOOKUP`): the id, else the titles equal
+        to it ignoring case, else the titles containing it ignoring case."""
+        n = len(self.ids_np)
+        positions = tf.range(n, dtype=tf.int64)
+        by_id = tf.equal(self.lookup(query)[:, None], positions[None, :])
+        lowered = tf.strings.lower(query, encoding="utf-8")
+        whole = tf.equal(lowered[:, None], self.lowered[None, :])
+        patterns = "(?s).*" + tf.strings.regex_replace(lowered, _REGEX_SPECIAL, r"\\\1") + ".*"
+        part = tf.map_fn(lambda p: tf.strings.regex_full_match(self.lowered, p), patterns,
+                         fn_output_signature=tf.TensorSpec([n], tf.bool))
+
+        def has(mask):
+            return tf.reduce_any(mask, axis=1)
+
+        match = tf.where(has(by_id), 3, tf.where(has(whole), 2, tf.where(has(part), 1, 0)))
+        mask = tf.where((match == 3)[:, None], by_id, tf.where((match == 2)[:, None], whole, part))
+        # The first M matches in catalogue order: top-k of -position over the matches.
+        first = tf.math.top_k(tf.where(mask, -tf.cast(positions, tf.float32), _NEG),
+                              self._found["titles"].shape[1])
+        return {"movie_ids": self.strings(self.ids, first.indices, first.values),
+                "titles": self.strings(self.titles, first.indices, first.values),
+                "match": tf.cast(match, tf.int32),
+                "count": tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)}
+
+    @tf.function(input_signature=_spec(contract.LOOKUP))
+    def find(self, query):
+        return _chunked(self._find, [query], self._found)
 
     def strings(self, table: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
         """``table[positions]``, "" where the slot is empty (score -inf)."""
@@ -220,13 +267,13 @@ class RetrievalModule(tf.Module):
         self.users, self.catalogue, self.retriever = users, catalogue, retriever
         k = retriever.k
         self._outputs = {"movie_ids": tf.TensorSpec([None, k], tf.string),
-                         "scores": tf.TensorSpec([None, k], tf.float32)}
+                         "scores": tf.TensorSpec([None, k], tf.float32), "known": _known()}
 
     def _serve(self, user_id, exclude_movie_ids):
-        scores, positions = self.retriever(self.users.rows.lookup(user_id),
-                                           self.catalogue.lookup(exclude_movie_ids))
+        rows = self.users.rows.lookup(user_id)
+        scores, positions = self.retriever(rows, self.catalogue.lookup(exclude_movie_ids))
         return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
-                "scores": scores}
+                "scores": scores, "known": rows > 0}
 
     @tf.function(input_signature=_spec("retrieval"))
     def serve(self, user_id, exclude_movie_ids):
@@ -262,9 +309,8 @@ class RecommenderModule(tf.Module):
         self.users, self.catalogue = users, catalogue
         self.retriever, self.ranker, self.reorder = retriever, ranker, reorder
         self.n = min(n, retriever.k)
-        self._outputs = {name: tf.TensorSpec([None, self.n], _DTYPES[t.dtype])
-                         for name, t in ((t.name, t) for t in
-                                         contract.signature("recommender").outputs)}
+        self._outputs = {t.name: tf.TensorSpec([None, self.n][:len(t.shape)], _DTYPES[t.dtype])
+                         for t in contract.signature("recommender").outputs}
 
     def _serve(self, user_id, exclude_movie_ids):
         rows = self.users.rows.lookup(user_id)
@@ -281,7 +327,7 @@ class RecommenderModule(tf.Module):
         return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, order),
                 "titles": self.catalogue.strings(self.catalogue.titles, positions, order),
                 "scores": tf.gather(scores, top, batch_dims=1), "ratings": ratings,
-                "rank_scores": order}
+                "rank_scores": order, "known": rows > 0}
 
     @tf.function(input_signature=_spec("recommender"))
     def serve(self, user_id, exclude_movie_ids):
@@ -302,7 +348,7 @@ class SimilarMoviesModule(tf.Module):
         self.index = BruteForce(emb, name="normalized_embeddings")
         self.popular = Popular(catalogue.popularity)
         self._outputs = {"movie_ids": tf.TensorSpec([None, self.k], tf.string),
-                         "scores": tf.TensorSpec([None, self.k], tf.float32)}
+                         "scores": tf.TensorSpec([None, self.k], tf.float32), "known": _known()}
 
     def _serve(self, movie_ids):
         seeds = self.catalogue.lookup(movie_ids)
@@ -310,10 +356,10 @@ class SimilarMoviesModule(tf.Module):
         vectors = self.index.vectors(tf.maximum(seeds, 0)) * valid
         query = tf.math.l2_normalize(tf.reduce_sum(vectors, axis=1), axis=1)
         scores, positions = self.index(query, seeds, self.k)
-        scores, positions = _fallback(tf.reduce_all(seeds < 0, axis=1), self.popular, seeds,
-                                      scores, positions, self.k)
+        known = tf.reduce_any(seeds >= 0, axis=1)
+        scores, positions = _fallback(~known, self.popular, seeds, scores, positions, self.k)
         return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
-                "scores": scores}
+                "scores": scores, "known": known}
 
     @tf.function(input_signature=_spec("similar_movies"))
     def serve(self, movie_ids):
@@ -366,8 +412,8 @@ def _save(module: tf.Module, model_dir: Path, version: int, scann: bool) -> Path
     tmp = model_dir / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if scann else None)
-    tf.saved_model.save(module, str(tmp), signatures={contract.SIGNATURE: module.serve},
-                        options=options)
+    tf.saved_model.save(module, str(tmp), options=options, signatures={
+        contract.SIGNATURE: module.serve, contract.LOOKUP.name: module.catalogue.find})
     try:
         os.rename(tmp, final)  # fails rather than overwrite if another writer got there first
     except OSError:

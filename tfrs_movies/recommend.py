@@ -1,8 +1,8 @@
 """Recommendations and similar movies from a trained run (the ``recommend``/``similar`` jobs).
 
 Both build the serving modules of ``export.py`` in memory and call them, so a run answers
-exactly as its export would (same tables, index, exclusions and popularity fallback); nothing
-is written.
+exactly as its export would (same tables, index, exclusions, popularity fallback and its
+``known`` flag, and the ``lookup`` that turns titles into ids); nothing is written.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfrs_movies import contract, movie_names
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
 
@@ -47,16 +48,15 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = 100
     if k < 1:
         raise UserError(f"-k must be >= 1, got {k}")
     vocab = run.vocab
-    known = user_id in set(vocab.user_ids) or user_id in set(vocab.catalog_users)
-    notice = None if known else (
-        f"user {user_id!r} is not in this run's data: showing the most popular movies instead "
-        "(score: log(1 + train ratings))")
+    notice = None
     retrieves, rates = run.retrieval_model() is not None, run.ranking_model() is not None
     modules = _modules(run, k, candidates if rates else k)
     if retrieves:
         name = "recommender" if rates else "retrieval"
         request = tf.constant([user_id]), tf.constant([[""]])
         out = {key: v.numpy()[0] for key, v in modules[name].serve(*request).items()}
+        if not out["known"]:  # the export's own answer: its popularity fallback
+            notice = contract.fallback_notice("user", [user_id])
         columns = {"score": out["scores"]}
         if rates:
             columns["rating"] = out["ratings"]
@@ -64,6 +64,9 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = 100
         titles = out["titles"] if rates else _titles(run, out["movie_ids"])
         return _table(out["movie_ids"], titles, **columns), notice
     # A ranking-only run: every unseen catalogue movie, ordered by predicted rating.
+    if user_id not in set(vocab.user_ids) | set(vocab.catalog_users):
+        notice = (f"notice: user {user_id!r} is unknown to the model (not in its run's data): "
+                  "its ratings are those of an unknown user")
     seen = set(pd.concat([run.split.train, run.split.fold_in]).query("user_id == @user_id")[
         "movie_id"])
     catalog = _catalog(run)
@@ -84,21 +87,12 @@ def _titles(run, ids: np.ndarray) -> np.ndarray:
     return np.asarray([titles.get(m.decode(), "").encode() for m in ids], dtype=object)
 
 
-def resolve_movie(run, query: str) -> str:
-    """A movie id from an id or a title (exact, then case-insensitive, then a unique substring)."""
-    catalog = _catalog(run)
-    if query in set(catalog["movie_id"]):
-        return query
-    lowered = catalog["title"].str.lower()
-    exact = catalog[lowered == query.lower()]
-    matches = exact if len(exact) else catalog[lowered.str.contains(query.lower(), regex=False)]
-    if len(matches) == 1:
-        return matches["movie_id"].iloc[0]
-    if not len(matches):
-        raise UserError(f"no movie with id or title {query!r} in this run's catalogue")
-    shown = "; ".join(f"{m} {t!r}" for m, t in matches.head(8).itertuples(index=False))
-    raise UserError(f"{query!r} matches {len(matches)} movies ({shown}"
-                    f"{' ...' if len(matches) > 8 else ''}): pass the movie id")
+def resolve_movies(module, queries: list[str]) -> list[str]:
+    """Movie ids for ids or titles, by a serving module's ``lookup`` (`contract.LOOKUP`, the
+    signature an export has): the id, else a whole title, else part of one, ignoring case;
+    `UserError` for a query naming no movie or several."""
+    out = {key: v.numpy() for key, v in module.catalogue.find(tf.constant(queries)).items()}
+    return [movie_names.pick(found) for found in movie_names.from_outputs(queries, out)]
 
 
 def similar(run, queries: list[str], k: int = 10) -> tuple[pd.DataFrame, list[str]]:
@@ -110,8 +104,8 @@ def similar(run, queries: list[str], k: int = 10) -> tuple[pd.DataFrame, list[st
     """
     if not queries:
         raise UserError("give at least one --movie")
-    seeds = [resolve_movie(run, q) for q in queries]
     module = _modules(run, k, k)["similar_movies"]  # held: tf.function keeps only a weak ref
+    seeds = resolve_movies(module, list(queries))
     out = module.serve(tf.constant([seeds]))
     ids, scores = out["movie_ids"].numpy()[0][:k], out["scores"].numpy()[0][:k]
     return _table(ids, _titles(run, ids), score=scores), seeds
