@@ -14,6 +14,9 @@ Retrieval score = user . movie, K=3 after masking exclusions. For u1 the scores 
   [3.0, 2.0, 0.5, 5.0, 2.5] -> top 3: "4" (5.0), "1" (3.0), "5" (2.5).
 Ranking: rating = 1 + 4 * sigmoid(score - 2 + bias). For u1: "4" 3.0, "1" 3.924, "5" 3.490,
 so the recommender (retrieve 3, rank, keep n=2) reorders u1's candidates to "1", "5".
+Retrieval, the recommender and similar movies say ``known`` per row; every model but ranking
+version 1 (standing in for an export older than it) has the ``lookup`` signature of the real
+export (``export._Catalogue.find``).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import os
 import socket
 import sys
 import threading
+import types
 import urllib.request
 
 import numpy as np
@@ -36,6 +40,7 @@ from tfserving_stub import GrpcPredictionService, TFServingStub  # noqa: E402
 from serving import __main__ as cli  # noqa: E402
 from serving.backends import LocalBackend, RestBackend, ServingError, tf_error_text  # noqa: E402
 from serving.client import Recommendation, RecommenderClient, make_client  # noqa: E402
+from tfrs_movies import export  # noqa: E402
 from tfrs_movies.errors import UserError  # noqa: E402
 
 MOVIES = ["1", "2", "3", "4", "5"]
@@ -65,6 +70,9 @@ class _Catalogue(tf.Module):
         self.user_emb = tf.constant(USER_EMB, tf.float32)
         self.user_table = _table(USERS)
         self.movie_table = _table(MOVIES)
+        self.catalogue = export._Catalogue(types.SimpleNamespace(
+            catalog_movies=MOVIES, catalog_titles=TITLES, movie_ids=MOVIES,
+            movie_counts=[1] * len(MOVIES)))
 
     def user_vectors(self, user_id):
         index = self.user_table.lookup(user_id)
@@ -90,7 +98,7 @@ class Retrieval(_Catalogue):
                                                 name="exclude_movie_ids")])
     def serve(self, user_id, exclude_movie_ids):
         ids, scores, _ = self.retrieve(user_id, exclude_movie_ids)
-        return {"movie_ids": ids, "scores": scores}
+        return {"movie_ids": ids, "scores": scores, "known": self.user_table.lookup(user_id) >= 0}
 
 
 class Ranking(_Catalogue):
@@ -121,7 +129,8 @@ class Recommender(_Catalogue):
                 "titles": tf.gather(tf.gather(self.titles, index), best, batch_dims=1),
                 "scores": tf.gather(scores, best, batch_dims=1),
                 "ratings": tf.gather(ratings, best, batch_dims=1),
-                "rank_scores": tf.gather(ratings, best, batch_dims=1)}
+                "rank_scores": tf.gather(ratings, best, batch_dims=1),
+                "known": self.user_table.lookup(user_id) >= 0}
 
 
 class SimilarMovies(_Catalogue):
@@ -135,7 +144,8 @@ class SimilarMovies(_Catalogue):
         scores = tf.matmul(tf.math.l2_normalize(query, -1), unit, transpose_b=True)
         is_seed = tf.reduce_any(tf.equal(movie_ids[:, :, None], self.movies[None, None, :]), 1)
         top = tf.math.top_k(tf.where(is_seed, -math.inf, scores), k=K)
-        return {"movie_ids": tf.gather(self.movies, top.indices), "scores": top.values}
+        return {"movie_ids": tf.gather(self.movies, top.indices), "scores": top.values,
+                "known": tf.reduce_any(index >= 0, axis=1)}
 
 
 @pytest.fixture(scope="session")
@@ -145,8 +155,10 @@ def export_dir(tmp_path_factory) -> str:
               ("ranking", 2): Ranking(), ("recommender", 1): Recommender(),
               ("similar_movies", 1): SimilarMovies()}
     for (name, version), module in models.items():
-        tf.saved_model.save(module, str(root / name / str(version)),
-                            signatures={"serving_default": module.serve})
+        signatures = {"serving_default": module.serve}
+        if (name, version) != ("ranking", 1):
+            signatures["lookup"] = module.catalogue.find
+        tf.saved_model.save(module, str(root / name / str(version)), signatures=signatures)
     return str(root)
 
 
@@ -197,6 +209,8 @@ def test_recommend_excludes_and_pads_ragged_lists(client):
     assert all(r.movie_id not in ("1", "4") for r in results[0])
     assert len(results) == 3 and all(len(row) == N for row in results)
     assert "5" not in [r.movie_id for r in results[2]]
+    assert results.known == [True, True, False]  # "nobody" got the fallback
+    assert client.retrieve(["nobody", "u3"]).known == [False, True]
 
 
 def test_retrieve_scores_sorted_from_catalogue(client):
@@ -229,6 +243,16 @@ def test_similar_single_seeds_and_averaged_seeds(client):
     # mean([1,0,0], [0,1,0]) points at "4" (cosine 1.0); the seeds themselves are excluded.
     assert averaged[0] == ("4", pytest.approx(1.0))
     assert {m for m, _ in averaged} & {"1", "2"} == set()
+    assert client.similar([["1", "nope"], ["nope"]]).known == [True, False]
+
+
+def test_movies_are_named_by_id_or_title(client):
+    assert client.resolve_movies(["4", "toy story (1995)", "GOLDEN"]) == ["4", "1", "2"]
+    assert client.resolve_movies(["Copycat"], model="ranking") == ["5"]
+    with pytest.raises(UserError, match=r"'\(1995\)' matches 5 movies \(part of their titles"):
+        client.resolve_movies(["(1995)"], model="recommender")
+    with pytest.raises(UserError, match="no movie with id or title '99999'"):
+        client.resolve_movies(["1", "99999"])
 
 
 def test_all_backends_return_identical_results(export_dir, rest_stub, grpc_service):
@@ -526,13 +550,31 @@ def test_cli_recommend_table(export_dir, capsys):
 
 
 def test_cli_similar_and_rank_over_rest(rest_stub, capsys):
-    assert cli.main(["similar", "--movie", "1", "--movie", "2", "--url", rest_stub.url,
-                     "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["movie_id"] == "4"
-    assert cli.main(["rank", "--user", "u1", "--movie", "1", "--movie", "4",
+    assert cli.main(["similar", "--movie", "1", "--movie", "GoldenEye (1995)", "--url",
+                     rest_stub.url, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0] == {
+        "movie_id": "4", "title": "Get Shorty (1995)", "score": pytest.approx(1.0)}
+    assert cli.main(["rank", "--user", "u1", "--movie", "toy story", "--movie", "4",
                      "--url", rest_stub.url]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].split() == ["u1", "1", "3.9242"] and out[2].split() == ["u1", "4", "3.0000"]
+
+
+def test_cli_notices_unknown_users_and_older_exports(export_dir, capsys):
+    assert cli.main(["recommend", "--user", "u1", "--user", "99999", "--model-dir",
+                     export_dir]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ("notice: user '99999' is unknown to the model (not in its run's "
+                            "data): showing the most popular movies instead (score: log(1 + "
+                            "train ratings))\n")
+    assert [line.split()[0] for line in captured.out.splitlines()[1:]] == ["u1"] * N + [
+        "99999"] * N
+    # Ranking version 1 predates the lookup signature: ids pass as given, with a notice.
+    assert cli.main(["rank", "--user", "u1", "--movie", "1", "--model-dir", export_dir,
+                     "--version", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "has no 'lookup' signature" in captured.err and len(captured.err.splitlines()) == 1
+    assert captured.out.splitlines()[1].split() == ["u1", "1", "3.0000"]
 
 
 @pytest.mark.parametrize("argv, message, code", [
@@ -543,6 +585,10 @@ def test_cli_similar_and_rank_over_rest(rest_stub, capsys):
      "as many user ids as movie ids", 2),
     (["bogus"], "invalid choice: 'bogus'", 2),
     (["recommend", "--user", "u1", "--model-dir", "{export}", "-n", "0"], "n must be an int", 2),
+    (["similar", "--movie", "99999", "--model-dir", "{export}"],
+     "no movie with id or title '99999'", 2),
+    (["recommend", "--user", "u1", "--exclude", "(1995)", "--model-dir", "{export}"],
+     "'(1995)' matches 5 movies", 2),
 ])
 def test_cli_user_errors_exit_2_with_one_line(export_dir, capsys, argv, message, code):
     argv = [a.replace("{export}", export_dir) for a in argv]
