@@ -160,6 +160,12 @@ def test_rows_are_what_the_client_recommends(tiny, tiny_backend, tiny_local):
                                                       rel=1e-5, abs=1e-6)
         assert got["rating"].tolist() == pytest.approx([r.rating for r in recommendations],
                                                        rel=1e-5)
+    # "new3" is unknown to the export: every row of it says so, like the client's flag.
+    assert expected.known == [True, True, False]
+    for user, known in zip(users, expected.known, strict=True):
+        assert recs.loc[recs["user_id"] == user, "known"].tolist() == [known] * N
+    assert recs.loc[recs["user_id"].str.startswith("new"), "known"].eq(False).all()
+    assert recs.loc[~recs["user_id"].str.startswith("new"), "known"].all()
 
 
 # --- resume ---------------------------------------------------------------------------------
