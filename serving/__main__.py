@@ -50,15 +50,15 @@ def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 
 def command(name: str, help: str, *arguments, needs_client: bool = True,
-            columns: str | None = None):
+            columns: tuple[tuple[str, str], ...] = ()):
     """Registers ``fn(args, client, out)`` as subcommand ``name`` with these arguments.
 
     With ``needs_client`` the subcommand also gets the backend flags and a connected
-    `RecommenderClient`; otherwise ``client`` is None. ``columns`` explains the printed
-    columns in the subcommand's ``--help``.
+    `RecommenderClient`; otherwise ``client`` is None. ``columns`` ((name, meaning), ...)
+    explain the printed columns in the subcommand's ``--help``.
     """
     def register(fn: Handler) -> Handler:
-        description = f"{help}. Columns: {columns}." if columns else help
+        description = cli.describe(help, columns)
         _COMMANDS.append((name, help, description, arguments, needs_client, fn))
         return fn
     return register
@@ -76,10 +76,7 @@ _REQUEST_LOG = arg("--request-log", metavar="FILE",
 @command("recommend", "best movies for users: retrieve candidates, then re-rank them", _USERS,
          arg("--exclude", action="append", default=[], metavar="MOVIE",
              help="movie id or title never to recommend, for every user (repeatable)"), _TOP_N,
-         _REQUEST_LOG, columns="rank 1 = best; score = the retrieval score (dot product of the "
-         "user and movie embeddings; log(1 + train ratings) of the popular movies an unknown "
-         "user gets, with a notice); rating = predicted stars; rank_score = the served order's "
-         "score (the learned re-ranker's; the predicted rating for an export without one)")
+         _REQUEST_LOG, columns=cli.RECOMMEND_COLUMNS)
 def _recommend(args, client, out) -> None:
     exclude = _movie_ids(client, args.exclude, "recommender") if args.exclude else []
     results = client.recommend(args.users, [exclude] * len(args.users), n=args.n)
@@ -96,8 +93,7 @@ def _recommend(args, client, out) -> None:
 @command("similar", "movies similar to seed movies (several seeds are averaged into one query)",
          arg("--movie", dest="movies", action="append", required=True, metavar="MOVIE",
              help="seed movie id or title (whole or a part, ignoring case; repeatable)"),
-         _TOP_N, _REQUEST_LOG, columns="score = cosine similarity of the movie's embedding and "
-         "the mean of the seeds' normalized embeddings (the seeds are left out)")
+         _TOP_N, _REQUEST_LOG, columns=cli.SIMILAR_COLUMNS)
 def _similar(args, client, out) -> None:
     seeds = _movie_ids(client, args.movies, "similar_movies")
     results = client.similar([seeds], n=args.n)
@@ -114,7 +110,7 @@ def _similar(args, client, out) -> None:
 @command("rank", "predicted ratings for user/movie pairs (one --user pairs with every --movie)",
          _USERS, arg("--movie", dest="movies", action="append", required=True, metavar="MOVIE",
                      help="movie id or title (repeatable)"),
-         columns="rating = predicted stars, within the train ratings' range")
+         columns=(("rating", "predicted stars, within the train ratings' range"),))
 def _rank(args, client, out) -> None:
     movies = _movie_ids(client, args.movies, "ranking")
     ratings = client.rank(args.users, movies)

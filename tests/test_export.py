@@ -156,9 +156,11 @@ def test_similar_movies_averages_seeds_and_skips_them(exported):
     assert out["known"].numpy().tolist() == [True, True, False]
 
 
-def test_lookup_names_movies_by_id_or_title_on_every_model(exported):
+def test_lookup_names_movies_by_id_or_title_on_every_model(exported, trained):
     # Titles are "Film {m % 9} of genre {g} ({1980 + m % 20})", one per movie m0..m59.
     lookups = exported[3]
+    titles = dict(zip(trained.vocab.catalog_movies, trained.vocab.catalog_titles))
+    counts = dict(zip(trained.vocab.movie_ids, trained.vocab.movie_counts))
     queries = ["m1", "FILM 1 OF GENRE", "(1981)", "of genre", "nothing", ".*", "m1 "]
     for name, fn in lookups.items():
         out = fn(query=tf.constant(queries))
@@ -166,12 +168,14 @@ def test_lookup_names_movies_by_id_or_title_on_every_model(exported):
         assert [f.match for f in found] == [movie_names.ID, movie_names.PART, movie_names.PART,
                                             movie_names.PART, 0, 0, 0], name
         assert found[0].movie_ids == ("m1",)
-        titles = dict(zip(found[3].movie_ids, found[3].titles))
         whole = fn(query=tf.constant([titles["m1"].upper()]))
         assert whole["match"].numpy()[0] == movie_names.TITLE
         assert _strings(whole["movie_ids"])[0][0] == "m1"
         assert set(found[2].movie_ids) == {"m1", "m21", "m41"} and found[2].count == 3
         assert found[3].count == 60 and len(found[3].movie_ids) == contract.LOOKUP_MATCHES
+        listed = [counts.get(m, 0) for m in found[3].movie_ids]  # the most rated first
+        assert listed == sorted(counts.values(), reverse=True)[:contract.LOOKUP_MATCHES]
+        assert found[3].titles == tuple(titles[m] for m in found[3].movie_ids)
     assert movie_names.pick(found[0]) == "m1"
     with pytest.raises(UserError, match=r"'\(1981\)' matches 3 movies \(part of their titles"):
         movie_names.pick(found[2])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import textwrap
 
 
 def set_shown_default(action: argparse.Action, value) -> argparse.Action:
@@ -58,6 +59,31 @@ def plain(text: str) -> str:
 def summary(doc: str | None) -> str:
     """The first line of a module docstring, as plain text (a parser's description)."""
     return plain((doc or "").strip().split("\n")[0])
+
+
+# What the recommend and similar tables of both CLIs print, for their --help.
+RECOMMEND_COLUMNS = (("rank", "1 = best, in the served order"),
+    ("score", "the retrieval score: dot product of the user and movie embeddings; for an "
+     "unknown user (a notice says so) log(1 + train ratings) of the popular movies"),
+    ("rating", "predicted stars"),
+    ("rank_score", "the served order's score: the learned re-ranker's (the predicted rating "
+     "for an export without one)"))
+SIMILAR_COLUMNS = (
+    ("score", "cosine similarity of the movie's embedding and the mean of the seeds' "
+     "normalized embeddings (the seeds are left out)"),)
+
+
+def describe(help: str, columns: tuple[tuple[str, str], ...] = ()) -> str:
+    """A subcommand's description: ``help``, then what each printed column means, wrapped
+    (the formatter keeps line breaks)."""
+    if not columns:
+        return help
+    width = max(len(name) for name, _ in columns) + 2
+    lines = [help, "", "columns:"]
+    for name, text in columns:
+        lines += textwrap.wrap(text, 79, initial_indent=f"  {name:<{width}}",
+                               subsequent_indent=" " * (width + 2))
+    return "\n".join(lines)
 
 
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:

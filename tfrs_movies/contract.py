@@ -122,7 +122,8 @@ LOOKUP = Signature(
     "*", "the catalogue movies a movie id or title names: the id itself, else the titles equal "
     "to it ignoring case, else the titles containing it ignoring case",
     (Tensor("query", "string", ("B",), "a movie id or title (or part of one)"),),
-    (Tensor("movie_ids", "string", ("B", "M"), 'the movies named, in catalogue order; "" pads'),
+    (Tensor("movie_ids", "string", ("B", "M"),
+            'the movies named, most rated first (ties in catalogue order); "" pads'),
      Tensor("titles", "string", ("B", "M"), "their titles"),
      Tensor("match", "int32", ("B",),
             "how they match: 3 the id, 2 the whole title, 1 part of the title, 0 none"),

@@ -156,8 +156,9 @@ class _Catalogue(tf.Module):
 
         match = tf.where(has(by_id), 3, tf.where(has(whole), 2, tf.where(has(part), 1, 0)))
         mask = tf.where((match == 3)[:, None], by_id, tf.where((match == 2)[:, None], whole, part))
-        # The first M matches in catalogue order: top-k of -position over the matches.
-        first = tf.math.top_k(tf.where(mask, -tf.cast(positions, tf.float32), _NEG),
+        # The M most rated matches (ties in catalogue order: top_k keeps the first).
+        popularity = tf.constant(self.popularity.astype(np.float32))
+        first = tf.math.top_k(tf.where(mask, popularity[None, :], _NEG),
                               self._found["titles"].shape[1])
         return {"movie_ids": self.strings(self.ids, first.indices, first.values),
                 "titles": self.strings(self.titles, first.indices, first.values),

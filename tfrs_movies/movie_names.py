@@ -25,7 +25,7 @@ class Matches:
       query: the text asked for.
       match: `ID`, `TITLE` (a whole title, ignoring case), `PART` (part of titles) or `NONE`.
       count: how many movies match that way (more than are listed when over M).
-      movie_ids, titles: the first M of them, in catalogue order.
+      movie_ids, titles: M of them, the most rated first.
     """
 
     query: str
@@ -63,5 +63,6 @@ def pick(found: Matches) -> str:
     more = f"; and {found.count - len(found.movie_ids)} more" if found.count > len(
         found.movie_ids) else ""
     how = "whole titles" if found.match == TITLE else "part of their titles"
+    fix = "the movie id" if found.match == TITLE else "the movie id, or more of the title"
     raise UserError(f"{found.query!r} matches {found.count} movies ({how}, ignoring case: "
-                    f"{listed}{more}): pass the movie id, or more of the title")
+                    f"{listed}{more}): pass {fix}")

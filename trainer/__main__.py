@@ -108,8 +108,11 @@ def _export(args, argv) -> None:
 _COMMAND_MODULES: tuple[str, ...] = ("analyze", "tune")
 
 
-def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help)
+def _command(sub, name: str, help: str, columns: tuple[tuple[str, str], ...] = ()
+             ) -> argparse.ArgumentParser:
+    """A subcommand; ``columns`` ((name, meaning), ...) explain its printed columns in its
+    ``--help``."""
+    return sub.add_parser(name, help=help, description=cli.describe(help, columns))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,15 +132,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="metrics JSON (default: RUN/metrics.json)")
     p.set_defaults(func=_evaluate)
 
-    p = _command(sub, "recommend", "top movies for a user")
+    p = _command(sub, "recommend", "top movies for a user (what the run's export answers)",
+                 cli.RECOMMEND_COLUMNS)
     p.add_argument("--run", required=True, help="run directory written by train")
     p.add_argument("--user", required=True, help="user id")
     p.add_argument("-k", type=int, default=10, help="movies listed")
     p.set_defaults(func=_recommend)
 
-    p = _command(sub, "similar", "movies similar to one or more movies (cosine)")
+    p = _command(sub, "similar", "movies similar to one or more movies (cosine)",
+                 cli.SIMILAR_COLUMNS)
     p.add_argument("--run", required=True, help="run directory written by train")
-    p.add_argument("--movie", action="append", required=True, help="id or title; repeatable")
+    p.add_argument("--movie", action="append", required=True,
+                   help="movie id or title (whole or a part, ignoring case); repeatable")
     p.add_argument("-k", type=int, default=10, help="movies listed")
     p.set_defaults(func=_similar)
 
