@@ -117,14 +117,16 @@ def _cumulative(shares: Sequence[float]) -> list[float]:
 @dataclass(frozen=True)
 class Routed:
     """One user's answer: the arm, the label or version it asked for, the version that
-    answered (None when the backend cannot tell, see `serving.backends.Answer`) and the
-    recommendations."""
+    answered (None when the backend cannot tell, see `serving.backends.Answer`), the
+    recommendations, and whether the export knew the user (False: the popularity fallback;
+    None: an export older than the ``known`` output)."""
 
     user_id: str
     arm: str
     label: str | None
     version: int | None
     recommendations: list[Recommendation]
+    known: bool | None = None
 
 
 class RoutedClient:
@@ -166,9 +168,10 @@ class RoutedClient:
             results, version = self.clients[name].recommend_with_version(
                 [users[i] for i in rows], None if exclude is None else [exclude[i] for i in rows],
                 n=n)
-            for i, recs in zip(rows, results, strict=True):
+            for i, recs, known in zip(rows, results, results.known, strict=True):
                 out[i] = Routed(users[i], name, arms[name].label,
-                                version if version is not None else arms[name].version, recs)
+                                version if version is not None else arms[name].version, recs,
+                                known)
         return out
 
     def close(self) -> None:

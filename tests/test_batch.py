@@ -133,7 +133,8 @@ def test_ml100k_all_users_through_the_cli(ml100k, ml100k_dir, tmp_path, capsys):
     assert "for 943 users" in capsys.readouterr().out
     recs = pd.read_parquet(out)
     assert list(recs.columns) == ["user_id", "rank", "movie_id", "title", "score", "rating",
-                                  "rank_score"]
+                                  "rank_score", "known"]
+    assert recs["known"].all()  # every ML-100K user is in the run
     assert len(recs) == 943 * 10 and recs["user_id"].nunique() == 943
     assert list(pd.unique(recs["user_id"])) == list(users)  # input order
     _check_ranks(recs, 10)
