@@ -147,12 +147,18 @@ class _Catalogue(tf.Module):
         by_id = tf.equal(self.lookup(query)[:, None], positions[None, :])
         lowered = tf.strings.lower(query, encoding="utf-8")
         whole = tf.equal(lowered[:, None], self.lowered[None, :])
-        patterns = "(?s).*" + tf.strings.regex_replace(lowered, _REGEX_SPECIAL, r"\\\1") + ".*"
-        part = tf.map_fn(lambda p: tf.strings.regex_full_match(self.lowered, p), patterns,
-                         fn_output_signature=tf.TensorSpec([n], tf.bool))
 
         def has(mask):
             return tf.reduce_any(mask, axis=1)
+
+        def parts():  # [B, N] regex matches: only when some query is neither an id nor a title
+            patterns = "(?s).*" + tf.strings.regex_replace(lowered, _REGEX_SPECIAL,
+                                                           r"\\\1") + ".*"
+            return tf.map_fn(lambda p: tf.strings.regex_full_match(self.lowered, p), patterns,
+                             fn_output_signature=tf.TensorSpec([n], tf.bool))
+
+        part = tf.cond(tf.reduce_all(has(by_id) | has(whole)),
+                       lambda: tf.zeros_like(whole), parts)
 
         match = tf.where(has(by_id), 3, tf.where(has(whole), 2, tf.where(has(part), 1, 0)))
         mask = tf.where((match == 3)[:, None], by_id, tf.where((match == 2)[:, None], whole, part))
