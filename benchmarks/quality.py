@@ -11,7 +11,11 @@ Protocols (each on its own seeded split of ``--data-dir``):
   tutorial   the TFRS basic-retrieval tutorial: random 80/20 split seeded 42, top-100
              accuracy against all movies, seen movies not excluded.
   ablations  (``--ablations``) the top-n protocol with one lever of the default retrieval
-             model changed at a time.
+             model changed at a time, and the re-ranker ablations below.
+  re-ranker  (``--reranker-ablations``, also part of ``--ablations``) on the last seed's run:
+             the exported recommender with its re-ranker retrained on the same lists without
+             one feature family (``tfrs_movies.reranker.FAMILIES``), with the pairwise loss,
+             and with no re-ranker at all (served order: predicted rating).
 
 Our models are trained with the defaults of ``python -m trainer train`` (only the split
 differs); nothing here is tuned on a test split. Run::
@@ -35,7 +39,7 @@ import pandas as pd
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrs_movies import metrics as M
 from tfrs_movies.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
-from tfrs_movies.reranker import ease_scores
+from tfrs_movies.reranker import FAMILIES, ease_scores
 
 PUBLISHED_TOPN = {"BiVAE": 0.475, "BPR": 0.442, "LightGCN": 0.420, "NCF": 0.396, "SAR": 0.382}
 ABLATIONS = {
@@ -118,6 +122,42 @@ def exported_topn(export_dir: Path, train, test, movies, k=10) -> dict:
     return out
 
 
+RERANKER_ABLATIONS = {
+    **{f"re-ranker without its {family} features": {"without": (family,)}
+       for family in FAMILIES},
+    "re-ranker with the pairwise loss": {"loss": "pairwise"},
+    "no re-ranker (served order: predicted rating)": None,
+}
+
+
+def reranker_ablations(trained, work: Path) -> dict:
+    """The exported recommender's top-n metrics with each ``RERANKER_ABLATIONS`` change of the
+    re-ranker, trained on the lists the run's own re-ranker learned from."""
+    from tfrs_movies import reranker
+    from tfrs_movies.export import export
+
+    served = trained.reranker
+    base = served.config_ if served is not None else reranker.ReRankerConfig()
+    seed = trained.train.seed
+    found = reranker.lists(trained.split.train, trained.movies, trained.users,
+                           trained.split.fold_in, trained.model,
+                           dataclasses.replace(trained.train, verbose=0), base, seed)
+    split, movies, out = trained.split, trained.vocab.catalog_movies, {}
+    try:
+        for label, change in RERANKER_ABLATIONS.items():
+            print(f"ablation: {label}")
+            config = dataclasses.replace(base, **change) if change is not None else None
+            trained.reranker = (reranker.train_on(found, config, seed)
+                                if config is not None and found is not None else None)
+            target = work / f"reranker-ablation-{len(out)}"
+            export(trained, target, ExportConfig())
+            out[f"ablation (seed {seed}): {label}"] = exported_topn(target, split.train, split.test, movies)[
+                "ours: exported recommender"]
+    finally:
+        trained.reranker = served
+    return out
+
+
 def _train(data: DataConfig, out: Path, kind: str = "all", **model) -> Path:
     from tfrs_movies.training import train
 
@@ -161,7 +201,7 @@ def surprise_rmse(train: pd.DataFrame, test: pd.DataFrame, seed: int = 42) -> di
 
 
 def run(data_dir: Path, output: Path, ablations: bool = False,
-        seeds: tuple[int, ...] = (42,)) -> dict:
+        seeds: tuple[int, ...] = (42,), reranker_only: bool = False) -> dict:
     from tfrs_movies.evaluation import evaluate_retrieval
     from tfrs_movies.export import export
     from tfrs_movies.runs import load_run
@@ -185,7 +225,9 @@ def run(data_dir: Path, output: Path, ablations: bool = False,
     results["top-n"], results["top-n spread"] = _mean_and_spread(per_seed)
     results["top-n seeds"] = {str(s): {row: m["ndcg@10"] for row, m in r.items()}
                               for s, r in zip(seeds, per_seed)}
-    if ablations:  # on the last seed's split
+    if ablations or reranker_only:  # on the last seed's split
+        results["top-n"].update(reranker_ablations(trained, work))
+    if ablations:
         for label, change in ABLATIONS.items():
             print(f"ablation: {label}")
             ablated = load_run(_train(topn, work / f"ablation-{len(results)}-{label[:8]}",
@@ -234,7 +276,7 @@ def flatten(results: dict) -> dict:
 
 def table(results: dict) -> str:
     seeds = len(results.get("top-n seeds", {})) or 1
-    lines = [f"| protocol | model | nDCG@10 (mean ± sd, {seeds} seeds) | P@10 | R@10 | MAP@10 "
+    lines = [f"| protocol | model | nDCG@10 (mean ± sd, {seeds} seed{'s' * (seeds != 1)}) | P@10 | R@10 | MAP@10 "
              "| coverage@10 | novelty@10 |", "|---|---|---|---|---|---|---|---|"]
     spread = results.get("top-n spread", {})
     for model, m in results["top-n"].items():
@@ -266,13 +308,16 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k")
     parser.add_argument("--output", type=Path, default=Path("bench/quality"))
-    parser.add_argument("--ablations", action="store_true", help="add one row per lever")
+    parser.add_argument("--ablations", action="store_true",
+                        help="add one row per lever of retrieval and of the re-ranker")
+    parser.add_argument("--reranker-ablations", action="store_true",
+                        help="add only the re-ranker's rows (last seed's run)")
     parser.add_argument("--seeds", default="42,7,3",
                         help="comma-separated seeds of the top-n protocol (default: %(default)s)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-    results = run(args.data_dir, args.output, args.ablations, seeds)
+    results = run(args.data_dir, args.output, args.ablations, seeds, args.reranker_ablations)
     args.output.mkdir(parents=True, exist_ok=True)
     flat = flatten(results)
     flat["wall_seconds"] = round(time.perf_counter() - start, 1)

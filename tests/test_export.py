@@ -377,6 +377,25 @@ def test_listwise_loss_shares_the_target_among_positives():
     np.testing.assert_allclose(reranker.listwise_loss(labels, scores).numpy(), want, rtol=1e-6)
 
 
+def test_pairwise_loss_averages_every_positive_against_every_negative():
+    scores = tf.constant([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    labels = tf.constant([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # the second list: no pair
+    want = [(np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 2, 0.0]
+    np.testing.assert_allclose(reranker.pairwise_loss(labels, scores).numpy(), want, rtol=1e-6)
+
+
+def test_a_left_out_family_changes_nothing_the_reranker_scores():
+    model = reranker.build(reranker.ReRankerConfig(without=("item-item",)))
+    x = np.random.default_rng(0).normal(size=(2, 5, len(reranker.FEATURES))).astype(np.float32)
+    other = x.copy()
+    other[..., reranker.FEATURES.index("ease_z")] += 3.0
+    np.testing.assert_array_equal(model(x).numpy(), model(other).numpy())
+    other[..., reranker.FEATURES.index("retrieval_z")] += 3.0
+    assert not np.allclose(model(x).numpy(), model(other).numpy())
+    with pytest.raises(ValueError, match="unknown feature families \\['genre'\\]"):
+        reranker.ReRankerConfig(without=("genre",))
+
+
 def test_bad_versions_and_missing_models_are_refused_before_anything_is_built(trained,
                                                                              tmp_path):
     for version in (-1, 0):

@@ -42,6 +42,10 @@ import tensorflow as tf
 from tfrs_movies import data as data_lib
 
 FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z")
+# Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
+FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
+            "popularity": ("popularity_z",)}
+LOSSES = ("listwise", "pairwise")
 MAX_EASE_MOVIES = 10_000
 MAX_EASE_CELLS = 50_000_000
 _NEG = float("-inf")
@@ -58,6 +62,9 @@ class ReRankerConfig:
       hidden: the MLP's hidden sizes.
       epochs, batch_size, learning_rate: Adam on lists (batch_size lists per step).
       use_ease: whether the item-item family is used (decided from the catalogue's size).
+      without: ``FAMILIES`` whose features are zeroed, in training and serving alike.
+      loss: ``listwise`` (softmax over the list) or ``pairwise`` (logistic loss of every
+        positive against every negative of its list).
     """
 
     candidates: int = 100
@@ -68,6 +75,21 @@ class ReRankerConfig:
     batch_size: int = 32
     learning_rate: float = 3e-3
     use_ease: bool = True
+    without: tuple[str, ...] = ()
+    loss: str = "listwise"
+
+    def __post_init__(self):
+        unknown = sorted(set(self.without) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[F] 1.0 for each used feature of ``FEATURES``, 0.0 for those of ``without``."""
+        off = {name for family in self.without for name in FAMILIES[family]}
+        return np.asarray([name not in off for name in FEATURES], np.float32)
 
 
 def ease_fits(users: int, movies: int) -> bool:
@@ -125,10 +147,12 @@ class ReRanker(tf.keras.Model):
     def __init__(self, config: ReRankerConfig, **kwargs):
         super().__init__(**kwargs)
         self.config_ = config
+        self.mask = tf.constant(config.mask)
         self.hidden = [tf.keras.layers.Dense(u, activation="relu") for u in config.hidden]
         self.out = tf.keras.layers.Dense(1)
 
     def call(self, x, training=False):
+        x = x * self.mask
         for layer in self.hidden:
             x = layer(x)
         return self.out(x)[..., 0]
@@ -138,6 +162,15 @@ def listwise_loss(labels: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
     """Softmax cross-entropy of a list whose positives share the target: [B, K] -> [B]."""
     target = labels / tf.maximum(tf.reduce_sum(labels, axis=1, keepdims=True), 1.0)
     return -tf.reduce_sum(target * tf.nn.log_softmax(scores), axis=1)
+
+
+def pairwise_loss(labels: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+    """Mean logistic loss ``log(1 + exp(s_neg - s_pos))`` over a list's (positive, negative)
+    pairs: [B, K] -> [B]."""
+    pairs = labels[:, :, None] * (1.0 - labels[:, None, :])  # [B, positive i, negative j]
+    losses = tf.nn.softplus(scores[:, None, :] - scores[:, :, None])
+    return tf.reduce_sum(pairs * losses, axis=[1, 2]) / tf.maximum(
+        tf.reduce_sum(pairs, axis=[1, 2]), 1.0)
 
 
 def weights_path(run_dir: Path) -> Path:
@@ -190,16 +223,47 @@ def _top_unseen(query: np.ndarray, candidates: np.ndarray, seen: np.ndarray, k: 
     return np.concatenate(tops), np.concatenate(scores)
 
 
+@dataclasses.dataclass(frozen=True)
+class Lists:
+    """What the re-ranker learns on: ``features`` [L, K, F] of L users' lists of K retrieved
+    movies and their ``labels`` [L, K] (1.0: a held-out movie of that user)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+
+
 def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
         model_config, train_config, config: ReRankerConfig, seed: int) -> ReRanker | None:
     """Trains the re-ranker on lists from a retrieval model that never saw their targets;
     None when no list holds a positive (too little data: the recommender then orders by
     predicted rating)."""
+    start = time.perf_counter()
+    found = lists(train, movies, users, fold_in, model_config, train_config, config, seed)
+    if found is None:
+        return None
+    model = train_on(found, config, seed)
+    print(f"[reranker] trained in {time.perf_counter() - start:.1f}s", flush=True)
+    return model
+
+
+def train_on(found: Lists, config: ReRankerConfig, seed: int) -> ReRanker:
+    """A re-ranker fitted to ``found`` (Adam, ``config``'s loss)."""
+    tf.keras.utils.set_random_seed(seed)
+    model = build(config)
+    loss = listwise_loss if config.loss == "listwise" else pairwise_loss
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate), loss=loss)
+    model.fit(found.features, found.labels, batch_size=config.batch_size, epochs=config.epochs,
+              verbose=0)
+    return model
+
+
+def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
+          model_config, train_config, config: ReRankerConfig, seed: int) -> Lists | None:
+    """The training lists (see the module docstring); None when no list holds a positive."""
     from tfrs_movies.evaluation import embed
     from tfrs_movies.features import FeatureSpace, Vocabulary
     from tfrs_movies.training import fit_model
 
-    start = time.perf_counter()
     fold_a, fold_b = data_lib.carve_validation(train, config.fold_fraction, seed)
     vocab = Vocabulary.build(fold_a, movies, users, fold_in)
     space = FeatureSpace(vocab, max_history=model_config.max_history)
@@ -238,9 +302,4 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
     print(f"[reranker] {int(keep.sum()):,} lists of {k}, {labels[keep].sum(1).mean():.1f} "
           f"positives each (fold B recall@{k} {labels.sum() / max(len(b_rows), 1):.3f})",
           flush=True)
-    tf.keras.utils.set_random_seed(seed)
-    model = build(config)
-    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate), loss=listwise_loss)
-    model.fit(x, labels[keep], batch_size=config.batch_size, epochs=config.epochs, verbose=0)
-    print(f"[reranker] trained in {time.perf_counter() - start:.1f}s", flush=True)
-    return model
+    return Lists(x, labels[keep])
