@@ -151,8 +151,8 @@ def reranker_ablations(trained, work: Path) -> dict:
                                 if config is not None and found is not None else None)
             target = work / f"reranker-ablation-{len(out)}"
             export(trained, target, ExportConfig())
-            out[f"ablation (seed {seed}): {label}"] = exported_topn(target, split.train, split.test, movies)[
-                "ours: exported recommender"]
+            measured = exported_topn(target, split.train, split.test, movies)
+            out[f"ablation (seed {seed}): {label}"] = measured["ours: exported recommender"]
     finally:
         trained.reranker = served
     return out
@@ -276,7 +276,8 @@ def flatten(results: dict) -> dict:
 
 def table(results: dict) -> str:
     seeds = len(results.get("top-n seeds", {})) or 1
-    lines = [f"| protocol | model | nDCG@10 (mean ± sd, {seeds} seed{'s' * (seeds != 1)}) | P@10 | R@10 | MAP@10 "
+    over = f"{seeds} seed{'s' * (seeds != 1)}"
+    lines = [f"| protocol | model | nDCG@10 (mean ± sd, {over}) | P@10 | R@10 | MAP@10 "
              "| coverage@10 | novelty@10 |", "|---|---|---|---|---|---|---|---|"]
     spread = results.get("top-n spread", {})
     for model, m in results["top-n"].items():

@@ -225,11 +225,19 @@ def _top_unseen(query: np.ndarray, candidates: np.ndarray, seen: np.ndarray, k: 
 
 @dataclasses.dataclass(frozen=True)
 class Lists:
-    """What the re-ranker learns on: ``features`` [L, K, F] of L users' lists of K retrieved
-    movies and their ``labels`` [L, K] (1.0: a held-out movie of that user)."""
+    """Per user row, a list of K retrieved movies: ``features`` [L, K, F], ``labels`` [L, K]
+    (1.0: one of the user's held-out movies), ``positions`` [L, K] (catalogue positions, best
+    retrieval score first) and ``targets`` (L arrays: every held-out catalogue position of that
+    user, retrieved or not, which top-N metrics need)."""
 
     features: np.ndarray
     labels: np.ndarray
+    positions: np.ndarray
+    targets: list
+
+    def rows(self, keep: np.ndarray) -> "Lists":
+        return Lists(self.features[keep], self.labels[keep], self.positions[keep],
+                     [t for t, k in zip(self.targets, keep) if k])
 
 
 def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
@@ -257,49 +265,71 @@ def train_on(found: Lists, config: ReRankerConfig, seed: int) -> ReRanker:
     return model
 
 
-def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
-          model_config, train_config, config: ReRankerConfig, seed: int) -> Lists | None:
-    """The training lists (see the module docstring); None when no list holds a positive."""
-    from tfrs_movies.evaluation import embed
+def retriever(ratings: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
+              fold_in: pd.DataFrame, model_config, train_config):
+    """A retrieval model trained (``train_config``'s settings) on ``ratings`` only."""
     from tfrs_movies.features import FeatureSpace, Vocabulary
     from tfrs_movies.training import fit_model
 
-    fold_a, fold_b = data_lib.carve_validation(train, config.fold_fraction, seed)
-    vocab = Vocabulary.build(fold_a, movies, users, fold_in)
+    vocab = Vocabulary.build(ratings, movies, users, fold_in)
     space = FeatureSpace(vocab, max_history=model_config.max_history)
+    model, _ = fit_model("retrieval", space, model_config, train_config, ratings)
+    return model, vocab
+
+
+def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
+          model_config, train_config, config: ReRankerConfig, seed: int) -> Lists | None:
+    """The training lists (see the module docstring): the rows with a positive, or None when
+    none has one."""
+    fold_a, fold_b = data_lib.carve_validation(train, config.fold_fraction, seed)
     print(f"[reranker] training a retrieval model on fold A ({len(fold_a):,} ratings; the "
           f"{len(fold_b):,} of fold B are its targets)", flush=True)
-    retrieval, _ = fit_model("retrieval", space, model_config, train_config, fold_a)
+    retrieval, vocab = retriever(fold_a, movies, users, fold_in, model_config, train_config)
     user_ids = np.asarray(sorted(set(train["user_id"])), dtype=str)
-    movie_ids = np.asarray(vocab.catalog_movies, dtype=str)
-    user_pos = pd.Series(np.arange(len(user_ids)), index=user_ids)
-    movie_pos = pd.Series(np.arange(len(movie_ids)), index=movie_ids)
-    n = len(movie_ids)
-
-    def keys(frame):  # (user row, catalogue position) as one int64
-        frame = frame[frame["movie_id"].isin(movie_pos.index)]
-        rows = frame["user_id"].map(user_pos).to_numpy(np.int64)
-        return rows, frame["movie_id"].map(movie_pos).to_numpy(np.int64)
-
-    seen_rows, seen_cols = keys(fold_a)
-    k = min(config.candidates, n)
-    top, scores = _top_unseen(embed(retrieval.user_embedding, user_ids),
-                              embed(retrieval.movie_embedding, movie_ids),
-                              seen_rows * n + seen_cols, k)
-    ease = (np.take_along_axis(ease_scores(fold_a, user_ids, movie_ids, config.ease_lambda),
-                               top, axis=1) if config.use_ease else np.zeros_like(scores))
-    popularity = np.bincount(seen_cols, minlength=n)[top]
-    b_rows, b_cols = keys(fold_b)
-    candidate_keys = np.arange(len(user_ids))[:, None] * n + top
-    labels = np.isin(candidate_keys, b_rows * n + b_cols).astype(np.float32)
-    keep = labels.sum(axis=1) > 0
+    found = candidate_lists(retrieval, fold_a, fold_b, user_ids,
+                            np.asarray(vocab.catalog_movies, dtype=str), config)
+    keep = found.labels.sum(axis=1) > 0
+    k = found.labels.shape[1]
     if not keep.any():
         print(f"[reranker] no user's top {k} holds one of their fold B movies: no re-ranker "
               f"(the recommender orders by predicted rating)", flush=True)
         return None
-    x = features(tf.constant(scores[keep]), tf.constant(ease[keep]),
-                 tf.constant(popularity[keep])).numpy()
-    print(f"[reranker] {int(keep.sum()):,} lists of {k}, {labels[keep].sum(1).mean():.1f} "
-          f"positives each (fold B recall@{k} {labels.sum() / max(len(b_rows), 1):.3f})",
+    targets = sum(len(t) for t in found.targets)
+    print(f"[reranker] {int(keep.sum()):,} lists of {k}, {found.labels[keep].sum(1).mean():.1f} "
+          f"positives each (fold B recall@{k} {found.labels.sum() / max(targets, 1):.3f})",
           flush=True)
-    return Lists(x, labels[keep])
+    return found.rows(keep)
+
+
+def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
+                    user_ids: np.ndarray, movie_ids: np.ndarray, config: ReRankerConfig) -> Lists:
+    """Each of ``user_ids``' top ``config.candidates`` of ``retrieval`` among ``movie_ids``,
+    the movies of ``known`` excluded, with the features the export computes (EASE and
+    popularity from ``known``) and ``held_out``'s movies as the labels."""
+    from tfrs_movies.evaluation import embed
+
+    user_pos = pd.Series(np.arange(len(user_ids)), index=user_ids)
+    movie_pos = pd.Series(np.arange(len(movie_ids)), index=movie_ids)
+    n = len(movie_ids)
+
+    def keys(frame):  # (user row, catalogue position)
+        frame = frame[frame["movie_id"].isin(movie_pos.index)
+                      & frame["user_id"].isin(user_pos.index)]
+        rows = frame["user_id"].map(user_pos).to_numpy(np.int64)
+        return rows, frame["movie_id"].map(movie_pos).to_numpy(np.int64)
+
+    seen_rows, seen_cols = keys(known)
+    k = min(config.candidates, n)
+    top, scores = _top_unseen(embed(retrieval.user_embedding, user_ids),
+                              embed(retrieval.movie_embedding, movie_ids),
+                              seen_rows * n + seen_cols, k)
+    ease = (np.take_along_axis(ease_scores(known, user_ids, movie_ids, config.ease_lambda),
+                               top, axis=1) if config.use_ease else np.zeros_like(scores))
+    popularity = np.bincount(seen_cols, minlength=n)[top]
+    b_rows, b_cols = keys(held_out)
+    candidate_keys = np.arange(len(user_ids))[:, None] * n + top
+    labels = np.isin(candidate_keys, b_rows * n + b_cols).astype(np.float32)
+    by_user = pd.Series(b_cols).groupby(b_rows).agg(lambda c: np.unique(c.to_numpy()))
+    targets = [by_user.get(row, np.zeros(0, np.int64)) for row in range(len(user_ids))]
+    x = features(tf.constant(scores), tf.constant(ease), tf.constant(popularity)).numpy()
+    return Lists(x, labels, top, targets)
