@@ -384,6 +384,23 @@ def test_pairwise_loss_averages_every_positive_against_every_negative():
     np.testing.assert_allclose(reranker.pairwise_loss(labels, scores).numpy(), want, rtol=1e-6)
 
 
+def test_candidate_lists_label_held_out_movies_and_keep_every_target():
+    # 2 users x 4 movies; the stub scores movie "1" > "2" > "3" > "4" for every user.
+    stub = types.SimpleNamespace(
+        user_embedding=lambda ids: tf.ones([tf.shape(ids)[0], 1]),
+        movie_embedding=lambda ids: -tf.strings.to_number(ids)[:, None])
+    known = pd.DataFrame({"user_id": ["u1", "u2"], "movie_id": ["1", "2"]})
+    held_out = pd.DataFrame({"user_id": ["u1", "u1"], "movie_id": ["3", "4"]})
+    found = reranker.candidate_lists(stub, known, held_out, np.asarray(["u1", "u2"]),
+                                     np.asarray(["1", "2", "3", "4"]),
+                                     reranker.ReRankerConfig(candidates=2, use_ease=False))
+    assert found.positions.tolist() == [[1, 2], [0, 2]]  # the known movie left out
+    assert found.labels.tolist() == [[0.0, 1.0], [0.0, 0.0]]
+    assert [t.tolist() for t in found.targets] == [[2, 3], []]  # "4": held out, not retrieved
+    assert found.features.shape == (2, 2, len(reranker.FEATURES))
+    assert found.rows(np.asarray([False, True])).positions.tolist() == [[0, 2]]
+
+
 def test_a_left_out_family_changes_nothing_the_reranker_scores():
     model = reranker.build(reranker.ReRankerConfig(without=("item-item",)))
     x = np.random.default_rng(0).normal(size=(2, 5, len(reranker.FEATURES))).astype(np.float32)
