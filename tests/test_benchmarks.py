@@ -198,3 +198,27 @@ def test_quality_table_gives_mean_and_spread_over_seeds():
                           "top-n seeds": {"42": {}, "7": {}}, "rating": {}, "tutorial": {}})
     assert "nDCG@10 (mean ± sd, 2 seeds)" in text
     assert "| ours: exported recommender | 0.4900 ± 0.0100 | 0.4000 |" in text
+
+
+def test_training_targets_are_checked_and_tabled():
+    out = {"train_examples_per_s.retrieval.ml100k.ratio": 25.0,
+           "train_large_tables_slowdown": 2.0}
+    got = train_speed.targets(out)
+    assert got["train_target.ml100k_vs_tutorial.met"] is True
+    assert got["train_target.large_tables_slowdown.met"] is False
+    assert "train_target.examples_per_s_10M" not in got  # no 10^7 ratings in this run
+    text = bench.table({**out, **got})
+    assert "| ML-100K retrieval examples/s / the TFRS tutorial recipe's | >= 20 | 25.00 | yes |" \
+        in text
+    assert "| >= 1.50 | 2.00 | **no** |" not in text and "| <= 1.50 | 2.00 | **no** |" in text
+
+
+def test_epoch_table_extrapolates_from_examples_per_second():
+    from benchmarks import epoch_time
+
+    r = {"shape.ml-1m.users": 6040, "shape.ml-1m.movies": 3706, "shape.ml-1m.ratings": 1_000_209,
+         "peak_rss_mb.ml-1m": 1500.0, "epoch_examples_per_s.ml-1m.batch256": 10_000.0,
+         "epoch_minutes.ml-1m.batch256": 1.67, "epoch_examples_per_s.ml-1m.batch4096": 40_000.0,
+         "epoch_minutes.ml-1m.batch4096": 0.42}
+    assert "| ml-1m | 6,040 / 3,706 / 1,000,209 | 1.7 min (10,000) | 25 s (40,000) | 1,500 |" \
+        in epoch_time.table(r)
