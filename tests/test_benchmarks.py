@@ -222,3 +222,23 @@ def test_epoch_table_extrapolates_from_examples_per_second():
          "epoch_minutes.ml-1m.batch4096": 0.42}
     assert "| ml-1m | 6,040 / 3,706 / 1,000,209 | 1.7 min (10,000) | 25 s (40,000) | 1,500 |" \
         in epoch_time.table(r)
+
+
+def test_train_section_makes_each_datasets_measurements_only(monkeypatch, tmp_path):
+    only = {"recipes": ("ours",), "kinds": ("retrieval",)}
+    monkeypatch.setattr(train_speed, "datasets", lambda quick: [
+        train_speed.Dataset("synthetic-1M-small-tables", train_speed.Plan(), 30, 20, 300, **only),
+        train_speed.Dataset("synthetic-1M-large-tables", train_speed.Plan(), 90, 60, 300, **only)])
+    calls = []
+
+    def child(module, args):
+        calls.append(args)
+        rate = 100.0 if "small" in args[args.index("--data") + 1] else 80.0
+        return {"examples_per_s": rate, "peak_rss_mb": 1.0, "warmup_seconds": 0.1,
+                "vocab_seconds": 0.1, "feature_space_seconds": 0.1}
+
+    monkeypatch.setattr(train_speed, "run_child", child)
+    got = train_speed.run(None, tmp_path, quick=True)
+    assert len(calls) == 2 and all("ours" in a and "retrieval" in a for a in calls)
+    assert got["train_large_tables_slowdown"] == 1.25
+    assert got["train_target.large_tables_slowdown.met"] is True
