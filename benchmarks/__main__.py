@@ -76,12 +76,28 @@ def table(r: dict) -> str:
         for data in datasets:
             for kind in ("retrieval", "ranking"):
                 key = f"{kind}.{data}"
+                if f"train_examples_per_s.{key}" not in r:
+                    continue
                 out.append(f"| {data} ({r.get(f'train_rows.{data}', 0):,} ratings) | {kind} | "
                            f"{_fmt(r.get(f'train_examples_per_s.{key}'), 0)} | "
                            f"{_fmt(r.get(f'train_examples_per_s.{key}.tutorial'), 0)} | "
                            f"{_fmt(r.get(f'train_examples_per_s.{key}.ratio'), 2)} | "
                            f"{_fmt(r.get(f'peak_rss_mb.train.{key}'), 0)} / "
                            f"{_fmt(r.get(f'peak_rss_mb.train.{key}.tutorial'), 0)} |")
+        out.append("")
+    if "train_examples_per_s.retrieval.synthetic-1M-large-tables" in r:
+        out += [f"10^6 ratings at batch 256, our retrieval: 10^4 users x 10^3 movies train at "
+                f"{_fmt(r['train_examples_per_s.retrieval.synthetic-1M-small-tables'], 0)} "
+                f"examples/s, 10^6 x 10^5 at "
+                f"{_fmt(r['train_examples_per_s.retrieval.synthetic-1M-large-tables'], 0)} "
+                f"(slowdown {_fmt(r['train_large_tables_slowdown'], 2)}x).", ""]
+    goals = sorted(k.removesuffix(".goal") for k in r if k.endswith(".goal"))
+    if goals:
+        out += ["| target | goal | measured | met |", "|---|---:|---:|---|"]
+        for key in goals:
+            out.append(f"| {r.get(f'{key}.meaning', key)} | {r[f'{key}.compare']} "
+                       f"{_fmt(r[f'{key}.goal'], 2)} | {_fmt(r[key], 2)} | "
+                       f"{'yes' if r[f'{key}.met'] else '**no**'} |")
         out.append("")
     batches = sorted(int(k.rsplit("batch", 1)[1]) for k in r if k.startswith("cost_ratio."))
     if batches:

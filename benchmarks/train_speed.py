@@ -2,7 +2,9 @@
 
     python -m benchmarks --only train --quick --output bench/speed
 
-Figures (``KIND`` is retrieval or ranking, ``DATA`` ml100k or synthetic-10M/-1M):
+Figures (``KIND`` is retrieval or ranking, ``DATA`` ml100k, synthetic-10M/-1M, or the pair
+synthetic-1M-small-tables / synthetic-1M-large-tables: the same 10^6 ratings by 10^4 users of
+10^3 movies and by 10^6 users of 10^5 movies, our retrieval only):
   train_examples_per_s.KIND.DATA           ours: `tfrs_movies.training.make_dataset` + the
                                            `build_model` models with `ModelConfig()` defaults,
                                            the optimizer `fit_model` compiles, batch 256
@@ -16,6 +18,11 @@ Figures (``KIND`` is retrieval or ranking, ``DATA`` ml100k or synthetic-10M/-1M)
   vocab_seconds.DATA, feature_space_seconds.DATA   building our `Vocabulary` / `FeatureSpace`
   train_warmup_seconds.KIND.DATA[.tutorial]        the untimed first block (tracing, filling
                                                    shuffle buffers and caches)
+  train_large_tables_slowdown   small-tables / large-tables examples/s: what 100x larger
+                                tables cost a step at the same ratings and batch
+  train_target.NAME             a target's measured figure, with ``.goal``, ``.compare``
+                                (``>=`` or ``<=``) and ``.met``; ``TARGETS`` lists them (a
+                                target whose data the run did not train on is left out)
 
 Each (recipe, kind, data) runs in its own child process: fresh TensorFlow and an honest peak
 memory. In a child, Keras ``fit`` runs ``repeats + 1`` blocks of ``steps`` steps over the
@@ -76,21 +83,67 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Ratings to train on: ``ml100k`` (the raw folder's 80% train split) or synthetic sizes."""
+    """Ratings to train on: ``ml100k`` (the raw folder's 80% train split) or synthetic sizes,
+    and the (recipe, kind) measurements made on them."""
 
     name: str
     plan: Plan
     users: int = 0
     movies: int = 0
     ratings: int = 0
+    recipes: tuple[str, ...] = RECIPES
+    kinds: tuple[str, ...] = KINDS
 
 
 def datasets(quick: bool) -> list[Dataset]:
-    """ML-100K and 10^7 synthetic ratings (quick: 10^6, so the name says 1M)."""
+    """ML-100K, 10^7 synthetic ratings (quick: 10^6, so the name says 1M), and 10^6 ratings
+    on small and on large tables (our retrieval)."""
     scale = 1 if quick else 10
+    ours = {"recipes": ("ours",), "kinds": ("retrieval",)}
     return [Dataset("ml100k", Plan()),
             Dataset(f"synthetic-{scale}M", Plan(tutorial_retrieval=1 if scale > 1 else 3),
-                    users=100_000 * scale, movies=10_000 * scale, ratings=1_000_000 * scale)]
+                    users=100_000 * scale, movies=10_000 * scale, ratings=1_000_000 * scale),
+            Dataset("synthetic-1M-small-tables", Plan(), users=10_000, movies=1_000,
+                    ratings=1_000_000, **ours),
+            Dataset("synthetic-1M-large-tables", Plan(), users=1_000_000, movies=100_000,
+                    ratings=1_000_000, **ours)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A figure the training path is held to (issue 17), checked on every run that has it."""
+
+    name: str
+    key: str
+    compare: str  # ">=" or "<="
+    goal: float
+    meaning: str
+
+
+TARGETS = (
+    Target("large_tables_slowdown", "train_large_tables_slowdown", "<=", 1.5,
+           "10^6 ratings, batch 256: examples/s of 10^4 users x 10^3 movies / of 10^6 x 10^5"),
+    Target("examples_per_s_10M", "train_examples_per_s.retrieval.synthetic-10M", ">=", 19_070,
+           "retrieval at 10^7 ratings, batch 256: 10x the 1,907 examples/s before lazy updates"),
+    Target("ml100k_vs_tutorial", "train_examples_per_s.retrieval.ml100k.ratio", ">=", 20,
+           "ML-100K retrieval examples/s / the TFRS tutorial recipe's"),
+)
+
+
+def targets(out: dict) -> dict:
+    """``train_target.*`` keys of every target whose figure ``out`` holds."""
+    got = {}
+    for target in TARGETS:
+        if target.key not in out:
+            continue
+        value = out[target.key]
+        met = value >= target.goal if target.compare == ">=" else value <= target.goal
+        got.update({f"train_target.{target.name}": value,
+                    f"train_target.{target.name}.goal": target.goal,
+                    f"train_target.{target.name}.compare": target.compare,
+                    f"train_target.{target.name}.meaning": target.meaning,
+                    f"train_target.{target.name}.met": bool(met)})
+    return got
 
 
 def prepare(dataset: Dataset, data_dir: Path, folder: Path) -> Path:
@@ -116,18 +169,24 @@ def run(data_dir: Path, work: Path, quick: bool) -> dict:
         folder = prepare(dataset, data_dir, work / f"train-{dataset.name}")
         out[f"train_rows.{dataset.name}"] = len(pd.read_parquet(folder / "ratings.parquet",
                                                                 columns=["user_rating"]))
-        for kind in KINDS:
-            for recipe in RECIPES:
+        for kind in dataset.kinds:
+            for recipe in dataset.recipes:
                 print(f"train: {recipe} {kind} on {dataset.name}", flush=True)
                 child = run_child("benchmarks.train_speed", [
                     "--child", "--recipe", recipe, "--kind", kind, "--data", str(folder),
                     "--steps", str(dataset.plan.steps(recipe, kind)),
                     "--repeats", str(dataset.plan.repeats)])
                 out.update(flatten(child, kind, dataset.name, recipe))
-            ours = out[f"train_examples_per_s.{kind}.{dataset.name}"]
-            tutorial = out[f"train_examples_per_s.{kind}.{dataset.name}.tutorial"]
-            out[f"train_examples_per_s.{kind}.{dataset.name}.ratio"] = round(ours / tutorial, 3)
-    return out
+            if "tutorial" in dataset.recipes:
+                ours = out[f"train_examples_per_s.{kind}.{dataset.name}"]
+                tutorial = out[f"train_examples_per_s.{kind}.{dataset.name}.tutorial"]
+                out[f"train_examples_per_s.{kind}.{dataset.name}.ratio"] = round(
+                    ours / tutorial, 3)
+    small = out.get("train_examples_per_s.retrieval.synthetic-1M-small-tables")
+    large = out.get("train_examples_per_s.retrieval.synthetic-1M-large-tables")
+    if small and large:
+        out["train_large_tables_slowdown"] = round(small / large, 3)
+    return {**out, **targets(out)}
 
 
 def flatten(child: dict, kind: str, data: str, recipe: str) -> dict:
@@ -182,13 +241,20 @@ def _ours(kind: str, ratings: pd.DataFrame, movies, users, steps: int, repeats: 
     start = time.perf_counter()
     space = FeatureSpace(vocab, max_history=config.max_history)
     space_seconds = time.perf_counter() - start
+    result = fit_speed(kind, space, ratings, train_config, steps, repeats)
+    return {**result, "vocab_seconds": vocab_seconds, "feature_space_seconds": space_seconds}
+
+
+def fit_speed(kind: str, space: FeatureSpace, ratings: pd.DataFrame, train_config: TrainConfig,
+              steps: int, repeats: int) -> dict:
+    """``timed_fit`` of a fresh ``kind`` model with ``ModelConfig()`` defaults, compiled as
+    `fit_model` compiles it, at ``train_config.batch_size``."""
     tf.keras.utils.set_random_seed(train_config.seed)
-    model = build_model(kind, space, config)
+    model = build_model(kind, space, ModelConfig())
     runs.build_variables(model, space)
     model.compile(optimizer=make_optimizer(train_config, steps * (repeats + 1)))
     dataset = make_dataset(ratings, train_config.batch_size, train_config.seed).repeat()
-    result = timed_fit(model, dataset, len(ratings), train_config.batch_size, steps, repeats)
-    return {**result, "vocab_seconds": vocab_seconds, "feature_space_seconds": space_seconds}
+    return timed_fit(model, dataset, len(ratings), train_config.batch_size, steps, repeats)
 
 
 class _TutorialRetrieval(tfrs.Model):

@@ -198,3 +198,47 @@ def test_quality_table_gives_mean_and_spread_over_seeds():
                           "top-n seeds": {"42": {}, "7": {}}, "rating": {}, "tutorial": {}})
     assert "nDCG@10 (mean ± sd, 2 seeds)" in text
     assert "| ours: exported recommender | 0.4900 ± 0.0100 | 0.4000 |" in text
+
+
+def test_training_targets_are_checked_and_tabled():
+    out = {"train_examples_per_s.retrieval.ml100k.ratio": 25.0,
+           "train_large_tables_slowdown": 2.0}
+    got = train_speed.targets(out)
+    assert got["train_target.ml100k_vs_tutorial.met"] is True
+    assert got["train_target.large_tables_slowdown.met"] is False
+    assert "train_target.examples_per_s_10M" not in got  # no 10^7 ratings in this run
+    text = bench.table({**out, **got})
+    assert "| ML-100K retrieval examples/s / the TFRS tutorial recipe's | >= 20 | 25.00 | yes |" \
+        in text
+    assert "| >= 1.50 | 2.00 | **no** |" not in text and "| <= 1.50 | 2.00 | **no** |" in text
+
+
+def test_epoch_table_extrapolates_from_examples_per_second():
+    from benchmarks import epoch_time
+
+    r = {"shape.ml-1m.users": 6040, "shape.ml-1m.movies": 3706, "shape.ml-1m.ratings": 1_000_209,
+         "peak_rss_mb.ml-1m": 1500.0, "epoch_examples_per_s.ml-1m.batch256": 10_000.0,
+         "epoch_minutes.ml-1m.batch256": 1.67, "epoch_examples_per_s.ml-1m.batch4096": 40_000.0,
+         "epoch_minutes.ml-1m.batch4096": 0.42}
+    assert "| ml-1m | 6,040 / 3,706 / 1,000,209 | 1.7 min (10,000) | 25 s (40,000) | 1,500 |" \
+        in epoch_time.table(r)
+
+
+def test_train_section_makes_each_datasets_measurements_only(monkeypatch, tmp_path):
+    only = {"recipes": ("ours",), "kinds": ("retrieval",)}
+    monkeypatch.setattr(train_speed, "datasets", lambda quick: [
+        train_speed.Dataset("synthetic-1M-small-tables", train_speed.Plan(), 30, 20, 300, **only),
+        train_speed.Dataset("synthetic-1M-large-tables", train_speed.Plan(), 90, 60, 300, **only)])
+    calls = []
+
+    def child(module, args):
+        calls.append(args)
+        rate = 100.0 if "small" in args[args.index("--data") + 1] else 80.0
+        return {"examples_per_s": rate, "peak_rss_mb": 1.0, "warmup_seconds": 0.1,
+                "vocab_seconds": 0.1, "feature_space_seconds": 0.1}
+
+    monkeypatch.setattr(train_speed, "run_child", child)
+    got = train_speed.run(None, tmp_path, quick=True)
+    assert len(calls) == 2 and all("ours" in a and "retrieval" in a for a in calls)
+    assert got["train_large_tables_slowdown"] == 1.25
+    assert got["train_target.large_tables_slowdown.met"] is True

@@ -157,3 +157,52 @@ def test_multitask_runs_each_tower_once_per_step(tiny_tables, space, name):
     batch = next(iter(make_dataset(tiny_tables[0], 16)))
     model.compute_loss(batch, training=True)
     assert calls == {"user_tower": 1, "movie_tower": 1}
+
+
+def test_l2_is_on_looked_up_rows_and_estimates_the_whole_table_l2(tiny_tables, space):
+    """Embedding gradients stay row-sparse, and over every train example at once the
+    per-row penalty equals l2 * sum ||W||^2 of the rows train examples look up (up to the
+    one history row an example drops: its own movie)."""
+    ratings = tiny_tables[0]
+    train = ratings[ratings["user_id"] != "u0"]
+    model = build_model("retrieval", space, ModelConfig(embedding_dim=8, l2=1e-3))
+    batch = next(iter(make_dataset(train, len(train))))
+    with tf.GradientTape() as tape:
+        loss, regularization = model.losses_of(batch, training=True)
+        total = loss + regularization
+    tables = {v.name: v for tower in (model.user_tower, model.movie_tower)
+              for v in (t.embeddings for t in tower._tables().values())}
+    gradients = dict(zip([v.name for v in model.trainable_variables],
+                         tape.gradient(total, model.trainable_variables)))
+    assert all(isinstance(gradients[name], tf.IndexedSlices) for name in tables)
+    whole = 0.0
+    for tower in (model.user_tower, model.movie_tower):
+        for feature, table in tower._tables().items():
+            used = space.example_occurrences(feature, table.input_dim) > 0
+            whole += 1e-3 * float(tf.reduce_sum(tf.square(table.embeddings[used])))
+    assert float(regularization) == pytest.approx(whole, rel=0.05)
+
+
+def test_lazy_adam_updates_only_the_rows_a_batch_touched():
+    from tfrs_movies.lazy_adam import LazyAdam
+
+    table = tf.Variable(tf.ones([5, 2]))
+    dense = tf.Variable(tf.ones([3]))
+    twin = tf.Variable(tf.ones([3]))
+    lazy, plain = LazyAdam(0.1), tf.keras.optimizers.Adam(0.1)
+    for rows in ([1, 3, 3], [1]):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.gather(table, rows) ** 2) + tf.reduce_sum(dense ** 2)
+        lazy.apply_gradients(zip(tape.gradient(loss, [table, dense]), [table, dense]))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(twin ** 2)
+        plain.apply_gradients([(tape.gradient(loss, twin), twin)])
+    np.testing.assert_array_equal(table.numpy()[[0, 2, 4]], 1.0)  # untouched rows, moments
+    moments = [v for v in lazy.variables if v.shape == table.shape]  # m and v
+    assert len(moments) == 2
+    for moment in moments:
+        np.testing.assert_array_equal(moment.numpy()[[0, 2, 4]], 0.0)
+    # row 3 moved once (step 1), row 1 twice: Adam's first steps move by about the rate
+    np.testing.assert_allclose(table.numpy()[3], 0.9, rtol=1e-3)
+    np.testing.assert_allclose(table.numpy()[1], 0.8, rtol=1e-2)
+    np.testing.assert_allclose(dense.numpy(), twin.numpy(), rtol=1e-6)  # dense: plain Adam

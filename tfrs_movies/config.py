@@ -116,7 +116,9 @@ class ModelConfig:
         history and demographics, which generalizes to users unseen in training).
       max_history: longest history used per user (most recent kept).
       dropout: dropout rate inside the towers and the ranking MLP.
-      l2: L2 weight on the embedding tables; None: the model kind's own default
+      l2: L2 weight on the embedding tables, applied to the rows each batch looks up
+        (weighted so that its expectation is ``l2 * sum ||W||^2``: ``towers``); None: the
+        model kind's own default
         (``default_l2`` of its class: 5e-4, tuned on ML-100K, for retrieval, ranking and
         multitask; 0 for the seed-report models, which that weight flattens).
       gravity: weight of the gravity regularizer ``sum((U^T U) * (V^T V)) / (M N)`` on the

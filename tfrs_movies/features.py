@@ -56,6 +56,8 @@ class Vocabulary:
       years: release years present, sorted.
       history: per ``catalog_users`` entry, the train (+fold-in) movies, oldest first.
       rating_values: the distinct train ratings, sorted (rating range and class head).
+      user_counts: train ratings per ``user_ids`` entry (the row weights of the L2 on looked-up
+        rows, ``FeatureSpace.example_occurrences``); None in vocabularies written before it.
     """
 
     user_ids: list[str]
@@ -70,6 +72,7 @@ class Vocabulary:
     years: list[int]
     history: list[list[str]]
     rating_values: list[float]
+    user_counts: list[int] | None = None
 
     @classmethod
     def build(cls, train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
@@ -77,6 +80,7 @@ class Vocabulary:
         """Builds the vocabulary from train ratings (+ fold-in history) and the catalogue."""
         movie_counts = train["movie_id"].value_counts()
         movie_ids = sorted(movie_counts.index)
+        user_counts = train["user_id"].value_counts().sort_index()
         movies = movies.sort_values("movie_id")
         users = users.sort_values("user_id")
         token_counts: dict[str, int] = {}
@@ -99,7 +103,7 @@ class Vocabulary:
         ordered = seen.sort_values(["user_id", "timestamp", "movie_id"], kind="stable")
         grouped = ordered.groupby("user_id", sort=False)["movie_id"].agg(list)
         return cls(
-            user_ids=sorted(train["user_id"].unique()),
+            user_ids=[str(u) for u in user_counts.index],
             movie_ids=movie_ids,
             movie_counts=[int(movie_counts[m]) for m in movie_ids],
             catalog_movies=list(movies["movie_id"]),
@@ -111,6 +115,7 @@ class Vocabulary:
             years=sorted({y for y in map(_year, movies["movie_title"]) if y}),
             history=[grouped.get(u, []) for u in users["user_id"]],
             rating_values=sorted(float(r) for r in train["user_rating"].unique()),
+            user_counts=[int(c) for c in user_counts],
         )
 
     def save(self, path: str | Path) -> None:
@@ -228,6 +233,61 @@ class FeatureSpace(tf.keras.layers.Layer):
         """Titles of catalogue movies ("" for unknown ids), same shape as ``movie_ids``."""
         return tf.gather(self.title_strings, self.catalog_movie_lookup(movie_ids))
 
+    def example_occurrences(self, feature: str, rows: int) -> np.ndarray:
+        """[rows] float64: how many times one train example looks up each row of the table
+        behind ``feature``, in expectation over the train ratings (an example is a rating:
+        its user's features and its movie's).
+
+        ``feature`` is a key of ``user_features`` (``user_index``, a demographic, ``history``)
+        or of ``movie_features`` (``movie_index``, ``title``, ``year``). The weights of the L2
+        on looked-up rows (``towers``): a row's penalty divided by this is, in expectation,
+        the whole-table L2 of that row. A history leaves out its example's own movie; that
+        one row is not subtracted here.
+        """
+        movie_freq = _shares(self.vocab.movie_counts)
+        if feature == "movie_index":
+            return _bins(np.arange(len(movie_freq)), movie_freq, rows)
+        user_freq = _shares(self.vocab.user_counts or [1] * len(self.vocab.user_ids))
+        if feature == "user_index":
+            return _bins(np.arange(len(user_freq)), user_freq, rows)
+        if feature in self.user_columns or feature == "history":
+            # Share of examples per catalogue row; row 0: train users without one.
+            weight = _catalog_shares(self.vocab.user_ids, self.vocab.catalog_users, user_freq)
+            if feature == "history":
+                return _ragged_bins(self.history, weight, rows)
+            return _bins(self.user_columns[feature].numpy(), weight, rows)
+        weight = _catalog_shares(self.vocab.movie_ids, self.vocab.catalog_movies, movie_freq)
+        if feature == "title":
+            return _ragged_bins(self.titles, weight, rows)
+        if feature == "year":
+            return _bins(self.years.numpy(), weight, rows)
+        raise ValueError(f"no table behind feature {feature!r}")
+
     def sampling_probability(self, movie_ids: tf.Tensor) -> tf.Tensor:
         """Train frequency of each movie, for the logQ correction of in-batch negatives."""
         return tf.gather(self.movie_frequency, self.movie_lookup(movie_ids))
+
+
+def _shares(counts) -> np.ndarray:
+    """Train counts per vocabulary entry -> shares per embedding row (row 0, OOV: 0)."""
+    counts = np.concatenate([[0.0], np.asarray(counts, np.float64)])
+    return counts / max(counts.sum(), 1.0)
+
+
+def _catalog_shares(ids: list[str], catalog: list[str], shares: np.ndarray) -> np.ndarray:
+    """Embedding-row shares -> shares per catalogue row (row 0: ids not in the catalogue)."""
+    position = pd.Index(catalog).get_indexer(ids) if len(catalog) else np.full(len(ids), -1)
+    out = np.zeros(len(catalog) + 1)
+    np.add.at(out, position + 1, shares[1:])
+    return out
+
+
+def _bins(rows: np.ndarray, weight: np.ndarray, size: int) -> np.ndarray:
+    """Sum of ``weight[i]`` over the entries i whose table row is ``rows[i]``, per row."""
+    return np.bincount(np.asarray(rows), weights=weight, minlength=size)[:size]
+
+
+def _ragged_bins(table: tf.RaggedTensor, weight: np.ndarray, size: int) -> np.ndarray:
+    """``_bins`` for a ragged [catalogue rows, None] table of ids, each bag weighted."""
+    lengths = table.row_lengths().numpy()
+    return _bins(table.flat_values.numpy(), np.repeat(weight, lengths), size)

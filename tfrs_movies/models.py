@@ -52,15 +52,16 @@ class _TwoTowers(tfrs.Model):
         self.movie_tower = MovieTower(space, movie_config or config, name="movie_tower")
 
     # -- towers: features in, [B, D] out -------------------------------------------------
-    def user_tower_of(self, user_ids, exclude_movie_ids=None, training=False):
-        """([B, D] user tower output, the user feature dict)."""
+    def user_tower_of(self, user_ids, exclude_movie_ids=None, training=False, l2_rows=None):
+        """([B, D] user tower output, the user feature dict); ``l2_rows``: the tower adds the
+        L2 of the first ``l2_rows`` users' looked-up rows to ``losses`` (training)."""
         features = self.space.user_features(user_ids, exclude_movie_ids)
-        return self.user_tower(features, training=training), features
+        return self.user_tower(features, training=training, l2_rows=l2_rows), features
 
-    def movie_tower_of(self, movie_ids, training=False):
-        """([N, D] movie tower output, the movie feature dict)."""
+    def movie_tower_of(self, movie_ids, training=False, l2_rows=None):
+        """([N, D] movie tower output, the movie feature dict); ``l2_rows`` as for users."""
         features = self.space.movie_features(movie_ids)
-        return self.movie_tower(features, training=training), features
+        return self.movie_tower(features, training=training, l2_rows=l2_rows), features
 
     # -- retrieval ---------------------------------------------------------------------
     def query(self, user, features):
@@ -108,7 +109,11 @@ class _TwoTowers(tfrs.Model):
 
     def losses_of(self, inputs, training=False):
         """(task loss, regularization loss) of one replica's batch; their gradients, summed
-        over the replicas, are the single-process gradients of the global batch."""
+        over the replicas, are the single-process gradients of the global batch.
+
+        ``losses`` holds the towers' L2 of this step's rows (a mean over the replica's
+        examples; ``towers``) and any kernel regularizers (computed in full): both are
+        divided by the replica count."""
         loss = self.compute_loss(inputs, training=training)
         regularization = tf.reduce_sum([tf.reduce_sum(term) for term in self.losses])
         return loss, per_replica_share(regularization)
@@ -315,10 +320,12 @@ class _PairModel(_TwoTowers):
         retrieval = getattr(self, "retrieval", None)
         sampled_ids = retrieval.sample() if retrieval is not None else None
         all_ids = movie_ids if sampled_ids is None else tf.concat([movie_ids, sampled_ids], 0)
-        # The target is dropped from the user's history so the tower cannot copy it.
-        user, user_features = self.user_tower_of(features["user_id"], movie_ids, training)
-        movie, movie_features = self.movie_tower_of(all_ids, training)
         batch = tf.shape(movie_ids)[0]
+        # The target is dropped from the user's history so the tower cannot copy it. The
+        # towers' L2 covers the batch's own rows (not the sampled negatives').
+        user, user_features = self.user_tower_of(features["user_id"], movie_ids, training,
+                                                 l2_rows=batch)
+        movie, movie_features = self.movie_tower_of(all_ids, training, l2_rows=batch)
         loss = 0.0
         if retrieval is not None:
             candidates = self.candidate(movie, movie_features)

@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrs_movies.config import ModelConfig
-from tfrs_movies.distribute import global_mean
+from tfrs_movies.distribute import global_mean, per_replica_share
 from tfrs_movies.errors import UserError
 from tfrs_movies.features import FeatureSpace
 from tfrs_movies.models import RatingHead, _PairModel
@@ -161,10 +161,20 @@ class SoftmaxHistory(_PaperModel):
 
     def compute_loss(self, features, training=False):
         movie_ids = features["movie_id"]
-        query = self.user_embedding(features["user_id"], movie_ids, training=training)
+        query = self.query(*self.user_tower_of(features["user_id"], movie_ids, training,
+                                                l2_rows=tf.shape(movie_ids)[0]))
         # Every embedding row (OOV included) is a class; an id-only tower reads movie_index only.
         candidates = self.movie_tower({"movie_index": self.rows}, training=training)
         return self.softmax(query, candidates, self.space.movie_lookup(movie_ids))
+
+    def losses_of(self, inputs, training=False):
+        """The candidate table is read whole on every step (its gradient is dense anyway), so
+        its L2 is the whole table's: ``l2 * sum(V^2)``, computed in full on every replica."""
+        loss, regularization = super().losses_of(inputs, training)
+        if self.config.l2:
+            table = self.movie_tower.id_embedding.embeddings
+            regularization += per_replica_share(self.config.l2 * tf.reduce_sum(tf.square(table)))
+        return loss, regularization
 
 
 class RatingClasses(_PaperModel):

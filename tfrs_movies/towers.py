@@ -4,9 +4,18 @@ Each tower embeds every feature it is given, concatenates, and maps the result t
 ``embedding_dim`` through optional hidden layers and a final linear projection. With
 ``use_features=False`` and ``use_history=False`` a tower is a plain id embedding (matrix
 factorization's factor), which is what the ablations compare against.
+
+L2 (``config.l2``) is on the rows a batch looks up, not on whole tables, so a step's
+embedding gradients stay row-sparse (``tf.IndexedSlices``) and its cost follows the batch:
+called with ``l2_rows=n``, a tower adds (``add_loss``) ``l2`` times the mean over its first
+``n`` examples of ``sum ||row||^2 / q(row)`` over the rows each example looks up, where
+``q`` is how often one train example looks that row up (``FeatureSpace.example_occurrences``).
+In expectation over the batch that is ``l2 * sum ||W||^2`` of every table, the whole-table
+penalty it replaces; a row is only pulled towards 0 on the steps that use it.
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from tfrs_movies.config import ModelConfig
@@ -17,16 +26,66 @@ _SIDE_DIM = 16
 _USER_SIDE_SIZES = {"gender": 3, "age": 8, "occupation": 23, "zip": 11}
 
 
-def _embedding(size: int, dim: int, config: ModelConfig, name: str) -> tf.keras.layers.Embedding:
-    regularizer = tf.keras.regularizers.l2(config.l2) if config.l2 else None
-    return tf.keras.layers.Embedding(size, dim, embeddings_regularizer=regularizer, name=name)
+def _embedding(size: int, dim: int, name: str) -> tf.keras.layers.Embedding:
+    return tf.keras.layers.Embedding(size, dim, name=name)
 
 
-def _bag(table: tf.keras.layers.Embedding, ids: tf.RaggedTensor) -> tf.Tensor:
-    """Mean embedding of a ragged bag of ids, [B, None] -> [B, D]; an empty bag gives zeros."""
+def _bag(rows: tf.RaggedTensor, ids: tf.RaggedTensor) -> tf.Tensor:
+    """Mean of a ragged bag's looked-up rows, [B, None, D] -> [B, D]; an empty bag gives 0."""
     return tf.math.divide_no_nan(
-        tf.reduce_sum(table(ids), axis=1),
+        tf.reduce_sum(rows, axis=1),
         tf.cast(tf.expand_dims(ids.row_lengths(), 1), tf.float32))
+
+
+class _RowL2:
+    """The L2 of one tower on the rows its lookups touch (see the module docstring).
+
+    ``inverse`` maps a feature name to ``1 / q`` per row of its table ([rows] float32; a row
+    no train example looks up gets the largest weight of the table)."""
+
+    def __init__(self, space: FeatureSpace, l2: float, tables: dict[str, int]):
+        self.l2 = l2
+        self.inverse = {}
+        for feature, rows in tables.items():
+            q = space.example_occurrences(feature, rows)
+            floor = q[q > 0].min() if np.any(q > 0) else 1.0
+            self.inverse[feature] = tf.constant(1.0 / np.maximum(q, floor), tf.float32)
+
+    def penalty(self, feature: str, ids, rows):
+        """ids [B] or ragged [B, None], their rows [B, D] or [B, None, D] -> [B]."""
+        squares = tf.reduce_sum(tf.square(rows), axis=-1) * tf.gather(self.inverse[feature], ids)
+        return tf.reduce_sum(squares, axis=1) if isinstance(ids, tf.RaggedTensor) else squares
+
+    def loss(self, penalties: list[tf.Tensor], l2_rows) -> tf.Tensor:
+        """The mean over the first ``l2_rows`` examples of their summed penalties, times l2."""
+        total = tf.reduce_sum(tf.add_n(penalties)[:l2_rows])
+        return self.l2 * tf.math.divide_no_nan(total, tf.cast(l2_rows, tf.float32))
+
+
+class _Tower(tf.keras.Model):
+    """Shared by both towers: table lookups that record their L2 penalty when asked."""
+
+    def _tables(self) -> dict[str, tf.keras.layers.Embedding]:
+        """Feature name -> the embedding table it looks up (a method, not an attribute: Keras
+        would track a dict attribute, adding names to every checkpoint)."""
+        raise NotImplementedError
+
+    def _build_row_l2(self, space: FeatureSpace, config: ModelConfig) -> None:
+        tables = {name: layer.input_dim for name, layer in self._tables().items()}
+        self.row_l2 = _RowL2(space, config.l2, tables) if config.l2 else None
+
+    def _lookup(self, feature: str, ids, penalties: list | None):
+        rows = self._tables()[feature](ids)
+        if penalties is not None:
+            penalties.append(self.row_l2.penalty(feature, ids, rows))
+        return rows
+
+    def _penalties(self, l2_rows) -> list | None:
+        return [] if l2_rows is not None and self.row_l2 is not None else None
+
+    def _add_row_l2(self, penalties: list | None, l2_rows) -> None:
+        if penalties:
+            self.add_loss(self.row_l2.loss(penalties, l2_rows))
 
 
 class _Head(tf.keras.layers.Layer):
@@ -47,61 +106,82 @@ class _Head(tf.keras.layers.Layer):
         return self.projection(x)
 
 
-class UserTower(tf.keras.Model):
+class UserTower(_Tower):
     """User features (``FeatureSpace.user_features``) -> [B, embedding_dim] query embedding.
 
     Inputs used: ``user_index`` (id embedding), demographics present in the data, and
     ``history`` (mean embedding of the movies the user rated in train) when enabled.
+    ``call(..., l2_rows=n)`` adds the L2 of the first n examples' rows (training).
     """
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         dim = config.embedding_dim
-        self.id_embedding = _embedding(space.num_users, dim, config, "user_id_embedding")
+        self.id_embedding = _embedding(space.num_users, dim, "user_id_embedding")
         self.use_user_id = config.use_user_id
         self.side = {}
         if config.use_features:
-            self.side = {name: _embedding(_USER_SIDE_SIZES[name], _SIDE_DIM, config, f"user_{name}")
+            self.side = {name: _embedding(_USER_SIDE_SIZES[name], _SIDE_DIM, f"user_{name}")
                          for name in space.vocab.user_features}
-        self.history = (_embedding(space.num_movies, dim, config, "history_embedding")
+        self.history = (_embedding(space.num_movies, dim, "history_embedding")
                         if config.use_history else None)
+        self._build_row_l2(space, config)
         self.uses_only_ids = not self.side and self.history is None and not config.tower_layers
         self.head = None if self.uses_only_ids else _Head(config, name="user_head")
 
-    def call(self, features, training=False):
-        parts = [self.id_embedding(features["user_index"])] if self.use_user_id else []
-        parts += [layer(features[name]) for name, layer in self.side.items()]
+    def _tables(self):
+        return {**({"user_index": self.id_embedding} if self.use_user_id else {}), **self.side,
+                **({"history": self.history} if self.history is not None else {})}
+
+    def call(self, features, training=False, l2_rows=None):
+        penalties = self._penalties(l2_rows)
+        parts = ([self._lookup("user_index", features["user_index"], penalties)]
+                 if self.use_user_id else [])
+        parts += [self._lookup(name, features[name], penalties) for name in self.side]
         if self.history is not None:
-            parts.append(_bag(self.history, features["history"]))
+            history = features["history"]
+            parts.append(_bag(self._lookup("history", history, penalties), history))
+        self._add_row_l2(penalties, l2_rows)
         if self.head is None:
             return parts[0]
         return self.head(tf.concat(parts, axis=1), training=training)
 
 
-class MovieTower(tf.keras.Model):
+class MovieTower(_Tower):
     """Movie features (``FeatureSpace.movie_features``) -> [B, embedding_dim] candidate embedding.
 
     Inputs used: ``movie_index`` (id embedding) and, with ``use_features``, the genre
     multi-hot (through a Dense layer), a bag of title tokens and the release year.
+    ``call(..., l2_rows=n)`` adds the L2 of the first n movies' rows (the batch's own movies,
+    not the sampled negatives after them).
     """
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         dim = config.embedding_dim
-        self.id_embedding = _embedding(space.num_movies, dim, config, "movie_id_embedding")
+        self.id_embedding = _embedding(space.num_movies, dim, "movie_id_embedding")
         self.use_features = config.use_features
         if self.use_features:
             self.genres = tf.keras.layers.Dense(_SIDE_DIM, use_bias=False, name="genre_embedding")
-            self.title = _embedding(space.num_title_tokens, _SIDE_DIM, config, "title_embedding")
-            self.year = _embedding(space.num_years, _SIDE_DIM, config, "year_embedding")
+            self.title = _embedding(space.num_title_tokens, _SIDE_DIM, "title_embedding")
+            self.year = _embedding(space.num_years, _SIDE_DIM, "year_embedding")
+        self._build_row_l2(space, config)
         self.uses_only_ids = not self.use_features and not config.tower_layers
         self.head = None if self.uses_only_ids else _Head(config, name="movie_head")
 
-    def call(self, features, training=False):
-        parts = [self.id_embedding(features["movie_index"])]
+    def _tables(self):
+        return {"movie_index": self.id_embedding,
+                **({"title": self.title, "year": self.year} if self.use_features else {})}
+
+    def call(self, features, training=False, l2_rows=None):
+        penalties = self._penalties(l2_rows)
+        parts = [self._lookup("movie_index", features["movie_index"], penalties)]
         if self.use_features:
-            parts += [self.genres(features["genres"]), _bag(self.title, features["title"]),
-                      self.year(features["year"])]
+            title = features["title"]
+            parts += [self.genres(features["genres"]),
+                      _bag(self._lookup("title", title, penalties), title),
+                      self._lookup("year", features["year"], penalties)]
+        self._add_row_l2(penalties, l2_rows)
         if self.head is None:
             return parts[0]
         return self.head(tf.concat(parts, axis=1), training=training)

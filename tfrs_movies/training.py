@@ -25,6 +25,7 @@ from tfrs_movies import runs
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import evaluate
 from tfrs_movies.features import FeatureSpace, Vocabulary
+from tfrs_movies.lazy_adam import LazyAdam
 from tfrs_movies.models import build_model
 
 log = logging.getLogger(__name__)
@@ -176,11 +177,12 @@ class EpochMeans(tf.keras.callbacks.Callback):
 
 
 def make_optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
-    """Adam at ``learning_rate``, decayed to 0 over ``steps`` with the cosine schedule."""
+    """Adam at ``learning_rate``, decayed to 0 over ``steps`` with the cosine schedule; lazy
+    (``LazyAdam``): an embedding table's update touches only the rows the batch looked up."""
     rate = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(steps, 1))
-    return tf.keras.optimizers.Adam(rate)
+    return LazyAdam(rate)
 
 
 def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
