@@ -39,8 +39,8 @@ def _section(name: str, data_dir: Path, work: Path, quick: bool) -> dict:
         from benchmarks import serving_speed
         return serving_speed.run(data_dir, work, quick)
     if name == "scann":
-        from benchmarks import scann_speed
-        return scann_speed.run(quick)
+        from benchmarks import scann_speed, scann_trained
+        return {**scann_speed.run(quick), **scann_trained.run(quick)}
     from benchmarks import batch_speed
     return batch_speed.run(data_dir, work, quick)
 
@@ -153,6 +153,29 @@ def table(r: dict) -> str:
                        f"{_fmt(r.get(f'brute_force_memory_bound_ms_per_query.batch{batch}'), 3)} | "
                        f"{_fmt(r[f'scann_ms_per_query.batch{batch}'], 3)} | "
                        f"{_fmt(r[f'scann_speedup_vs_brute_force.batch{batch}'], 1)}x |")
+        out.append("")
+    if "scann_trained_recall_at_10" in r:
+        out += [f"ScaNN on a trained retrieval model's {r['scann_trained_candidates']:,} "
+                f"candidate embeddings ({r['scann_trained_train_examples']:,} training examples "
+                f"of synthetic ratings; {r['scann_trained_params.leaves']} leaves, "
+                f"{r['scann_trained_params.leaves_to_search']} searched, "
+                f"{r['scann_trained_params.reorder']} re-scored exactly): recall@10 "
+                f"**{r['scann_trained_recall_at_10']:.4f}** for "
+                f"{r['scann_trained_queries']:,} users' queries.", "",
+                "| batch | brute force ms/query | ScaNN ms/query | ScaNN speed-up |",
+                "|---:|---:|---:|---:|"]
+        for batch in (1, 64):
+            out.append(f"| {batch} | "
+                       f"{_fmt(r[f'scann_trained_brute_force_ms_per_query.batch{batch}'], 3)} | "
+                       f"{_fmt(r[f'scann_trained_ms_per_query.batch{batch}'], 3)} | "
+                       f"{_fmt(r[f'scann_trained_speedup_vs_brute_force.batch{batch}'], 1)}x |")
+        sweep = sorted(k.split(".")[1] for k in r if k.startswith("scann_trained_sweep.")
+                       and k.endswith(".recall_at_10"))
+        out += ["", "| leaves searched - re-scored | recall@10 | ms/query (batch 1) |",
+                "|---|---:|---:|"]
+        out += [f"| {s} | {r[f'scann_trained_sweep.{s}.recall_at_10']:.4f} | "
+                f"{_fmt(r[f'scann_trained_sweep.{s}.ms_per_query.batch1'], 3)} |"
+                for s in sorted(sweep, key=lambda s: tuple(int(x) for x in s.split("-")))]
         out.append("")
     names = sorted({k.split(".")[1] for k in r if k.startswith("batch_users_per_s.")})
     if names:

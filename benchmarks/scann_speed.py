@@ -109,16 +109,27 @@ def _per_query_ms(fn, queries: np.ndarray, batch: int, calls: int) -> float:
 
 def run(quick: bool) -> dict:
     """Builds one index on the synthetic catalogue, sweeps its query-time settings; flat keys."""
-    from scann.scann_ops.py import scann_ops
-
     settings = plan(quick)
     dims = ModelConfig().embedding_dim
     centres = np.random.default_rng(0).normal(size=(1000, dims)).astype(np.float32)
     candidates = embeddings(settings.candidates, dims, 1, centres)
     queries = embeddings(settings.queries, dims, 2, centres)
+    return measure(candidates, queries, settings)
+
+
+def measure(candidates: np.ndarray, queries: np.ndarray, settings: Plan,
+            prefix: str = "scann") -> dict:
+    """One ScaNN index over ``candidates`` [N, D] with ``settings.leaves`` leaves, its
+    query-time ``settings`` swept against exact brute force for ``queries`` [Q, D]; the keys of
+    the module docstring, ``scann`` replaced by ``prefix`` (and ``brute_force`` by
+    ``PREFIX_brute_force`` unless ``prefix`` is ``scann``)."""
+    from scann.scann_ops.py import scann_ops
+
+    dims = candidates.shape[1]
     table = tf.constant(candidates)
-    out: dict = {"scann_candidates": settings.candidates, "scann_dims": dims,
-                 "scann_queries": settings.queries}
+    brute_key = "brute_force" if prefix == "scann" else f"{prefix}_brute_force"
+    out: dict = {f"{prefix}_candidates": len(candidates), f"{prefix}_dims": dims,
+                 f"{prefix}_queries": len(queries)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, dims], tf.float32)])
     def brute(q):
@@ -126,17 +137,17 @@ def run(quick: bool) -> dict:
 
     exact = np.concatenate([brute(queries[i:i + 100]).numpy()
                             for i in range(0, len(queries), 100)])
-    print(f"scann: building a {settings.leaves}-leaf index over {settings.candidates:,} "
+    print(f"{prefix}: building a {settings.leaves}-leaf index over {len(candidates):,} "
           f"candidates", flush=True)
     start = time.perf_counter()
     searcher = (scann_ops.builder(candidates, K, "dot_product")
                 .tree(num_leaves=settings.leaves, num_leaves_to_search=settings.settings[0][0],
-                      training_sample_size=min(settings.candidates, 250_000),
+                      training_sample_size=min(len(candidates), 250_000),
                       training_iterations=12)
                 .score_ah(2, anisotropic_quantization_threshold=0.2)
                 .reorder(max(r for _, r in settings.settings))
                 .build())
-    out["scann_build_seconds"] = round(time.perf_counter() - start, 1)
+    out[f"{prefix}_build_seconds"] = round(time.perf_counter() - start, 1)
 
     def scann_search(leaves: int, reorder: int):
         return lambda q: searcher.search_batched(q, final_num_neighbors=K, leaves_to_search=leaves,
@@ -150,31 +161,34 @@ def run(quick: bool) -> dict:
         recall = recall_at_k(found, exact)
         ms = _per_query_ms(search, queries, 1, settings.calls)
         sweep.append((leaves, reorder, recall, ms))
-        out[f"scann_sweep.{leaves}-{reorder}.recall_at_10"] = round(recall, 4)
-        out[f"scann_sweep.{leaves}-{reorder}.ms_per_query.batch1"] = round(ms, 4)
-        print(f"scann: leaves_to_search {leaves}, reorder {reorder}: recall@10 {recall:.4f}, "
-              f"{ms:.3f} ms/query", flush=True)
+        out[f"{prefix}_sweep.{leaves}-{reorder}.recall_at_10"] = round(recall, 4)
+        out[f"{prefix}_sweep.{leaves}-{reorder}.ms_per_query.batch1"] = round(ms, 4)
+        print(f"{prefix}: leaves_to_search {leaves}, reorder {reorder}: recall@10 "
+              f"{recall:.4f}, {ms:.3f} ms/query", flush=True)
     good = [s for s in sweep if s[2] >= RECALL_GOAL]
     leaves, reorder, recall, _ = (min(good, key=lambda s: s[3]) if good
                                   else max(sweep, key=lambda s: s[2]))
-    out.update({"scann_params.leaves": settings.leaves, "scann_params.leaves_to_search": leaves,
-                "scann_params.reorder": reorder, "scann_recall_at_10": round(recall, 4)})
-
-    gflops = matmul_gflops()
-    out["matmul_gflops"] = round(gflops, 1)
-    bandwidth = memory_gb_per_s(table)
-    out["memory_read_gb_per_s"] = round(bandwidth, 1)
+    out.update({f"{prefix}_params.leaves": settings.leaves,
+                f"{prefix}_params.leaves_to_search": leaves,
+                f"{prefix}_params.reorder": reorder, f"{prefix}_recall_at_10": round(recall, 4)})
     chosen = scann_search(leaves, reorder)
+    bounds = prefix == "scann"  # the machine's rates, measured once (with the synthetic sweep)
+    if bounds:
+        gflops = matmul_gflops()
+        out["matmul_gflops"] = round(gflops, 1)
+        bandwidth = memory_gb_per_s(table)
+        out["memory_read_gb_per_s"] = round(bandwidth, 1)
     for batch in (1, 64):
         brute_ms = _per_query_ms(lambda q: brute(q).numpy(), queries, batch, settings.calls)
         scann_ms = _per_query_ms(chosen, queries, batch, settings.calls)
-        bound_ms = settings.candidates * dims / (gflops * 1e9) * 1000.0
-        out[f"brute_force_ms_per_query.batch{batch}"] = round(brute_ms, 4)
-        out[f"scann_ms_per_query.batch{batch}"] = round(scann_ms, 4)
-        out[f"scann_speedup_vs_brute_force.batch{batch}"] = round(brute_ms / scann_ms, 2)
-        out[f"brute_force_bound_ms_per_query.batch{batch}"] = round(bound_ms, 4)
-        out[f"brute_force_bound_ratio.batch{batch}"] = round(brute_ms / bound_ms, 2)
-        out[f"brute_force_memory_bound_ms_per_query.batch{batch}"] = round(
-            candidates.nbytes / (bandwidth * 1e9) * 1000.0 / batch, 4)
-    out["scann_speedup_vs_brute_force"] = out["scann_speedup_vs_brute_force.batch1"]
+        out[f"{brute_key}_ms_per_query.batch{batch}"] = round(brute_ms, 4)
+        out[f"{prefix}_ms_per_query.batch{batch}"] = round(scann_ms, 4)
+        out[f"{prefix}_speedup_vs_brute_force.batch{batch}"] = round(brute_ms / scann_ms, 2)
+        if bounds:
+            bound_ms = len(candidates) * dims / (gflops * 1e9) * 1000.0
+            out[f"brute_force_bound_ms_per_query.batch{batch}"] = round(bound_ms, 4)
+            out[f"brute_force_bound_ratio.batch{batch}"] = round(brute_ms / bound_ms, 2)
+            out[f"brute_force_memory_bound_ms_per_query.batch{batch}"] = round(
+                candidates.nbytes / (bandwidth * 1e9) * 1000.0 / batch, 4)
+    out[f"{prefix}_speedup_vs_brute_force"] = out[f"{prefix}_speedup_vs_brute_force.batch1"]
     return out

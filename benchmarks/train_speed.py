@@ -111,7 +111,7 @@ def datasets(quick: bool) -> list[Dataset]:
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-    """A figure the training path is held to (issue 17), checked on every run that has it."""
+    """A figure a benchmark is held to, checked on every run that has it (``targets``)."""
 
     name: str
     key: str
@@ -130,19 +130,19 @@ TARGETS = (
 )
 
 
-def targets(out: dict) -> dict:
-    """``train_target.*`` keys of every target whose figure ``out`` holds."""
+def targets(out: dict, held_to: tuple[Target, ...] = TARGETS,
+            prefix: str = "train_target") -> dict:
+    """``PREFIX.*`` keys of every target of ``held_to`` whose figure ``out`` holds."""
     got = {}
-    for target in TARGETS:
+    for target in held_to:
         if target.key not in out:
             continue
         value = out[target.key]
         met = value >= target.goal if target.compare == ">=" else value <= target.goal
-        got.update({f"train_target.{target.name}": value,
-                    f"train_target.{target.name}.goal": target.goal,
-                    f"train_target.{target.name}.compare": target.compare,
-                    f"train_target.{target.name}.meaning": target.meaning,
-                    f"train_target.{target.name}.met": bool(met)})
+        name = f"{prefix}.{target.name}"
+        got.update({name: value, f"{name}.goal": target.goal,
+                    f"{name}.compare": target.compare, f"{name}.meaning": target.meaning,
+                    f"{name}.met": bool(met)})
     return got
 
 

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from benchmarks import __main__ as bench
-from benchmarks import (batch_speed, scann_speed, serving_cost, serving_speed, speed_exports,
-                        train_speed)
+from benchmarks import (batch_speed, scann_speed, scann_trained, serving_cost, serving_speed,
+                        speed_exports, train_speed)
 from benchmarks.timing import median, percentile_ms, time_calls
 from tfrs_movies.data.synthetic import synthetic
 
@@ -40,6 +40,19 @@ def test_recall_at_k():
     exact = np.array([[1, 2, 3], [4, 5, 6]])
     assert scann_speed.recall_at_k(exact, exact) == 1.0
     assert scann_speed.recall_at_k(np.array([[3, 2, 9], [7, 8, 9]]), exact) == pytest.approx(1 / 3)
+
+
+def test_scann_on_a_trained_models_candidates_reports_its_sweep_and_targets(monkeypatch):
+    monkeypatch.setattr(scann_trained, "plan", lambda quick: scann_trained.Plan(
+        users=300, movies=200, ratings=5000, steps=20, queries=40,
+        settings=((1, 20), (14, 200))))
+    got = scann_trained.run(quick=True)
+    assert got["scann_trained_candidates"] == 200 and got["scann_trained_queries"] == 40
+    assert got["scann_trained_params.leaves"] == 14  # about sqrt(candidates)
+    assert got["scann_trained_sweep.14-200.recall_at_10"] >= 0.99  # every leaf searched
+    assert got["scann_trained_train_examples"] == 20 * 256
+    assert got["scann_target.recall_at_10.met"] == (got["scann_trained_recall_at_10"] >= 0.95)
+    assert "ScaNN on a trained retrieval model's 200 candidate" in bench.table(got)
 
 
 def test_scann_section_finds_the_exact_neighbours_when_searching_every_leaf(monkeypatch):
