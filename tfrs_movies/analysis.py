@@ -30,7 +30,7 @@ import tensorflow as tf
 from tfrs_movies.data.schema import GENRES
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import embed
-from tfrs_movies.recommend import resolve_movie
+from tfrs_movies.recommend import resolve_run_movies
 
 # t-SNE is quadratic-ish in memory and slow beyond a few thousand points: the most rated ones.
 TSNE_MAX_MOVIES = 1000
@@ -100,7 +100,7 @@ def _top(scores: np.ndarray, k: int, excluded=()) -> np.ndarray:
 def _seeds(run, movies: _Movies, queries) -> list[str]:
     if not queries:
         return list(movies.ids[np.argsort(-movies.popularity, kind="stable")[:_SEEDS]])
-    seeds = [resolve_movie(run, q) for q in queries]
+    seeds = resolve_run_movies(run, list(queries))
     for query, seed in zip(queries, seeds):
         if seed not in movies.position:
             raise UserError(f"--movie {query!r} ({seed}) has no train ratings in this run, so no "

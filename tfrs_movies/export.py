@@ -373,6 +373,11 @@ class SimilarMoviesModule(tf.Module):
         return _chunked(self._serve, [movie_ids], self._outputs)
 
 
+def catalogue_of(vocab) -> _Catalogue:
+    """The serving catalogue of ``vocab`` alone (its ``find`` resolves ids and titles)."""
+    return _Catalogue(vocab)
+
+
 def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
     """The serving modules ``run`` supports, by contract name (in memory, not saved)."""
     vocab = run.vocab

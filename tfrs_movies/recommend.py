@@ -87,12 +87,19 @@ def _titles(run, ids: np.ndarray) -> np.ndarray:
     return np.asarray([titles.get(m.decode(), "").encode() for m in ids], dtype=object)
 
 
-def resolve_movies(module, queries: list[str]) -> list[str]:
-    """Movie ids for ids or titles, by a serving module's ``lookup`` (`contract.LOOKUP`, the
-    signature an export has): the id, else a whole title, else part of one, ignoring case;
-    `UserError` for a query naming no movie or several."""
-    out = {key: v.numpy() for key, v in module.catalogue.find(tf.constant(queries)).items()}
+def resolve_movies(catalogue, queries: list[str]) -> list[str]:
+    """Movie ids for ids or titles, by a serving catalogue's ``find`` (what the export's
+    ``lookup`` signature, `contract.LOOKUP`, answers with): the id, else a whole title, else
+    part of one, ignoring case; `UserError` for a query naming no movie or several."""
+    out = {key: v.numpy() for key, v in catalogue.find(tf.constant(queries)).items()}
     return [movie_names.pick(found) for found in movie_names.from_outputs(queries, out)]
+
+
+def resolve_run_movies(run, queries: list[str]) -> list[str]:
+    """`resolve_movies` against ``run``'s catalogue (no model is needed: ``analyze``)."""
+    from tfrs_movies.export import catalogue_of
+
+    return resolve_movies(catalogue_of(run.vocab), list(queries))
 
 
 def similar(run, queries: list[str], k: int = 10) -> tuple[pd.DataFrame, list[str]]:
@@ -105,7 +112,7 @@ def similar(run, queries: list[str], k: int = 10) -> tuple[pd.DataFrame, list[st
     if not queries:
         raise UserError("give at least one --movie")
     module = _modules(run, k, k)["similar_movies"]  # held: tf.function keeps only a weak ref
-    seeds = resolve_movies(module, list(queries))
+    seeds = resolve_movies(module.catalogue, list(queries))
     out = module.serve(tf.constant([seeds]))
     ids, scores = out["movie_ids"].numpy()[0][:k], out["scores"].numpy()[0][:k]
     return _table(ids, _titles(run, ids), score=scores), seeds
