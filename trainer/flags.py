@@ -87,8 +87,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     _switch(g, "--per-replica-negatives", "cross_replica_negatives",
             "distributed retrieval: softmax over each replica's own batch share instead of "
             "all replicas' candidates")
-    _flag(g, "--l2", m.l2, "L2 weight on the embedding tables (default: the model kind's, 5e-4 "
-          "for retrieval, ranking, multitask; 0 for mf, mf-gravity, softmax-history, "
+    _flag(g, "--l2", m.l2, "L2 weight on the embedding tables (default: the model kind's, 4e-3 "
+          "for retrieval, 1e-3 for ranking and multitask; 0 for mf, mf-gravity, softmax-history, "
           "rating-classes)", type=float)
     _flag(g, "--gravity", m.gravity,
           "gravity regularizer weight on the id embeddings (mf-gravity: 1.0 if 0)", type=float)
