@@ -1,7 +1,8 @@
 """Re-ranker choices on validation only: how the served re-ranker's defaults were chosen.
 
     python -m benchmarks.reranker_validation --data-dir ../shared/data/ml-100k \\
-        --output bench/reranker-validation [--seeds 42,3,7] [--reranker-seeds 0,1,2]
+        --output bench/reranker-validation [--seeds 42,3,7] [--reranker-seeds 0,1,2] \\
+        [--l2 X] [--default-only]
 
 Per seed, the top-n protocol's train split (per-user 75/25) is cut again per user into a fit
 part and a validation part (25%); the test split is never read. The re-ranker learns on lists
@@ -12,7 +13,8 @@ the export does with train). Each ``VARIANTS`` entry changes one ``ReRankerConfi
 the default; its figure is the mean validation nDCG@10 over the data seeds and, per data seed,
 over ``--reranker-seeds`` (the re-ranker's own initialisation), so a difference is not one
 lucky initialisation. Rows ``retrieval order`` and ``EASE order`` sort the same candidates by
-one feature.
+one feature. ``--l2`` sets the retrieval models' L2 (how the served path was checked when
+retrieval's ``default_l2`` changed); ``--default-only`` scores only the default re-ranker.
 
 Writes ``reranker_validation.json`` and ``reranker_validation.md`` into ``--output``.
 """
@@ -52,12 +54,14 @@ def _ndcg(found: reranker.Lists, scores: np.ndarray) -> float:
     return M.ranking_metrics(top, found.targets, K)[f"ndcg@{K}"]
 
 
-def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...]) -> dict[str, float]:
+def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
+             l2: float | None = None, variants: dict = VARIANTS) -> dict[str, float]:
     config = DataConfig(data_dir=str(data_dir), split="user", test_fraction=0.25, seed=seed)
     dataset = data_lib.load(config)
     split = data_lib.make_split(dataset, config)
     fit, validation = data_lib.carve_validation(split.train, 0.25, seed)
-    model_config, train_config = ModelConfig(), TrainConfig(verbose=0, seed=seed)
+    model_config = ModelConfig(l2=l2)  # None: the retrieval kind's default
+    train_config = TrainConfig(verbose=0, seed=seed)
     print(f"seed {seed}: fit {len(fit):,} ratings, validation {len(validation):,}", flush=True)
     retrieval, vocab = reranker.retriever(fit, dataset.movies, dataset.users, split.fold_in,
                                           model_config, train_config)
@@ -71,7 +75,7 @@ def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...]) -> dict
     column = list(reranker.FEATURES)
     out = {"retrieval order": _ndcg(scored, scored.features[..., column.index("retrieval_z")]),
            "EASE order": _ndcg(scored, scored.features[..., column.index("ease_z")])}
-    for label, change in VARIANTS.items():
+    for label, change in variants.items():
         config_ = dataclasses.replace(default, **change)
         values = [_ndcg(scored, reranker.train_on(train_lists, config_, s)(
             scored.features).numpy()) for s in reranker_seeds]
@@ -90,11 +94,16 @@ def main(argv=None) -> int:
                         help="data seeds (split and training; default: %(default)s)")
     parser.add_argument("--reranker-seeds", default="0,1,2",
                         help="re-ranker initialisations per data seed (default: %(default)s)")
+    parser.add_argument("--l2", type=float, default=None,
+                        help="the retrieval models' L2 (default: the retrieval kind's)")
+    parser.add_argument("--default-only", action="store_true",
+                        help="score the default re-ranker only, not every variant")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     inits = tuple(int(s) for s in args.reranker_seeds.split(",") if s.strip())
-    per_seed = {seed: one_seed(args.data_dir, seed, inits) for seed in seeds}
+    variants = {"default": {}} if args.default_only else VARIANTS
+    per_seed = {seed: one_seed(args.data_dir, seed, inits, args.l2, variants) for seed in seeds}
     rows = list(next(iter(per_seed.values())))
     mean = {row: float(np.mean([per_seed[s][row] for s in seeds])) for row in rows}
     lines = [f"| re-ranker (validation, one change from the default) | nDCG@{K} mean | "
@@ -102,7 +111,7 @@ def main(argv=None) -> int:
     lines += [f"| {row} | {mean[row]:.4f} | "
               + " | ".join(f"{per_seed[s][row]:.4f}" for s in seeds) + " |" for row in rows]
     args.output.mkdir(parents=True, exist_ok=True)
-    result = {"mean": mean, "per_seed": {str(s): v for s, v in per_seed.items()},
+    result = {"mean": mean, "per_seed": {str(s): v for s, v in per_seed.items()}, "l2": args.l2,
               "reranker_seeds": list(inits), "wall_seconds": round(time.perf_counter() - start, 1)}
     (args.output / "reranker_validation.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.output / "reranker_validation.md").write_text("\n".join(lines) + "\n")
