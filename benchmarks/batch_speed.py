@@ -38,12 +38,14 @@ class Plan:
 
     Attributes:
       users: synthetic users (all of them are scored).
+      movies: the synthetic catalogue's movies.
       ratings: synthetic ratings over those users (every user rates at least once).
       repeats: full scoring runs; the figure is their median.
       baseline_users: users asked one at a time for the baseline.
     """
 
     users: int = 1_000_000
+    movies: int = 10_000
     ratings: int = 3_000_000
     repeats: int = 1
     baseline_users: int = 2_000
@@ -65,7 +67,7 @@ def run(data_dir: Path, work: Path, quick: bool) -> dict:
     """Exports the synthetic run, then times the batch client over all its users; flat keys."""
     settings = plan(quick)
     name = settings.name
-    catalogue = speed_exports.Catalogue(name, users=settings.users, movies=10_000,
+    catalogue = speed_exports.Catalogue(name, users=settings.users, movies=settings.movies,
                                         ratings=settings.ratings)
     print(f"batch: exporting {name}", flush=True)
     exported = speed_exports.build(catalogue, data_dir, work)

@@ -27,6 +27,23 @@ def ml100k_dir() -> Path:
     return ML_100K
 
 
+# One quick ML-100K training, shared by the end-to-end tests (test_trainer, test_batch).
+ML_100K_TINY_TRAIN = ["--epochs", "1", "--embedding-dim", "16", "--batch-size", "1024",
+                      "--learning-rate", "0.005"]
+
+
+@pytest.fixture(scope="session")
+def ml100k_run(ml100k_dir, tmp_path_factory) -> Path:
+    """A run trained once on ML-100K by ``trainer train`` (``ML_100K_TINY_TRAIN``); read-only
+    for the tests that share it (copy it before changing anything)."""
+    from trainer.__main__ import main
+
+    out = tmp_path_factory.mktemp("runs") / "ml100k"
+    assert main(["train", "--data-dir", str(ml100k_dir), "--output", str(out),
+                 *ML_100K_TINY_TRAIN]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_tables():
     """40 users x 60 movies, ~600 ratings; users prefer movies of their favourite genre.

@@ -3,7 +3,8 @@
 Two real exports, trained and exported once each in-process:
 - ``tiny``: synthetic, 200 users x 80 movies, k=30, n=10 (~10 s); used for resume, bad ids,
   the REST backend (against tests/tfserving_stub.py) and the Beam pipeline.
-- ``ml100k``: MovieLens 100K (all 943 users), one epoch (~20 s); skipped without the data.
+- ``ml100k``: MovieLens 100K (all 943 users), the run ``conftest.ml100k_run`` trains once for
+  the end-to-end tests, exported here; skipped without the data.
 """
 from __future__ import annotations
 
@@ -42,13 +43,10 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ml100k(ml100k_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("batch_ml100k")
-    run, exp = root / "run", root / "export"
-    assert trainer(["train", "--data-dir", str(ml100k_dir), "--epochs", "1", "--embedding-dim",
-                    "16", "--batch-size", "1024", "--output", str(run)]) == 0
-    assert trainer(["export", "--run", str(run), "--export-dir", str(exp)]) == 0
-    return run, exp
+def ml100k(ml100k_run, tmp_path_factory):
+    exp = tmp_path_factory.mktemp("batch_ml100k") / "export"
+    assert trainer(["export", "--run", str(ml100k_run), "--export-dir", str(exp)]) == 0
+    return ml100k_run, exp
 
 
 @pytest.fixture(scope="session")

@@ -118,7 +118,7 @@ def test_cost_section_compares_the_served_path_with_retrieval(tiny_export, tmp_p
 
 def test_batch_section_scores_every_user(monkeypatch, tmp_path):
     monkeypatch.setattr(batch_speed, "plan", lambda quick: batch_speed.Plan(
-        users=150, ratings=1500, repeats=1, baseline_users=5))
+        users=150, movies=60, ratings=1500, repeats=1, baseline_users=5))
     got = batch_speed.run(None, tmp_path, quick=True)
     name = "synthetic-150-users"
     assert got[f"batch_users.{name}"] == 150

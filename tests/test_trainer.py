@@ -11,15 +11,10 @@ import tensorflow as tf
 
 from trainer.__main__ import main
 
-TINY = ["--epochs", "1", "--embedding-dim", "16", "--batch-size", "1024",
-        "--learning-rate", "0.005"]
-
 
 @pytest.fixture(scope="module")
-def run_dir(ml100k_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "ml100k"
-    assert main(["train", "--data-dir", str(ml100k_dir), "--output", str(out)] + TINY) == 0
-    return out
+def run_dir(ml100k_run):
+    return ml100k_run
 
 
 def test_train_writes_a_complete_run(run_dir):
@@ -111,7 +106,7 @@ def test_a_run_of_another_format_is_refused_in_one_line(run_dir, tmp_path, capsy
     (old / "format.json").unlink()  # as written before the tensor-shaped models
     for args in (["evaluate", "--run", str(old)], ["export", "--run", str(old), "--export-dir",
                                                     str(tmp_path / "exp")],
-                 ["train", "--data-dir", "unused", "--output", str(old)] + TINY):
+                 ["train", "--data-dir", "unused", "--output", str(old), "--epochs", "1"]):
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
         assert "run format 1" in err and "retrain" in err and "\n" not in err
