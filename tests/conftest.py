@@ -79,3 +79,22 @@ def tiny_tables():
         "user_zip_code": [f"{rng.integers(0, 10)}2345" for _ in range(n_users)],
     })
     return ratings, movies, users
+
+
+# Files that share a session fixture run in one worker process, so it is built once.
+_SHARED_WORKER = {"tests/test_trainer.py": "ml100k_run", "tests/test_batch.py": "ml100k_run"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (``-n 2`` in setup.cfg) sends whole test files to a worker, as
+    ``--dist loadfile`` does, keeping the files of ``_SHARED_WORKER`` together: module and
+    shared session fixtures (trained runs, exports) are built once, not once per worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return _SHARED_WORKER.get(path, path)
+
+    return FileScheduling(config, log)
