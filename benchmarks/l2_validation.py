@@ -20,15 +20,16 @@ import numpy as np
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrs_movies import data as data_lib
-from tfrs_movies.config import DataConfig, ModelConfig, TrainConfig
+from tfrs_movies.config import OPTIMIZERS, DataConfig, ModelConfig, TrainConfig
 from tfrs_movies.evaluation import evaluate_retrieval, predict_ratings
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.metrics import rating_metrics
 from tfrs_movies.training import fit_model
 
 
-def score(kind: str, data_dir: Path, seed: int, l2: float) -> float:
-    """Validation nDCG@10 (retrieval) or RMSE (ranking) of ``kind`` trained with ``l2``."""
+def score(kind: str, data_dir: Path, seed: int, l2: float, optimizer: str = "lazy-adam") -> float:
+    """Validation nDCG@10 (retrieval) or RMSE (ranking) of ``kind`` trained with ``l2`` (and
+    ``optimizer``, ``TrainConfig.optimizer``)."""
     held_out = 0.1 if kind == "ranking" else 0.25
     config = DataConfig(data_dir=str(data_dir), split="random" if kind == "ranking" else "user",
                         test_fraction=held_out, seed=seed)
@@ -38,7 +39,8 @@ def score(kind: str, data_dir: Path, seed: int, l2: float) -> float:
     vocab = Vocabulary.build(fit, dataset.movies, dataset.users)
     model_config = dataclasses.replace(ModelConfig(), l2=l2)
     space = FeatureSpace(vocab, max_history=model_config.max_history)
-    model, _ = fit_model(kind, space, model_config, TrainConfig(verbose=0, seed=seed), fit)
+    train_config = TrainConfig(verbose=0, seed=seed, optimizer=optimizer)
+    model, _ = fit_model(kind, space, model_config, train_config, fit)
     if kind == "ranking":
         return rating_metrics(validation["user_rating"].to_numpy(np.float64),
                               predict_ratings(model, validation).astype(np.float64))["rmse"]
@@ -54,12 +56,15 @@ def main(argv=None) -> int:
     parser.add_argument("--l2", default="5e-4,1e-3,2e-3,4e-3",
                         help="comma-separated L2 weights (default: %(default)s)")
     parser.add_argument("--seeds", default="42,3", help="default: %(default)s")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=TrainConfig.optimizer,
+                        help="TrainConfig.optimizer (default: %(default)s)")
     args = parser.parse_args(argv)
     metric = "rmse" if args.kind == "ranking" else "ndcg@10"
     for seed in (int(s) for s in args.seeds.split(",") if s.strip()):
         for l2 in (float(v) for v in args.l2.split(",") if v.strip()):
-            value = score(args.kind, args.data_dir, seed, l2)
-            print(f"{args.kind} seed {seed} l2 {l2:g}: validation {metric} {value:.4f}",
+            value = score(args.kind, args.data_dir, seed, l2, args.optimizer)
+            print(f"{args.kind} seed {seed} l2 {l2:g} {args.optimizer}: validation {metric} "
+                  f"{value:.4f}",
                   flush=True)
     return 0
 

@@ -70,7 +70,7 @@ def trained_embeddings(settings: Plan, seed: int = 0) -> tuple[np.ndarray, np.nd
     space = FeatureSpace(vocab, max_history=config.max_history)
     model = build_model("retrieval", space, config)
     runs.build_variables(model, space)
-    model.compile(optimizer=make_optimizer(train_config, settings.steps))
+    model.compile(optimizer=make_optimizer(train_config, settings.steps, space))
     dataset = make_dataset(data.ratings, train_config.batch_size, seed).repeat()
     print(f"scann_trained: training retrieval for {settings.steps:,} steps on "
           f"{len(data.ratings):,} synthetic ratings", flush=True)

@@ -252,7 +252,7 @@ def fit_speed(kind: str, space: FeatureSpace, ratings: pd.DataFrame, train_confi
     tf.keras.utils.set_random_seed(train_config.seed)
     model = build_model(kind, space, ModelConfig())
     runs.build_variables(model, space)
-    model.compile(optimizer=make_optimizer(train_config, steps * (repeats + 1)))
+    model.compile(optimizer=make_optimizer(train_config, steps * (repeats + 1), space))
     dataset = make_dataset(ratings, train_config.batch_size, train_config.seed).repeat()
     return timed_fit(model, dataset, len(ratings), train_config.batch_size, steps, repeats)
 

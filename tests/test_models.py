@@ -183,6 +183,25 @@ def test_l2_is_on_looked_up_rows_and_estimates_the_whole_table_l2(tiny_tables, s
     assert float(regularization) == pytest.approx(whole, rel=0.05)
 
 
+def test_optimizer_choice():
+    import types
+
+    from tfrs_movies.config import AUTO_DENSE_ROWS, TrainConfig
+    from tfrs_movies.errors import UserError
+    from tfrs_movies.lazy_adam import LazyAdam
+    from tfrs_movies.training import make_optimizer
+
+    small = types.SimpleNamespace(num_users=AUTO_DENSE_ROWS - 10, num_movies=10)
+    large = types.SimpleNamespace(num_users=AUTO_DENSE_ROWS, num_movies=10)
+    adam = tf.keras.optimizers.Adam
+    for optimizer, space, expected in (("auto", small, adam), ("auto", large, LazyAdam),
+                                       ("lazy-adam", small, LazyAdam), ("adam", large, adam)):
+        got = make_optimizer(TrainConfig(optimizer=optimizer), 10, space)
+        assert type(got) is expected, (optimizer, space)
+    with pytest.raises(UserError, match="unknown optimizer 'sgd'"):
+        TrainConfig(optimizer="sgd")
+
+
 def test_lazy_adam_updates_only_the_rows_a_batch_touched():
     from tfrs_movies.lazy_adam import LazyAdam
 

@@ -22,6 +22,14 @@ DATASETS = ("movielens/100k", "movielens/1m", "movielens/10m", "movielens/20m", 
             "movielens/latest-small", "csv", "synthetic")
 SPLITS = ("random", "user", "temporal", "leave-last", "strong")
 STRATEGIES = ("default", "mirrored", "multi-worker", "parameter-server")
+# lazy-adam: row-sparse updates (``tfrs_movies.lazy_adam``); adam: tf-keras Adam, which updates
+# every row of an embedding table (and its moments) on every step; auto: adam while the id
+# tables are small, lazy-adam beyond (``training.optimizer_for``).
+OPTIMIZERS = ("auto", "lazy-adam", "adam")
+# ``auto`` keeps plain Adam up to this many users + movies (ML-1M has about 10^4): there a
+# whole-table update costs little next to the step, and on ML-100K validation it scored a
+# little better than LazyAdam (README, Tuning hyperparameters).
+AUTO_DENSE_ROWS = 50_000
 MODELS = kinds.CHOICES  # every model kind (``tfrs_movies.kinds``) and ``all``
 
 
@@ -119,7 +127,7 @@ class ModelConfig:
       l2: L2 weight on the embedding tables, applied to the rows each batch looks up
         (weighted so that its expectation is ``l2 * sum ||W||^2``: ``towers``); None: the
         model kind's own default
-        (``default_l2`` of its class: 4e-3 for retrieval, 1e-3 for ranking and
+        (``default_l2`` of its class: 4e-3 for retrieval, 5e-4 for ranking and
         multitask; 0 for the seed-report models, which that weight flattens).
       gravity: weight of the gravity regularizer ``sum((U^T U) * (V^T V)) / (M N)`` on the
         user and movie id embedding tables (pushes unobserved pairs' scores towards 0).
@@ -184,6 +192,11 @@ class TrainConfig:
       batch_size: examples per step (also the number of in-batch negatives).
       learning_rate: Adam learning rate (peak, when a schedule is used).
       lr_schedule: ``constant`` or ``cosine`` decay over all steps.
+      optimizer: one of ``OPTIMIZERS``: ``lazy-adam`` (a step updates only the embedding rows
+        its batch looked up, so its cost follows the batch, not the tables), ``adam`` (every
+        row on every step), or ``auto``: ``adam`` while users + movies are at most
+        ``AUTO_DENSE_ROWS`` (there it trains as fast and validates better),
+        ``lazy-adam`` beyond.
       validation_fraction: share of train carved out per user for early stopping (0 = none).
       early_stopping_patience: epochs without validation improvement before stopping (0 = off).
       eval_k: cut-off for the top-K metrics in ``metrics.json``.
@@ -198,6 +211,7 @@ class TrainConfig:
     batch_size: int = 256
     learning_rate: float = 9e-3
     lr_schedule: str = "cosine"
+    optimizer: str = "auto"
     validation_fraction: float = 0.0
     early_stopping_patience: int = 0
     eval_k: int = 10
@@ -218,6 +232,9 @@ class TrainConfig:
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(
                 f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(
+                f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise UserError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}")

@@ -176,13 +176,24 @@ class EpochMeans(tf.keras.callbacks.Callback):
                 logs[key] = float(total) / count
 
 
-def make_optimizer(train_config: cfg.TrainConfig, steps: int) -> tf.keras.optimizers.Optimizer:
+def optimizer_for(train_config: cfg.TrainConfig, space: FeatureSpace) -> str:
+    """``train_config.optimizer`` with ``auto`` resolved for ``space``'s tables."""
+    if train_config.optimizer != "auto":
+        return train_config.optimizer
+    small = space.num_users + space.num_movies <= cfg.AUTO_DENSE_ROWS
+    return "adam" if small else "lazy-adam"
+
+
+def make_optimizer(train_config: cfg.TrainConfig, steps: int,
+                   space: FeatureSpace) -> tf.keras.optimizers.Optimizer:
     """Adam at ``learning_rate``, decayed to 0 over ``steps`` with the cosine schedule; lazy
-    (``LazyAdam``): an embedding table's update touches only the rows the batch looked up."""
+    (``LazyAdam``: an embedding table's update touches only the rows the batch looked up)
+    where ``optimizer_for`` says so."""
     rate = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
         rate = tf.keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(steps, 1))
-    return LazyAdam(rate)
+    return LazyAdam(rate) if optimizer_for(train_config, space) == "lazy-adam" \
+        else tf.keras.optimizers.Adam(rate)
 
 
 def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
@@ -212,7 +223,7 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
         # ...and a model marked built: a tfrs.Model is never called, so Keras would not mark it
         # (BackupAndRestore then warns, and builds the optimizer's slots only later).
         model.built = True
-        model.compile(optimizer=make_optimizer(train_config, steps))
+        model.compile(optimizer=make_optimizer(train_config, steps, space))
     callbacks = list(callbacks or [])
     val_ds = None
     if validation is not None and len(validation):

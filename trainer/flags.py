@@ -106,6 +106,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
           type=float)
     _flag(g, "--lr-schedule", t.lr_schedule, "constant, or cosine decay to 0 over all steps",
           choices=("constant", "cosine"))
+    _flag(g, "--optimizer", t.optimizer, "lazy-adam: a step updates only the embedding rows "
+          "its batch looked up; adam: every row, every step; auto: adam up to "
+          f"{cfg.AUTO_DENSE_ROWS:,} users + movies, lazy-adam beyond", choices=cfg.OPTIMIZERS)
     _flag(g, "--validation-fraction", t.validation_fraction, "share of each user's train "
           "ratings held out for validation curves and early stopping (0: none)", type=float)
     _flag(g, "--early-stopping-patience", t.early_stopping_patience,
