@@ -51,8 +51,8 @@ class Plan:
     ratings: int = 10_000_000
     steps: int = 8_000
     queries: int = 1_000
-    settings: tuple[tuple[int, int], ...] = ((10, 100), (20, 100), (20, 200), (40, 200),
-                                             (80, 200))
+    settings: tuple[tuple[int, int], ...] = ((10, 100), (20, 100), (40, 200), (80, 200),
+                                             (120, 400))
 
 
 def plan(quick: bool) -> Plan:

@@ -125,6 +125,20 @@ def test_batch_section_scores_every_user(monkeypatch, tmp_path):
     assert got[f"batch_users_per_s.{name}"] > 0 and got[f"batch_users_per_s.{name}.one_by_one"] > 0
 
 
+def test_scann_shapes_sweep_prints_a_line_per_setting(tmp_path, capsys):
+    from benchmarks import scann_shapes
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "e.npz", candidates=rng.normal(size=(300, 8)).astype(np.float32),
+             queries=rng.normal(size=(20, 8)).astype(np.float32))
+    assert scann_shapes.main(["--cache", str(tmp_path / "e.npz"), "--calls", "2",
+                              "10:-:10-300", "0:-:0-300"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "recall@10" in line]
+    assert len(lines) == 2
+    # every leaf searched, or no partitions and all 300 re-scored: exact
+    assert all("recall@10 1.0000" in line for line in lines), lines
+
+
 def test_train_children_run_both_recipes(tmp_path):
     data = synthetic(80, 40, 1500)
     for name, table in (("ratings", data.ratings), ("movies", data.movies),
