@@ -1,7 +1,7 @@
 """The L2 weight on validation only: how ``default_l2`` of each model kind was chosen.
 
-    python -m benchmarks.l2_validation --kind retrieval --l2 5e-4,1e-3,2e-3,4e-3 --seeds 42,3
-    python -m benchmarks.l2_validation --kind ranking --l2 5e-4,1e-3,2e-3 --seeds 42
+    python -m benchmarks.l2_validation --kind retrieval --l2 2e-3,4e-3 --seeds 42,3 --optimizer adam
+    python -m benchmarks.l2_validation --kind ranking --l2 5e-4,1e-3 --seeds 42 --optimizer adam
 
 Per seed, the quality benchmark's protocol split of ML-100K (retrieval: per-user 75/25, ranking:
 random 90/10) has its train part cut again per user (retrieval 25%, ranking 10% held out); a
@@ -27,7 +27,8 @@ from tfrs_movies.metrics import rating_metrics
 from tfrs_movies.training import fit_model
 
 
-def score(kind: str, data_dir: Path, seed: int, l2: float, optimizer: str = "lazy-adam") -> float:
+def score(kind: str, data_dir: Path, seed: int, l2: float,
+          optimizer: str = TrainConfig.optimizer) -> float:
     """Validation nDCG@10 (retrieval) or RMSE (ranking) of ``kind`` trained with ``l2`` (and
     ``optimizer``, ``TrainConfig.optimizer``)."""
     held_out = 0.1 if kind == "ranking" else 0.25

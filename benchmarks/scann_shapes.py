@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import tensorflow as tf
 from benchmarks import scann_speed, scann_trained
 
 K = scann_speed.K
@@ -38,12 +37,8 @@ def embeddings(cache: Path) -> tuple[np.ndarray, np.ndarray]:
 def sweep(candidates: np.ndarray, queries: np.ndarray, shapes: list[str], calls: int) -> None:
     from scann.scann_ops.py import scann_ops
 
-    table = tf.constant(candidates)
-    brute = tf.function(lambda q: tf.math.top_k(tf.matmul(q, table, transpose_b=True),
-                                                k=K).indices,
-                        input_signature=[tf.TensorSpec([None, candidates.shape[1]])])
-    exact = np.concatenate([brute(queries[i:i + 100]).numpy()
-                            for i in range(0, len(queries), 100)])
+    brute = scann_speed.brute_force(candidates)
+    exact = scann_speed.in_batches(brute, queries)
     brute_ms = scann_speed._per_query_ms(lambda q: brute(q).numpy(), queries, 1, calls)
     print(f"brute force: {brute_ms:.3f} ms/query", flush=True)
     for shape in shapes:
@@ -63,9 +58,7 @@ def sweep(candidates: np.ndarray, queries: np.ndarray, shapes: list[str], calls:
             def search(q, args=args):
                 return searcher.search_batched(q, **args)[0].numpy()
 
-            found = np.concatenate([search(queries[i:i + 100])
-                                    for i in range(0, len(queries), 100)])
-            recall = scann_speed.recall_at_k(found, exact)
+            recall = scann_speed.recall_at_k(scann_speed.in_batches(search, queries), exact)
             ms = scann_speed._per_query_ms(search, queries, 1, calls)
             print(f"leaves {leaves}, avq {avq}, searched {searched}, re-scored {rescored}: "
                   f"recall@10 {recall:.4f}, {ms:.3f} ms/query, {brute_ms / ms:.1f}x brute force",

@@ -117,6 +117,24 @@ def run(quick: bool) -> dict:
     return measure(candidates, queries, settings)
 
 
+def brute_force(candidates: np.ndarray):
+    """Exact search: queries [B, D] -> the indices [B, K] of their K best ``candidates`` by dot
+    product (one matmul and ``top_k``, traced once)."""
+    table = tf.constant(candidates)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, candidates.shape[1]], tf.float32)])
+    def brute(q):
+        return tf.math.top_k(tf.matmul(q, table, transpose_b=True), k=K).indices
+
+    return brute
+
+
+def in_batches(search, queries: np.ndarray, size: int = 100) -> np.ndarray:
+    """``search(batch) -> [b, K]`` results (numpy) for every query, ``size`` queries a call."""
+    return np.concatenate([np.asarray(search(queries[i:i + size]))
+                           for i in range(0, len(queries), size)])
+
+
 def measure(candidates: np.ndarray, queries: np.ndarray, settings: Plan,
             prefix: str = "scann") -> dict:
     """One ScaNN index over ``candidates`` [N, D] with ``settings.leaves`` leaves, its
@@ -131,12 +149,8 @@ def measure(candidates: np.ndarray, queries: np.ndarray, settings: Plan,
     out: dict = {f"{prefix}_candidates": len(candidates), f"{prefix}_dims": dims,
                  f"{prefix}_queries": len(queries)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, dims], tf.float32)])
-    def brute(q):
-        return tf.math.top_k(tf.matmul(q, table, transpose_b=True), k=K).indices
-
-    exact = np.concatenate([brute(queries[i:i + 100]).numpy()
-                            for i in range(0, len(queries), 100)])
+    brute = brute_force(candidates)
+    exact = in_batches(brute, queries)
     print(f"{prefix}: building a {settings.leaves}-leaf index over {len(candidates):,} "
           f"candidates", flush=True)
     start = time.perf_counter()
@@ -156,9 +170,7 @@ def measure(candidates: np.ndarray, queries: np.ndarray, settings: Plan,
     sweep = []
     for leaves, reorder in settings.settings:
         search = scann_search(leaves, reorder)
-        found = np.concatenate([search(queries[i:i + 100])
-                                for i in range(0, len(queries), 100)])
-        recall = recall_at_k(found, exact)
+        recall = recall_at_k(in_batches(search, queries), exact)
         ms = _per_query_ms(search, queries, 1, settings.calls)
         sweep.append((leaves, reorder, recall, ms))
         out[f"{prefix}_sweep.{leaves}-{reorder}.recall_at_10"] = round(recall, 4)

@@ -22,9 +22,7 @@ DATASETS = ("movielens/100k", "movielens/1m", "movielens/10m", "movielens/20m", 
             "movielens/latest-small", "csv", "synthetic")
 SPLITS = ("random", "user", "temporal", "leave-last", "strong")
 STRATEGIES = ("default", "mirrored", "multi-worker", "parameter-server")
-# lazy-adam: row-sparse updates (``tfrs_movies.lazy_adam``); adam: tf-keras Adam, which updates
-# every row of an embedding table (and its moments) on every step; auto: adam while the id
-# tables are small, lazy-adam beyond (``training.optimizer_for``).
+# ``TrainConfig.optimizer``; ``auto`` is resolved by ``training.optimizer_for``.
 OPTIMIZERS = ("auto", "lazy-adam", "adam")
 # ``auto`` keeps plain Adam up to this many users + movies (ML-1M has about 10^4): there a
 # whole-table update costs little next to the step, and on ML-100K validation it scored a
