@@ -216,7 +216,10 @@ class FeatureSpace(tf.keras.layers.Layer):
         history = tf.gather(self.history, row)
         if exclude_movie_ids is not None:
             target = self.movie_lookup(exclude_movie_ids)
-            history = tf.ragged.boolean_mask(history, history != tf.expand_dims(target, 1))
+            rows = history.value_rowids()
+            keep = history.flat_values != tf.gather(target, rows)
+            history = tf.RaggedTensor.from_value_rowids(
+                history.flat_values[keep], rows[keep], nrows=history.nrows(), validate=False)
         features["history"] = history
         return features
 

@@ -30,13 +30,6 @@ def _embedding(size: int, dim: int, name: str) -> tf.keras.layers.Embedding:
     return tf.keras.layers.Embedding(size, dim, name=name)
 
 
-def _bag(rows: tf.RaggedTensor, ids: tf.RaggedTensor) -> tf.Tensor:
-    """Mean of a ragged bag's looked-up rows, [B, None, D] -> [B, D]; an empty bag gives 0."""
-    return tf.math.divide_no_nan(
-        tf.reduce_sum(rows, axis=1),
-        tf.cast(tf.expand_dims(ids.row_lengths(), 1), tf.float32))
-
-
 class _RowL2:
     """The L2 of one tower on the rows its lookups touch (see the module docstring).
 
@@ -79,6 +72,22 @@ class _Tower(tf.keras.Model):
         if penalties is not None:
             penalties.append(self.row_l2.penalty(feature, ids, rows))
         return rows
+
+    def _bag(self, feature: str, ids: tf.RaggedTensor, penalties: list | None) -> tf.Tensor:
+        """Mean of the rows a ragged [B, None] bag of ids looks up -> [B, D] (an empty bag
+        gives 0). Each distinct id of the batch is looked up once and the bags are reduced by
+        position (``tf.sparse.segment_mean``), so a step moves one row per distinct id, not one
+        per (example, id): a batch of 256 ML-100K histories holds ~33,500 ids of ~1,460
+        movies (10^7 synthetic ratings: ~7,200 of ~4,200)."""
+        unique, position = tf.unique(ids.flat_values)
+        rows = self._tables()[feature](unique)
+        segments = tf.cast(ids.value_rowids(), tf.int32)
+        count = tf.cast(ids.nrows(), tf.int32)
+        if penalties is not None:
+            per_row = self.row_l2.penalty(feature, unique, rows)
+            penalties.append(tf.math.unsorted_segment_sum(
+                tf.gather(per_row, position), segments, count))
+        return tf.sparse.segment_mean(rows, position, segments, num_segments=count)
 
     def _penalties(self, l2_rows) -> list | None:
         return [] if l2_rows is not None and self.row_l2 is not None else None
@@ -140,7 +149,7 @@ class UserTower(_Tower):
         parts += [self._lookup(name, features[name], penalties) for name in self.side]
         if self.history is not None:
             history = features["history"]
-            parts.append(_bag(self._lookup("history", history, penalties), history))
+            parts.append(self._bag("history", history, penalties))
         self._add_row_l2(penalties, l2_rows)
         if self.head is None:
             return parts[0]
@@ -179,7 +188,7 @@ class MovieTower(_Tower):
         if self.use_features:
             title = features["title"]
             parts += [self.genres(features["genres"]),
-                      _bag(self._lookup("title", title, penalties), title),
+                      self._bag("title", title, penalties),
                       self._lookup("year", features["year"], penalties)]
         self._add_row_l2(penalties, l2_rows)
         if self.head is None:
