@@ -47,12 +47,28 @@ def test_feature_lookup_shapes_and_unknown_ids(space):
 
 def test_history_excludes_the_target(space):
     history = space.vocab.history[space.vocab.catalog_users.index("u1")]
-    target = history[0]
-    full = space.user_features(tf.constant(["u1"]))["history"].row_lengths().numpy()[0]
-    without = space.user_features(tf.constant(["u1"]), tf.constant([target]))["history"]
-    assert without.row_lengths().numpy()[0] == full - 1
+    target, stranger = history[0], "nothing"
+    users = tf.constant(["u1", "u1", "u0"])
+    features = space.user_features(users, tf.constant([target, stranger, target]))
     target_index = space.movie_lookup(tf.constant([target])).numpy()[0]
-    assert target_index not in without.values.numpy()
+    # Only where the history holds the target (u0 has no history, "nothing" is no movie).
+    assert features["history_exclude"].numpy().tolist() == [target_index, 0, 0]
+
+    # The tower's bag is the mean of the other rows (the L2 on the looked-up rows, too).
+    tower = build_model("retrieval", space, ModelConfig(embedding_dim=8, l2=1e-3)).user_tower
+    tower(space.user_features(users))
+    rows = tower.history.embeddings.numpy()
+    ids = space.user_features(tf.constant(["u1"]))["history"].flat_values.numpy()
+    kept = ids[ids != target_index]
+    bag = tower._bag("history", features["history"], None, features["history_exclude"])
+    np.testing.assert_allclose(bag.numpy()[0], rows[kept].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bag.numpy()[1], rows[ids].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bag.numpy()[2], 0.0)
+    penalties = []
+    tower._bag("history", features["history"], penalties, features["history_exclude"])
+    inverse = tower.row_l2.inverse["history"].numpy()
+    expected = (np.square(rows[kept]).sum(1) * inverse[kept]).sum()
+    np.testing.assert_allclose(penalties[0].numpy()[0], expected, rtol=1e-5)
 
 
 CONFIGS = {

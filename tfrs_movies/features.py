@@ -145,8 +145,10 @@ class FeatureSpace(tf.keras.layers.Layer):
     ``user_features(user_ids [B], exclude_movie_ids [B] or None)`` returns
       ``user_index`` [B] int64 (0 = OOV), the demographic ints present in the data [B] int32,
       and ``history`` [B, None] ragged int64 movie embedding indices (at most ``max_history``,
-      most recent kept). ``exclude_movie_ids`` drops the training target from the history so
-      the model never learns to retrieve what it was shown as input.
+      most recent kept). With ``exclude_movie_ids`` (the training targets) it adds
+      ``history_exclude`` [B] int64: the target's movie index where that history holds it,
+      else 0; the user tower leaves it out of the bag, so the model never learns to retrieve
+      what it was shown as input.
     ``movie_features(movie_ids [B])`` returns ``movie_index`` [B], ``genres`` [B, 21] float32
       multi-hot, ``title`` [B, None] ragged int64 token ids, ``year`` [B] int32.
     """
@@ -214,13 +216,15 @@ class FeatureSpace(tf.keras.layers.Layer):
         for name, column in self.user_columns.items():
             features[name] = tf.gather(column, row)
         history = tf.gather(self.history, row)
+        features["history"] = history
         if exclude_movie_ids is not None:
+            # The target's index where the history holds it, else 0 (no history holds row 0).
             target = self.movie_lookup(exclude_movie_ids)
             rows = history.value_rowids()
-            keep = history.flat_values != tf.gather(target, rows)
-            history = tf.RaggedTensor.from_value_rowids(
-                history.flat_values[keep], rows[keep], nrows=history.nrows(), validate=False)
-        features["history"] = history
+            hits = tf.where(history.flat_values == tf.gather(target, rows),
+                            history.flat_values, tf.zeros_like(history.flat_values))
+            features["history_exclude"] = tf.maximum(
+                tf.math.unsorted_segment_max(hits, rows, history.nrows()), 0)
         return features
 
     def movie_features(self, movie_ids: tf.Tensor):

@@ -73,21 +73,34 @@ class _Tower(tf.keras.Model):
             penalties.append(self.row_l2.penalty(feature, ids, rows))
         return rows
 
-    def _bag(self, feature: str, ids: tf.RaggedTensor, penalties: list | None) -> tf.Tensor:
+    def _bag(self, feature: str, ids: tf.RaggedTensor, penalties: list | None,
+             exclude: tf.Tensor | None = None) -> tf.Tensor:
         """Mean of the rows a ragged [B, None] bag of ids looks up -> [B, D] (an empty bag
-        gives 0). Each distinct id of the batch is looked up once and the bags are reduced by
-        position (``tf.sparse.segment_mean``), so a step moves one row per distinct id, not one
-        per (example, id): a batch of 256 ML-100K histories holds ~33,500 ids of ~1,460
-        movies (10^7 synthetic ratings: ~7,200 of ~4,200)."""
+        gives 0); ``exclude`` [B]: one id per bag left out of it (0: none), subtracted
+        rather than masked out of the bag. Each distinct id of the batch is looked up once
+        and the bags are summed by position (``tf.sparse.segment_sum``), so a step moves one
+        row per distinct id, not one per (example, id): a batch of 256 ML-100K histories holds
+        ~33,500 ids of ~1,460 movies (10^7 synthetic ratings: ~7,200 of ~4,200)."""
         unique, position = tf.unique(ids.flat_values)
         rows = self._tables()[feature](unique)
         segments = tf.cast(ids.value_rowids(), tf.int32)
         count = tf.cast(ids.nrows(), tf.int32)
+        total = tf.sparse.segment_sum(rows, position, segments, num_segments=count)
+        size = tf.cast(ids.row_lengths(), tf.float32)
+        penalty = None
         if penalties is not None:
-            per_row = self.row_l2.penalty(feature, unique, rows)
-            penalties.append(tf.math.unsorted_segment_sum(
-                tf.gather(per_row, position), segments, count))
-        return tf.sparse.segment_mean(rows, position, segments, num_segments=count)
+            per_row = self.row_l2.penalty(feature, unique, rows)[:, None]
+            penalty = tf.sparse.segment_sum(per_row, position, segments, num_segments=count)[:, 0]
+        if exclude is not None:
+            inside = tf.cast(exclude > 0, tf.float32)
+            left_out = self._tables()[feature](exclude) * inside[:, None]
+            total -= left_out
+            size -= inside
+            if penalty is not None:
+                penalty -= self.row_l2.penalty(feature, exclude, left_out)
+        if penalty is not None:
+            penalties.append(penalty)
+        return tf.math.divide_no_nan(total, size[:, None])
 
     def _penalties(self, l2_rows) -> list | None:
         return [] if l2_rows is not None and self.row_l2 is not None else None
@@ -149,7 +162,8 @@ class UserTower(_Tower):
         parts += [self._lookup(name, features[name], penalties) for name in self.side]
         if self.history is not None:
             history = features["history"]
-            parts.append(self._bag("history", history, penalties))
+            parts.append(self._bag("history", history, penalties,
+                                   features.get("history_exclude")))
         self._add_row_l2(penalties, l2_rows)
         if self.head is None:
             return parts[0]
