@@ -45,9 +45,8 @@ class _RowL2:
             self.inverse[feature] = tf.constant(1.0 / np.maximum(q, floor), tf.float32)
 
     def penalty(self, feature: str, ids, rows):
-        """ids [B] or ragged [B, None], their rows [B, D] or [B, None, D] -> [B]."""
-        squares = tf.reduce_sum(tf.square(rows), axis=-1) * tf.gather(self.inverse[feature], ids)
-        return tf.reduce_sum(squares, axis=1) if isinstance(ids, tf.RaggedTensor) else squares
+        """ids [N], their rows [N, D] -> [N] (bags sum these per bag: ``_Tower._bag``)."""
+        return tf.reduce_sum(tf.square(rows), axis=-1) * tf.gather(self.inverse[feature], ids)
 
     def loss(self, penalties: list[tf.Tensor], l2_rows) -> tf.Tensor:
         """The mean over the first ``l2_rows`` examples of their summed penalties, times l2."""

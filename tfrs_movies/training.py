@@ -73,12 +73,11 @@ def _batches(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = No
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None,
-                 repeat: bool = False):
-    """Rating rows -> batches of ``{"user_id", "movie_id": [B] string, "user_rating": [B]}``
-    (``_batches``), the last one of each pass partial; shuffled per pass when
-    ``shuffle_seed`` is given, forever with ``repeat``."""
-    return _batches(frame, batch_size, shuffle_seed, repeat=repeat)
+def make_dataset(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None):
+    """Rating rows -> one pass of batches of ``{"user_id", "movie_id": [B] string,
+    "user_rating": [B]}`` (``_batches``), the last one partial; shuffled (a new order each
+    time it is iterated or repeated) when ``shuffle_seed`` is given."""
+    return _batches(frame, batch_size, shuffle_seed)
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, frame: pd.DataFrame,
