@@ -241,3 +241,22 @@ def test_lazy_adam_updates_only_the_rows_a_batch_touched():
     np.testing.assert_allclose(table.numpy()[3], 0.9, rtol=1e-3)
     np.testing.assert_allclose(table.numpy()[1], 0.8, rtol=1e-2)
     np.testing.assert_allclose(dense.numpy(), twin.numpy(), rtol=1e-6)  # dense: plain Adam
+
+
+def test_batches_shuffle_per_pass_and_fill_a_batch_from_few_rows():
+    import pandas as pd
+
+    from tfrs_movies.training import _batches
+    frame = pd.DataFrame({"user_id": [f"u{i % 3}" for i in range(10)],
+                          "movie_id": [f"m{i}" for i in range(10)],
+                          "user_rating": np.arange(10, dtype=np.float32)})
+    ratings = lambda ds: [b["user_rating"].numpy().astype(int).tolist() for b in ds]  # noqa: E731
+    ds = make_dataset(frame, 4, shuffle_seed=42)
+    first, second = ratings(ds), ratings(ds)
+    assert [len(b) for b in first] == [4, 4, 2]
+    assert sorted(sum(first, [])) == list(range(10)) and first != second
+    assert ratings(make_dataset(frame, 4, shuffle_seed=42)) == first  # fixed by the seed
+    assert ratings(make_dataset(frame, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    # A shard smaller than its batch still fills one (distributed input repeats such passes).
+    small = ratings(_batches(frame.iloc[:3], 8, 1, drop_remainder=True))
+    assert [len(b) for b in small] == [8] and set(small[0]) == {0, 1, 2}

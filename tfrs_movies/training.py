@@ -51,12 +51,16 @@ def _batches(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = No
     user_table = tf.constant(np.asarray(user_ids, dtype=str))
     movie_table = tf.constant(np.asarray(movie_ids, dtype=str))
     rows = len(frame)
-    steps = rows // batch_size if drop_remainder else math.ceil(rows / batch_size)
+    # With drop_remainder a pass holds at least one batch: rows fewer than a batch (a small
+    # shard or validation split) are repeated within the pass, else a repeated pass is empty.
+    copies = math.ceil(batch_size / rows) if drop_remainder and 0 < rows < batch_size else 1
+    steps = rows * copies // batch_size if drop_remainder else math.ceil(rows / batch_size)
 
     def one_pass(key):
         order = tf.range(rows, dtype=tf.int32)
         if shuffle_seed is not None:
             order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([key, 0]))
+        order = tf.tile(order, [copies])
         starts = tf.data.Dataset.range(steps)
         return starts.map(lambda step: order[step * batch_size:(step + 1) * batch_size])
 
