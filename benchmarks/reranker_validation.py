@@ -30,7 +30,6 @@ import numpy as np
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrs_movies import data as data_lib
-from tfrs_movies import metrics as M
 from tfrs_movies import reranker
 from tfrs_movies.config import DataConfig, ModelConfig, TrainConfig
 
@@ -49,9 +48,7 @@ K = 10
 
 
 def _ndcg(found: reranker.Lists, scores: np.ndarray) -> float:
-    order = np.argsort(-scores, axis=1, kind="stable")
-    top = np.take_along_axis(found.positions, order, axis=1)
-    return M.ranking_metrics(top, found.targets, K)[f"ndcg@{K}"]
+    return reranker.top_n(found, scores, K)[f"ndcg@{K}"]
 
 
 def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
@@ -63,15 +60,10 @@ def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
     model_config = ModelConfig(l2=l2)  # None: the retrieval kind's default
     train_config = TrainConfig(verbose=0, seed=seed)
     print(f"seed {seed}: fit {len(fit):,} ratings, validation {len(validation):,}", flush=True)
-    retrieval, vocab = reranker.retriever(fit, dataset.movies, dataset.users, split.fold_in,
-                                          model_config, train_config)
-    users = np.asarray(sorted(set(fit["user_id"])), dtype=str)
-    movies = np.asarray(vocab.catalog_movies, dtype=str)
     default = reranker.ReRankerConfig()  # no variant changes what the lists hold
-    train_lists = reranker.lists(fit, dataset.movies, dataset.users, split.fold_in,
-                                 model_config, train_config, default, seed)
-    scored = reranker.candidate_lists(retrieval, fit, validation, users, movies, default)
-    scored = scored.rows(np.asarray([len(t) > 0 for t in scored.targets]))
+    train_lists, scored = reranker.validation_lists(fit, validation, dataset.movies,
+                                                    dataset.users, split.fold_in, model_config,
+                                                    train_config, default, seed)
     column = list(reranker.FEATURES)
     out = {"retrieval order": _ndcg(scored, scored.features[..., column.index("retrieval_z")]),
            "EASE order": _ndcg(scored, scored.features[..., column.index("ease_z")])}

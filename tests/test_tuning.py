@@ -8,7 +8,7 @@ import pytest
 
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
-from tfrs_movies import tuning
+from tfrs_movies import reranker, tuning
 from tfrs_movies.errors import UserError
 from trainer.__main__ import main
 
@@ -129,6 +129,56 @@ def test_train_accepts_best_hyperparameters(tmp_path, capsys):
     assert "embeding_dim" in err and str(bad) in err and "\n" not in err.strip()
 
 
+def test_reranker_search_tunes_the_served_second_stage(tmp_path, capsys, monkeypatch):
+    scored = []  # the validation frames the lists were labelled with
+    real = reranker.validation_lists
+    monkeypatch.setattr(reranker, "validation_lists", lambda fit, validation, *a, **k: (
+        scored.append(validation), real(fit, validation, *a, **k))[1])
+    out = tmp_path / "search"
+    assert main(["tune", "--model", "reranker", "--max-trials", "2", "--epochs", "1",
+                 "--output", str(out)] + DATA) == 0
+    best = json.loads((out / "best_hyperparameters.json").read_text())
+    assert best and all(key.startswith("reranker_") for key in best)
+    results = json.loads((out / "results.json").read_text())
+    trials = _trials(out)
+    assert len(trials) == 2 and all(t["status"] == "COMPLETED" for t in trials.values())
+    assert results["objective"] == "val_ndcg@10" and results["recommended_epochs"] is None
+    assert results["best_value"] == max(t["score"] for t in trials.values())
+    assert 0.0 < results["best_value"] <= 1.0
+
+    # The lists are labelled with the validation share of train: never a test rating.
+    split = data_lib.make_split(data_lib.load(DATA_CONFIG), DATA_CONFIG)
+    assert len(scored) == 1  # built once per search, not per trial
+    pairs = set(zip(scored[0]["user_id"], scored[0]["movie_id"]))
+    assert pairs and pairs <= set(zip(split.train["user_id"], split.train["movie_id"]))
+    assert not pairs & set(zip(split.test["user_id"], split.test["movie_id"]))
+    printed = capsys.readouterr().out
+    assert f"--hparams {out / 'best_hyperparameters.json'} (the re-ranker" in printed
+
+    # train --hparams trains the served re-ranker with the tuned values.
+    run = tmp_path / "run"
+    assert main(["train", "--hparams", str(out / "best_hyperparameters.json"), "--epochs", "1",
+                 "--output", str(run)] + DATA) == 0
+    second = reranker.load(run)
+    assert second is not None
+    assert (list(second.config_.hidden), second.config_.epochs, second.config_.loss,
+            second.config_.learning_rate) == (best["reranker_hidden"], best["reranker_epochs"],
+                                              best["reranker_loss"],
+                                              best["reranker_learning_rate"])
+
+    # Hyperband's growing epochs have no meaning here; a bad value is one line naming it.
+    capsys.readouterr()
+    assert main(["tune", "--model", "reranker", "--tuner", "hyperband", "--output",
+                 str(tmp_path / "h")] + DATA) == 2
+    assert "hyperband" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"reranker_hidden": [16, 0]}))
+    assert main(["train", "--hparams", str(bad), "--output", str(tmp_path / "r2")] + DATA) == 2
+    err = capsys.readouterr().err
+    assert "reranker_hidden" in err and str(bad) in err and "\n" not in err.strip()
+    assert not (tmp_path / "r2").exists()
+
+
 @pytest.mark.parametrize("args,message", [
     (["--model", "retrieval", "--objective", "rmse"], "ndcg@10"),
     (["--model", "ranking", "--objective", "ndcg@10"], "rmse"),
@@ -150,5 +200,10 @@ def test_search_space_maps_to_config_fields():
         model_config, _ = tuning.configs_with(cfg.ModelConfig(), cfg.TrainConfig(), fields)
         assert model_config.tower_layers == ()
     assert tuning.to_fields({"ranking_layers": "256,128"}) == {"ranking_layers": [256, 128]}
+    # The re-ranker search starts from what train uses.
+    defaults = tuning.to_fields({hp.name: hp.default
+                                 for hp in tuning.search_space("reranker").space})
+    _, train_config = tuning.configs_with(cfg.ModelConfig(), cfg.TrainConfig(), defaults)
+    assert train_config == cfg.TrainConfig()
     assert tuning.parse_objective("retrieval", "Recall@20") == tuning.Objective(
         "recall@20", "max", 20)

@@ -28,6 +28,8 @@ OPTIMIZERS = ("auto", "lazy-adam", "adam")
 # whole-table update costs little next to the step, and on ML-100K validation it scored a
 # little better than LazyAdam (README, Tuning hyperparameters).
 AUTO_DENSE_ROWS = 50_000
+# ``TrainConfig.reranker_loss``: the served re-ranker's loss over a list (``tfrs_movies.reranker``).
+RERANKER_LOSSES = ("listwise", "pairwise")
 MODELS = kinds.CHOICES  # every model kind (``tfrs_movies.kinds``) and ``all``
 
 
@@ -125,7 +127,7 @@ class ModelConfig:
       l2: L2 weight on the embedding tables, applied to the rows each batch looks up
         (weighted so that its expectation is ``l2 * sum ||W||^2``: ``towers``); None: the
         model kind's own default
-        (``default_l2`` of its class: 4e-3 for retrieval, 5e-4 for ranking and
+        (``default_l2`` of its class: 1.5e-3 for retrieval, 5e-4 for ranking and
         multitask; 0 for the seed-report models, which that weight flattens).
       gravity: weight of the gravity regularizer ``sum((U^T U) * (V^T V)) / (M N)`` on the
         user and movie id embedding tables (pushes unobserved pairs' scores towards 0).
@@ -202,6 +204,11 @@ class TrainConfig:
       strategy: one of ``STRATEGIES`` (see ``tfrs_movies.distribute``); ``batch_size`` is the
         global batch, split over the replicas.
       verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
+      reranker_hidden, reranker_epochs, reranker_learning_rate, reranker_loss: the served
+        recommender's second stage (``tfrs_movies.reranker``, trained by ``--model all``):
+        its MLP's hidden sizes (empty: linear), its epochs over the training lists, its Adam
+        learning rate and its loss (one of ``RERANKER_LOSSES``); chosen on validation,
+        searched by ``trainer tune --model reranker``.
     """
 
     model: str = "all"
@@ -216,6 +223,10 @@ class TrainConfig:
     seed: int = 42
     strategy: str = "default"
     verbose: int = 1
+    reranker_hidden: tuple[int, ...] = (16, 8)
+    reranker_epochs: int = 20
+    reranker_learning_rate: float = 3e-3
+    reranker_loss: str = "listwise"
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -236,6 +247,17 @@ class TrainConfig:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise UserError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if any(units < 1 for units in self.reranker_hidden):
+            raise UserError(f"reranker_hidden must be positive layer sizes (none: a linear "
+                            f"re-ranker), got {list(self.reranker_hidden)}")
+        if self.reranker_epochs < 1:
+            raise UserError(f"reranker_epochs must be >= 1, got {self.reranker_epochs}")
+        if not self.reranker_learning_rate > 0:
+            raise UserError(
+                f"reranker_learning_rate must be > 0, got {self.reranker_learning_rate}")
+        if self.reranker_loss not in RERANKER_LOSSES:
+            raise UserError(f"unknown reranker_loss {self.reranker_loss!r}: choose one of "
+                            f"{', '.join(RERANKER_LOSSES)}")
 
 
 @dataclasses.dataclass(frozen=True)

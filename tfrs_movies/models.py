@@ -349,7 +349,7 @@ class RetrievalModel(_PairModel):
     """Two-tower retrieval: softmax over in-batch (and sampled) negatives."""
 
     retrieves = True
-    default_l2 = 4e-3
+    default_l2 = 1.5e-3
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
         super().__init__(space, config, **kwargs)

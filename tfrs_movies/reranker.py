@@ -39,12 +39,13 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_movies import data as data_lib
+from tfrs_movies.config import RERANKER_LOSSES, TrainConfig
 
 FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z")
 # Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
 FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
             "popularity": ("popularity_z",)}
-LOSSES = ("listwise", "pairwise")
+LOSSES = RERANKER_LOSSES
 MAX_EASE_MOVIES = 10_000
 MAX_EASE_CELLS = 50_000_000
 _NEG = float("-inf")
@@ -52,7 +53,8 @@ _NEG = float("-inf")
 
 @dataclasses.dataclass(frozen=True)
 class ReRankerConfig:
-    """How the re-ranker is trained.
+    """How the re-ranker is trained. The head's defaults are ``TrainConfig``'s ``reranker_*``
+    fields (what ``train`` uses and ``trainer tune --model reranker`` searches; ``from_train``).
 
     Attributes:
       candidates: list length K it learns on (the export's ``k``).
@@ -69,13 +71,13 @@ class ReRankerConfig:
     candidates: int = 100
     fold_fraction: float = 0.2
     ease_lambda: float = 500.0
-    hidden: tuple[int, ...] = (16, 8)
-    epochs: int = 20
+    hidden: tuple[int, ...] = TrainConfig.reranker_hidden
+    epochs: int = TrainConfig.reranker_epochs
     batch_size: int = 32
-    learning_rate: float = 3e-3
+    learning_rate: float = TrainConfig.reranker_learning_rate
     use_ease: bool = True
     without: tuple[str, ...] = ()
-    loss: str = "listwise"
+    loss: str = TrainConfig.reranker_loss
 
     def __post_init__(self):
         unknown = sorted(set(self.without) - set(FAMILIES))
@@ -83,6 +85,13 @@ class ReRankerConfig:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+
+    @classmethod
+    def from_train(cls, train_config: TrainConfig, **fields) -> "ReRankerConfig":
+        """The re-ranker ``train_config`` asks for (its ``reranker_*`` fields), plus ``fields``."""
+        return cls(hidden=tuple(train_config.reranker_hidden), epochs=train_config.reranker_epochs,
+                   learning_rate=train_config.reranker_learning_rate,
+                   loss=train_config.reranker_loss, **fields)
 
     @property
     def mask(self) -> np.ndarray:
@@ -298,6 +307,35 @@ def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_i
           f"positives each (fold B recall@{k} {found.labels.sum() / max(targets, 1):.3f})",
           flush=True)
     return found.rows(keep)
+
+
+def validation_lists(fit: pd.DataFrame, validation: pd.DataFrame, movies: pd.DataFrame,
+                     users: pd.DataFrame, fold_in: pd.DataFrame, model_config, train_config,
+                     config: ReRankerConfig, seed: int) -> tuple[Lists, Lists] | None:
+    """(lists to learn on, lists to score on) for choosing re-ranker settings without the test
+    split: a train split cut per user into ``fit`` and ``validation``. The first are what
+    ``train`` builds from train (``lists`` on ``fit``: a retriever on its fold A, fold B the
+    positives); the second are the validation users' lists of a retriever trained on all of
+    ``fit``, with EASE and popularity from ``fit`` and ``validation``'s movies as the labels
+    (what the export does with train). None when no learning list holds a positive."""
+    learn = lists(fit, movies, users, fold_in, model_config, train_config, config, seed)
+    if learn is None:
+        return None
+    retrieval, vocab = retriever(fit, movies, users, fold_in, model_config, train_config)
+    user_ids = np.asarray(sorted(set(fit["user_id"])), dtype=str)
+    scored = candidate_lists(retrieval, fit, validation, user_ids,
+                             np.asarray(vocab.catalog_movies, dtype=str), config)
+    return learn, scored.rows(np.asarray([len(t) > 0 for t in scored.targets], bool))
+
+
+def top_n(found: Lists, scores: np.ndarray, k: int) -> dict[str, float]:
+    """Top-``k`` metrics (``metrics.ranking_metrics``) of ``found``'s lists sorted by
+    ``scores`` [L, K] (higher first), against every target of each list's user."""
+    from tfrs_movies import metrics
+
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return metrics.ranking_metrics(np.take_along_axis(found.positions, order, axis=1),
+                                   found.targets, k)
 
 
 def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,

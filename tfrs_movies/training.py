@@ -370,8 +370,8 @@ def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
                   train_config: cfg.TrainConfig):
     """Trains and saves the served recommender's second stage (``tfrs_movies.reranker``)."""
     users = len(set(run.vocab.catalog_users) | set(run.vocab.user_ids)) + 1
-    config = reranker.ReRankerConfig(
-        use_ease=reranker.ease_fits(users, len(run.vocab.catalog_movies)))
+    config = reranker.ReRankerConfig.from_train(
+        train_config, use_ease=reranker.ease_fits(users, len(run.vocab.catalog_movies)))
     print(f"[reranker] learning the served order from lists of {config.candidates} retrieved "
           f"movies{'' if config.use_ease else ' (catalogue too large for EASE: without it)'}")
     model = reranker.fit(fit, run.movies, run.users, run.split.fold_in, model_config,

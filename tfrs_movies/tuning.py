@@ -14,12 +14,21 @@ the model on a per-user validation share carved out of the *train* split after e
 KerasTuner only proposes values and keeps the records: ``run_trial`` is overridden (its
 documented custom-training path) because KerasTuner 1.4.8 cannot build or save tf-keras models.
 
+``reranker`` searches the served recommender's second stage (``tfrs_movies.reranker``: the
+``reranker_*`` TrainConfig fields) and scores a trial by the served order's top-N metric: the
+lists are built once per search from the validation share's cut of train
+(``reranker.validation_lists``: retrievers trained at ``epochs`` on the fit part), and a trial
+only fits the small re-ranker on them (seconds), so there is no per-epoch curve to pick from.
+Its value is the mean over ``RERANKER_INITS`` initialisations: one initialisation moves
+validation nDCG@10 by about as much as the settings do.
+
 A trial's objective is the value of the model that ``train --hparams`` rebuilds: with a
 constant learning rate the best epoch (training fewer epochs replays the same prefix), with
 the cosine schedule the last one (the schedule spans all epochs). That epoch count is a
 recommendation, ``recommended_epochs`` in ``results.json`` (and printed): it is applied only by
 an explicit ``train --epochs N``. ``best_hyperparameters.json`` holds neither ``epochs`` nor
-``model``, so ``train --hparams`` keeps its own model kind and training length.
+``model``, so ``train --hparams`` keeps its own model kind and training length (a re-ranker
+search holds ``reranker_epochs``, the re-ranker's own, and has no ``recommended_epochs``).
 
 ``output`` holds:
   best_hyperparameters.json  the tuned ModelConfig/TrainConfig field values, for
@@ -46,7 +55,7 @@ import keras_tuner as kt
 
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
-from tfrs_movies import kinds
+from tfrs_movies import kinds, reranker
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import evaluate_retrieval, predict_ratings
 from tfrs_movies.features import FeatureSpace, Vocabulary
@@ -54,13 +63,16 @@ from tfrs_movies.metrics import rating_metrics
 from tfrs_movies.runs import write_json
 from tfrs_movies.training import fit_model
 
-KINDS = kinds.tunable()
+# ``reranker`` is not a model kind: the served recommender's second stage, trained by ``all``.
+RERANKER = "reranker"
+KINDS = kinds.tunable() + (RERANKER,)
+RERANKER_INITS = 3  # re-ranker initialisations a trial's value is the mean of
 TUNERS = ("random", "hyperband", "bayesian")
-DEFAULT_OBJECTIVES = {"retrieval": "ndcg@10", "ranking": "rmse"}
+DEFAULT_OBJECTIVES = {"retrieval": "ndcg@10", "ranking": "rmse", RERANKER: "ndcg@10"}
 _RETRIEVAL_METRICS = ("ndcg", "recall", "precision", "map", "hit_rate")
 _RANKING_METRICS = ("rmse", "mae")
 # Choices spelled as strings because KerasTuner values are scalars; ``to_fields`` parses them.
-_LAYER_FIELDS = ("tower_layers", "ranking_layers")
+_LAYER_FIELDS = ("tower_layers", "ranking_layers", "reranker_hidden")
 _PROJECT = "trials"
 
 
@@ -69,9 +81,15 @@ def search_space(kind: str) -> kt.HyperParameters:
 
     Ranges are for ML-100K. Every task loss is a mean over the batch, so ``l2`` and
     ``gravity`` weigh the same per-example loss in both models; gravity is a retrieval
-    regularizer only.
+    regularizer only. ``reranker``'s defaults are ``TrainConfig``'s.
     """
     hp = kt.HyperParameters()
+    if _search(kind) == RERANKER:
+        hp.Choice("reranker_hidden", ["none", "8", "16,8", "32,16", "64,32"], default="16,8")
+        hp.Choice("reranker_epochs", [10, 20, 40, 80], default=20)
+        hp.Float("reranker_learning_rate", 3e-4, 3e-2, sampling="log", default=3e-3)
+        hp.Choice("reranker_loss", list(cfg.RERANKER_LOSSES), default="listwise")
+        return hp
     hp.Choice("embedding_dim", [16, 32, 64, 128], default=64)
     hp.Choice("tower_layers", ["none", "128", "256,128"], default="none")
     hp.Float("learning_rate", 3e-4, 3e-2, sampling="log", default=3e-3)
@@ -96,7 +114,7 @@ def _search(kind: str) -> str:
     """The search space and objective family of ``kind`` (``kinds.Kind.search``)."""
     if kind not in KINDS:
         raise UserError(f"cannot tune model {kind!r}: choose one of {', '.join(KINDS)}")
-    return kinds.KINDS[kind].search
+    return RERANKER if kind == RERANKER else kinds.KINDS[kind].search
 
 
 def to_fields(values: dict) -> dict:
@@ -146,7 +164,8 @@ class Objective:
 
 
 def parse_objective(kind: str, text: str | None = None) -> Objective:
-    """``ndcg@10``, ``recall@20``... (retrieval, maximized) or ``rmse``/``mae`` (ranking)."""
+    """``ndcg@10``, ``recall@20``... (retrieval and reranker, maximized) or ``rmse``/``mae``
+    (ranking)."""
     text = text or DEFAULT_OBJECTIVES[_search(kind)]
     metric = text.strip().lower().removeprefix("val_")
     if _search(kind) == "ranking":
@@ -156,22 +175,25 @@ def parse_objective(kind: str, text: str | None = None) -> Objective:
         return Objective(metric, "min")
     name, _, k = metric.partition("@")
     if name not in _RETRIEVAL_METRICS or not k.isdigit() or int(k) < 1:
-        raise UserError(f"--objective {text!r}: for retrieval use METRIC@K with METRIC one of "
+        raise UserError(f"--objective {text!r}: for {kind} use METRIC@K with METRIC one of "
                         f"{', '.join(_RETRIEVAL_METRICS)} and K >= 1, e.g. ndcg@10")
     return Objective(f"{name}@{int(k)}", "max", int(k))
 
 
 @dataclasses.dataclass
 class _SearchData:
-    """The train split, minus ``validation`` (per user, seeded), and its feature space."""
+    """The train split, minus ``validation`` (per user, seeded), and its feature space; for a
+    re-ranker search, ``lists``: (lists to learn on, lists to score on) from them."""
 
     fit: pd.DataFrame
     validation: pd.DataFrame
     space: FeatureSpace
+    lists: tuple | None = None
 
 
-def _prepare(data_config: cfg.DataConfig, validation_fraction: float,
-             max_history: int) -> _SearchData:
+def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_history: int,
+             kind: str, model_config: cfg.ModelConfig,
+             train_config: cfg.TrainConfig) -> _SearchData:
     dataset = data_lib.load(data_config)
     split = data_lib.make_split(dataset, data_config)
     fit, validation = data_lib.carve_validation(split.train, validation_fraction,
@@ -183,7 +205,18 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float,
     vocab = Vocabulary.build(fit, dataset.movies, dataset.users, split.fold_in)
     print(f"{dataset.name}: train split {len(split.train):,} ratings = fit {len(fit):,} + "
           f"validation {len(validation):,} (the {len(split.test):,} test ratings are not used)")
-    return _SearchData(fit, validation, FeatureSpace(vocab, max_history=max_history))
+    found = None
+    if kind == RERANKER:
+        print(f"[reranker] building the lists every trial learns on and is scored on "
+              f"(retrieval models of {train_config.epochs} epochs on the fit part)", flush=True)
+        found = reranker.validation_lists(
+            fit, validation, dataset.movies, dataset.users, split.fold_in, model_config,
+            train_config,
+            reranker.ReRankerConfig.from_train(train_config), data_config.seed)
+        if found is None:
+            raise UserError("no re-ranker list holds a held-out movie of its user: too little "
+                            "data to tune the re-ranker")
+    return _SearchData(fit, validation, FeatureSpace(vocab, max_history=max_history), found)
 
 
 def _measure(kind: str, model, data: _SearchData, objective: Objective) -> float:
@@ -221,10 +254,36 @@ class _ScoreEachEpoch(tf.keras.callbacks.Callback):
             logger.setLevel(level)
 
 
+def _run_reranker(train_config: cfg.TrainConfig, data: _SearchData,
+                  objective: Objective) -> dict:
+    """Re-rankers of ``train_config``'s settings (``RERANKER_INITS`` initialisations) fitted
+    to the search's learning lists, scored by their order of the scoring lists: ``value`` is
+    the mean, ``values`` each one's; ``epoch`` is the re-ranker's own ``reranker_epochs``."""
+    start = time.perf_counter()
+    learn, scored = data.lists
+    config = reranker.ReRankerConfig.from_train(train_config)
+    name, _, k = objective.metric.partition("@")
+    values = []
+    for init in range(RERANKER_INITS):
+        try:
+            model = reranker.train_on(learn, config, train_config.seed + init)
+            scores = model(scored.features).numpy()
+        finally:
+            tf.keras.backend.clear_session()
+        values.append(float(reranker.top_n(scored, scores, int(k))[f"{name}@{k}"]))
+    value = float(np.mean(values))
+    if not math.isfinite(value):
+        raise kt.errors.FailedTrialError(f"{objective.metric} is {value}")
+    return {"value": value, "epoch": config.epochs, "values": values,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 def run_config(kind: str, model_config: cfg.ModelConfig, train_config: cfg.TrainConfig,
                data: _SearchData, objective: Objective) -> dict:
     """Fits one configuration and scores it: ``{"value", "epoch", "values" (per epoch),
     "seconds"}``; ``epoch`` (1-based) is the one ``train --hparams`` should run (module doc)."""
+    if kind == RERANKER:
+        return _run_reranker(train_config, data, objective)
     start = time.perf_counter()
     score = _ScoreEachEpoch(lambda model: _measure(kind, model, data, objective))
     try:
@@ -268,8 +327,9 @@ class ConfigTuner(kt.Tuner):
     def run_trial(self, trial, *args, **kwargs):
         values = trial.hyperparameters.values
         fields = to_fields(values)
-        # Hyperband gives each round its own budget; the trial trains from scratch to it.
-        fields["epochs"] = int(values.get("tuner/epochs", self.train_config.epochs))
+        if self.kind != RERANKER:
+            # Hyperband gives each round its own budget; the trial trains from scratch to it.
+            fields["epochs"] = int(values.get("tuner/epochs", self.train_config.epochs))
         model_config, train_config = configs_with(self.model_config, self.train_config, fields)
         result = run_config(self.kind, model_config, train_config, self.data, self.objective_)
         write_json(Path(self.get_trial_dir(trial.trial_id)) / "history.json",
@@ -385,18 +445,23 @@ def tune(output: str | Path, data_config: cfg.DataConfig, kind: str, tuner: str 
         raise UserError(f"need --max-trials >= 1 and --epochs >= 1, got {max_trials} and {epochs}")
     if not 0.0 < validation_fraction < 1.0:
         raise UserError(f"validation fraction must be in (0, 1), got {validation_fraction}")
+    if kind == RERANKER and tuner == "hyperband":
+        raise UserError("--tuner hyperband grows each trial's epochs, but a re-ranker trial "
+                        "trains in seconds and searches its own epochs: use random or bayesian")
     goal = parse_objective(kind, objective)
     oracle = _oracle(tuner, goal, search_space(kind), max_trials, epochs, data_config.seed)
     model_config = model_config or cfg.ModelConfig()
     train_config = dataclasses.replace(train_config or cfg.TrainConfig(seed=data_config.seed),
-                                       model=kind, epochs=epochs, validation_fraction=0.0,
+                                       model="all" if kind == RERANKER else kind,
+                                       epochs=epochs, validation_fraction=0.0,
                                        early_stopping_patience=0, verbose=0)
     out = Path(output)
     _check_settings(out, {"kind": kind, "tuner": tuner, "epochs": epochs,
                           "objective": goal.metric, "validation_fraction": validation_fraction,
                           "data": cfg.to_dict(data_config), "model": cfg.to_dict(model_config),
                           "train": cfg.to_dict(train_config)})
-    data = _prepare(data_config, validation_fraction, model_config.max_history)
+    data = _prepare(data_config, validation_fraction, model_config.max_history, kind,
+                    model_config, train_config)
     search = ConfigTuner(oracle, kind=kind, data=data, objective=goal, model_config=model_config,
                          train_config=train_config, directory=str(out), project_name=_PROJECT,
                          overwrite=False)
@@ -424,7 +489,8 @@ def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: b
     best = search.oracle.get_best_trials(1)[0]
     # Only the searched values: the model kind and the epoch count stay train's to choose.
     values = to_fields(best.hyperparameters.values)
-    epochs = int(best.metrics.get_last_value("best_epoch"))
+    epochs = (None if search.kind == RERANKER  # its epochs are one of its searched values
+              else int(best.metrics.get_last_value("best_epoch")))
     configs_with(model_config, train_config, values)  # the file must build valid configs
     write_json(out / "best_hyperparameters.json", values)
 
@@ -438,7 +504,8 @@ def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: b
     summary = {"objective": goal.name, "direction": goal.direction, "best_trial": best.trial_id,
                "best_value": float(best.score), "best_hyperparameters": values,
                "recommended_epochs": epochs, "trials": rows}
-    print(f"Best: trial {best.trial_id}, {goal.name}={best.score:.4f} at epoch {epochs} "
+    print(f"Best: trial {best.trial_id}, {goal.name}={best.score:.4f}"
+          f"{'' if epochs is None else f' at epoch {epochs}'} "
           f"({', '.join(f'{k}={_short(v)}' for k, v in values.items())})")
     if compare_defaults:
         baseline = _defaults(search, out, goal, model_config, train_config)
@@ -446,8 +513,9 @@ def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: b
         if goal.direction == "min":
             gain = -gain
         summary["defaults"] = baseline
-        print(f"Defaults: {goal.name}={baseline['value']:.4f} at epoch {baseline['epoch']} "
-              f"(final epoch {baseline['values'][-1]:.4f}); the best trial is "
+        where = ("" if search.kind == RERANKER else f" at epoch {baseline['epoch']} (final "
+                 f"epoch {baseline['values'][-1]:.4f})")
+        print(f"Defaults: {goal.name}={baseline['value']:.4f}{where}; the best trial is "
               f"{'better' if gain > 0 else 'worse'} by {abs(gain):.4f} "
               f"({100 * abs(gain) / abs(baseline['value']):.1f}%)")
     write_json(out / "results.json", summary)
@@ -460,7 +528,8 @@ def _defaults(search: ConfigTuner, out: Path, goal: Objective, model_config: cfg
     path = out / "defaults.json"
     if path.exists():
         return json.loads(path.read_text())
-    print(f"Measuring the default configuration ({train_config.epochs} epochs)...", flush=True)
+    what = ("" if search.kind == RERANKER else f" ({train_config.epochs} epochs)")
+    print(f"Measuring the default configuration{what}...", flush=True)
     result = run_config(search.kind, model_config, train_config, search.data, goal)
     write_json(path, result)
     return result

@@ -87,8 +87,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     _switch(g, "--per-replica-negatives", "cross_replica_negatives",
             "distributed retrieval: softmax over each replica's own batch share instead of "
             "all replicas' candidates")
-    _flag(g, "--l2", m.l2, "L2 weight on the embedding tables (default: the model kind's, 4e-3 "
-          "for retrieval, 1e-3 for ranking and multitask; 0 for mf, mf-gravity, softmax-history, "
+    _flag(g, "--l2", m.l2, "L2 weight on the embedding tables (default: the model kind's, 1.5e-3 "
+          "for retrieval, 5e-4 for ranking and multitask; 0 for mf, mf-gravity, softmax-history, "
           "rating-classes)", type=float)
     _flag(g, "--gravity", m.gravity,
           "gravity regularizer weight on the id embeddings (mf-gravity: 1.0 if 0)", type=float)
@@ -116,6 +116,16 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     _flag(g, "--eval-k", t.eval_k, "K of the top-K metrics in metrics.json", type=int)
     _flag(g, "--strategy", t.strategy, "tf.distribute strategy (multi-worker kinds read "
           "TF_CONFIG); --batch-size is the global batch", choices=cfg.STRATEGIES)
+    g = p.add_argument_group("re-ranker (the served recommender's second stage, --model all)")
+    _flag(g, "--reranker-hidden", t.reranker_hidden, "hidden layer sizes of its MLP, e.g. 32,16 "
+          "(empty: linear)", type=ints)
+    _flag(g, "--reranker-epochs", t.reranker_epochs, "its epochs over the training lists",
+          type=int)
+    _flag(g, "--reranker-learning-rate", t.reranker_learning_rate, "its Adam learning rate",
+          type=float)
+    _flag(g, "--reranker-loss", t.reranker_loss, "listwise (softmax over each list) or pairwise",
+          choices=cfg.RERANKER_LOSSES)
+    g = p.add_argument_group("hyperparameter file")
     g.add_argument("--hparams", metavar="FILE", help="JSON object of ModelConfig/TrainConfig "
                    "values (from tune): they replace the defaults; flags given replace them")
 
