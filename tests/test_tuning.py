@@ -183,6 +183,7 @@ def test_reranker_search_tunes_the_served_second_stage(tmp_path, capsys, monkeyp
     (["--model", "retrieval", "--objective", "rmse"], "ndcg@10"),
     (["--model", "ranking", "--objective", "ndcg@10"], "rmse"),
     (["--model", "retrieval", "--max-trials", "0"], "--max-trials"),
+    (["--model", "reranker", "--objective", "ndcg@200"], "at most 100"),
 ])
 def test_bad_settings_are_one_line_errors(args, message, tmp_path, capsys):
     assert main(["tune", "--output", str(tmp_path / "s")] + args + DATA) == 2

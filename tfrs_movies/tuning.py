@@ -177,6 +177,10 @@ def parse_objective(kind: str, text: str | None = None) -> Objective:
     if name not in _RETRIEVAL_METRICS or not k.isdigit() or int(k) < 1:
         raise UserError(f"--objective {text!r}: for {kind} use METRIC@K with METRIC one of "
                         f"{', '.join(_RETRIEVAL_METRICS)} and K >= 1, e.g. ndcg@10")
+    listed = reranker.ReRankerConfig().candidates
+    if kind == RERANKER and int(k) > listed:
+        raise UserError(f"--objective {text!r}: the re-ranker orders lists of {listed} "
+                        f"candidates, so K can be at most {listed}")
     return Objective(f"{name}@{int(k)}", "max", int(k))
 
 
@@ -211,8 +215,7 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_histor
               f"(retrieval models of {train_config.epochs} epochs on the fit part)", flush=True)
         found = reranker.validation_lists(
             fit, validation, dataset.movies, dataset.users, split.fold_in, model_config,
-            train_config,
-            reranker.ReRankerConfig.from_train(train_config), data_config.seed)
+            train_config, reranker.ReRankerConfig.from_train(train_config), data_config.seed)
         if found is None:
             raise UserError("no re-ranker list holds a held-out movie of its user: too little "
                             "data to tune the re-ranker")
