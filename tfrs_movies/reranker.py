@@ -45,7 +45,6 @@ FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z")
 # Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
 FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
             "popularity": ("popularity_z",)}
-LOSSES = RERANKER_LOSSES
 MAX_EASE_MOVIES = 10_000
 MAX_EASE_CELLS = 50_000_000
 _NEG = float("-inf")
@@ -83,8 +82,8 @@ class ReRankerConfig:
         unknown = sorted(set(self.without) - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss not in RERANKER_LOSSES:
+            raise ValueError(f"loss must be one of {RERANKER_LOSSES}, got {self.loss!r}")
 
     @classmethod
     def from_train(cls, train_config: TrainConfig, **fields) -> "ReRankerConfig":

@@ -85,10 +85,13 @@ def search_space(kind: str) -> kt.HyperParameters:
     """
     hp = kt.HyperParameters()
     if _search(kind) == RERANKER:
-        hp.Choice("reranker_hidden", ["none", "8", "16,8", "32,16", "64,32"], default="16,8")
-        hp.Choice("reranker_epochs", [10, 20, 40, 80], default=20)
-        hp.Float("reranker_learning_rate", 3e-4, 3e-2, sampling="log", default=3e-3)
-        hp.Choice("reranker_loss", list(cfg.RERANKER_LOSSES), default="listwise")
+        t = cfg.TrainConfig()
+        hp.Choice("reranker_hidden", ["none", "8", "16,8", "32,16", "64,32"],
+                  default=",".join(map(str, t.reranker_hidden)) or "none")
+        hp.Choice("reranker_epochs", [10, 20, 40, 80], default=t.reranker_epochs)
+        hp.Float("reranker_learning_rate", 3e-4, 3e-2, sampling="log",
+                 default=t.reranker_learning_rate)
+        hp.Choice("reranker_loss", list(cfg.RERANKER_LOSSES), default=t.reranker_loss)
         return hp
     hp.Choice("embedding_dim", [16, 32, 64, 128], default=64)
     hp.Choice("tower_layers", ["none", "128", "256,128"], default="none")
@@ -265,7 +268,6 @@ def _run_reranker(train_config: cfg.TrainConfig, data: _SearchData,
     start = time.perf_counter()
     learn, scored = data.lists
     config = reranker.ReRankerConfig.from_train(train_config)
-    name, _, k = objective.metric.partition("@")
     values = []
     for init in range(RERANKER_INITS):
         try:
@@ -273,7 +275,7 @@ def _run_reranker(train_config: cfg.TrainConfig, data: _SearchData,
             scores = model(scored.features).numpy()
         finally:
             tf.keras.backend.clear_session()
-        values.append(float(reranker.top_n(scored, scores, int(k))[f"{name}@{k}"]))
+        values.append(float(reranker.top_n(scored, scores, objective.k)[objective.metric]))
     value = float(np.mean(values))
     if not math.isfinite(value):
         raise kt.errors.FailedTrialError(f"{objective.metric} is {value}")
