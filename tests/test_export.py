@@ -24,6 +24,7 @@ def trained(tiny_tables):
     """A stand-in run: the attributes ``export`` reads, with two tiny trained models."""
     ratings, movies, users = tiny_tables
     train = ratings[ratings["user_id"] != "u0"]
+    train = train.assign(timestamp=train["timestamp"] * 3000)  # ~4 years: the recent family's bins
     space = FeatureSpace(Vocabulary.build(train, movies, users))
     models = {}
     for kind in ("retrieval", "ranking"):
@@ -309,12 +310,17 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     ease = reranker.ease_scores(pairs, np.asarray(known_users), catalog, 500.0)
     counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
     popularity = np.asarray([counts.get(m, 0) for m in catalog], np.float32)
+    bins, cumulative = trained.reranker.recent.tables(np.asarray(known_users), catalog)
+    assert len(set(bins)) > 1  # users at different times: the family is not popularity again
     rec = models["recommender"](**request)
     for row, user in enumerate(users[:-1]):
         x = reranker.features(
             tf.constant(want_scores[row:row + 1]),
             tf.constant(ease[known_users.index(user)][want[row]][None]),
-            tf.constant(popularity[want[row]][None]))
+            tf.constant(popularity[want[row]][None]),
+            reranker.recent_counts(tf.constant(bins[known_users.index(user)])[None],
+                                   tf.constant(cumulative), tf.constant(want[row][None]),
+                                   trained.reranker.recent.window))
         learned = trained.reranker(x).numpy()[0]
         order = np.argsort(-learned, kind="stable")[:5]
         np.testing.assert_allclose(rec["rank_scores"].numpy()[row], learned[order], rtol=1e-4,
@@ -357,11 +363,12 @@ def test_requests_larger_than_a_chunk_and_mismatched_inputs(exported, trained):
 def test_reranker_features_are_normalized_within_each_list():
     scores = tf.constant([[3.0, 2.0, 1.0, float("-inf")], [9.0, 8.0, 7.0, 6.0]])
     ease = tf.constant([[1.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
-    x = reranker.features(scores, ease, tf.constant([[1.0, 9.0, 99.0, 0.0]] * 2)).numpy()
+    x = reranker.features(scores, ease, tf.constant([[1.0, 9.0, 99.0, 0.0]] * 2),
+                          tf.zeros([2, 4])).numpy()
     z = x[..., reranker.FEATURES.index("retrieval_z")]
     # The same list shifted by 6 scores the same z: only the order within a list counts.
     np.testing.assert_allclose(z[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
-    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1], 0.0, 0.0]  # an empty slot
+    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1], 0.0, 0.0, 0.0]  # empty slot
     np.testing.assert_allclose(z[1], [1.3416, 0.4472, -0.4472, -1.3416], atol=1e-3)
     rank = x[..., reranker.FEATURES.index("rank")]
     assert rank[0, 0] == 0 and np.all(np.diff(rank[1]) > 0)
@@ -389,7 +396,7 @@ def test_candidate_lists_label_held_out_movies_and_keep_every_target():
     stub = types.SimpleNamespace(
         user_embedding=lambda ids: tf.ones([tf.shape(ids)[0], 1]),
         movie_embedding=lambda ids: -tf.strings.to_number(ids)[:, None])
-    known = pd.DataFrame({"user_id": ["u1", "u2"], "movie_id": ["1", "2"]})
+    known = pd.DataFrame({"user_id": ["u1", "u2"], "movie_id": ["1", "2"], "timestamp": [0, 0]})
     held_out = pd.DataFrame({"user_id": ["u1", "u1"], "movie_id": ["3", "4"]})
     found = reranker.candidate_lists(stub, known, held_out, np.asarray(["u1", "u2"]),
                                      np.asarray(["1", "2", "3", "4"]),
@@ -399,6 +406,24 @@ def test_candidate_lists_label_held_out_movies_and_keep_every_target():
     assert [t.tolist() for t in found.targets] == [[2, 3], []]  # "4": held out, not retrieved
     assert found.features.shape == (2, 2, len(reranker.FEATURES))
     assert found.rows(np.asarray([False, True])).positions.tolist() == [[0, 2]]
+
+
+def test_recent_counts_a_candidates_ratings_around_the_users_time():
+    day = 86400
+    ratings = pd.DataFrame(
+        [("p1", "a", 0), ("p2", "a", 1), ("p3", "a", 30), ("p3", "b", 30), ("p4", "b", 31),
+         ("x", "c", 29), ("x", "e", 30), ("x", "f", 31), ("y", "c", 0)],
+        columns=["user_id", "movie_id", "timestamp"]).assign(timestamp=lambda f: f.timestamp * day)
+    recent = reranker.Recent.build(ratings, window_days=7)  # 7-day bins, one bin either side
+    bins, cumulative = recent.tables(np.asarray(["x", "y", "?"]), np.asarray(["a", "b", "d"]))
+    assert bins.tolist() == [4, 0, 4]  # median days 30 and 0; an unknown user: the last bin
+    counts = reranker.recent_counts(tf.constant(bins), tf.constant(cumulative),
+                                    tf.constant([[0, 1, 2]] * 3), recent.window).numpy()
+    # x (days 21-41): a once (day 30), b twice; y (days 0-13): a twice; d: never rated.
+    assert counts.tolist() == [[1, 2, 0], [2, 0, 0], [1, 2, 0]]
+    # Ten years are at most MAX_RECENT_BINS wider bins (29 days: still one either side).
+    decade = reranker.Recent.build(ratings.assign(timestamp=ratings.timestamp * 118), 14)
+    assert decade.cumulative.shape[1] <= reranker.MAX_RECENT_BINS + 2 and decade.window == 1
 
 
 def test_a_left_out_family_changes_nothing_the_reranker_scores():

@@ -246,7 +246,7 @@ class _Ranker(tf.Module):
 
 class _Reorder(tf.Module):
     """The learned second stage (``reranker``): its features from tables frozen here (EASE
-    scores of every user row, popularity) and its MLP; user rows [B], candidates [B, K] and
+    scores of every user row, popularity, the recent family's time bins and counts) and its MLP; user rows [B], candidates [B, K] and
     their retrieval scores -> [B, K] scores (-inf on empty slots)."""
 
     def __init__(self, reranker_model, users: _Users, catalogue: _Catalogue, vocab):
@@ -260,11 +260,18 @@ class _Reorder(tf.Module):
             table = reranker.ease_scores(pairs, users.with_unknown, catalogue.ids_np,
                                          reranker_model.config_.ease_lambda)
             self.ease = tf.Variable(table, trainable=False, name="ease_scores")
+        recent = reranker_model.recent
+        bins, cumulative = recent.tables(users.with_unknown, catalogue.ids_np)
+        self.window = recent.window
+        self.bins = tf.constant(bins)
+        self.recent = tf.Variable(cumulative, trainable=False, name="recent_counts")
 
     def __call__(self, rows, positions, scores):
         ease = (tf.gather(tf.gather(self.ease, rows), positions, batch_dims=1)
                 if self.ease is not None else tf.zeros_like(scores))
-        x = reranker.features(scores, ease, tf.gather(self.popularity, positions))
+        recent = reranker.recent_counts(tf.gather(self.bins, rows), self.recent, positions,
+                                        self.window)
+        x = reranker.features(scores, ease, tf.gather(self.popularity, positions), recent)
         return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
 
 

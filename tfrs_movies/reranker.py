@@ -9,6 +9,10 @@ and by the full-train models it serves with are on one scale:
   item-item   the EASE score of the candidate given the user's history (closed form, fitted
               on the ranker's own training fold; at export on all of train), z-scored
   popularity  log(1 + train ratings) of the candidate, z-scored
+  recent      log(1 + the candidate's train ratings within ``recent_window_days`` of the
+              user's median train rating time), z-scored: what was watched when this user was
+              (an unknown user is at the end of train: what is watched now). ``Recent`` holds
+              the tables, frozen with the re-ranker's weights.
 
 These features, the MLP's width, the epochs, the learning rate and the loss were chosen on a
 validation split carved from train, never the test split: ``benchmarks/reranker_validation.py``
@@ -22,7 +26,9 @@ A; the movies of B among them are the positives, the rest the hard negatives (wh
 sees when serving). EASE is fitted on A. The loss is a softmax over the list with the positives
 sharing the target mass.
 
-Scale: EASE inverts a catalogue x catalogue matrix, and the export stores every known user's
+Scale: the recent family stores [users] time bins and a [movies, bins] cumulative count
+(bins of ``RECENT_BIN_DAYS``, widened so that there are at most ``MAX_RECENT_BINS``: ML-20M's
+20 years give 57-day bins). EASE inverts a catalogue x catalogue matrix, and the export stores every known user's
 EASE scores ([users, catalogue] floats), so the item-item family is used while the catalogue
 has at most ``MAX_EASE_MOVIES`` movies and the table at most ``MAX_EASE_CELLS`` cells (ML-100K,
 ML-1M); beyond, the re-ranker is trained and served without it (its features are zeros).
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -40,13 +47,16 @@ import tensorflow as tf
 
 from tfrs_movies import data as data_lib
 from tfrs_movies.config import RERANKER_LOSSES, TrainConfig
+from tfrs_movies.errors import UserError
 
-FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z")
+FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z")
 # Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
 FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
-            "popularity": ("popularity_z",)}
+            "popularity": ("popularity_z",), "recent": ("recent_z",)}
 MAX_EASE_MOVIES = 10_000
 MAX_EASE_CELLS = 50_000_000
+RECENT_BIN_DAYS = 7
+MAX_RECENT_BINS = 128
 _NEG = float("-inf")
 
 
@@ -65,6 +75,8 @@ class ReRankerConfig:
       without: ``FAMILIES`` whose features are zeroed, in training and serving alike.
       loss: ``listwise`` (softmax over the list) or ``pairwise`` (logistic loss of every
         positive against every negative of its list).
+      recent_window_days: the recent family counts a candidate's ratings this many days
+        either side of the user's median rating time (at least one bin either side).
     """
 
     candidates: int = 100
@@ -77,6 +89,7 @@ class ReRankerConfig:
     use_ease: bool = True
     without: tuple[str, ...] = ()
     loss: str = TrainConfig.reranker_loss
+    recent_window_days: int = 14
 
     def __post_init__(self):
         unknown = sorted(set(self.without) - set(FAMILIES))
@@ -84,6 +97,8 @@ class ReRankerConfig:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
         if self.loss not in RERANKER_LOSSES:
             raise ValueError(f"loss must be one of {RERANKER_LOSSES}, got {self.loss!r}")
+        if self.recent_window_days < 0:
+            raise ValueError(f"recent_window_days must be >= 0, got {self.recent_window_days}")
 
     @classmethod
     def from_train(cls, train_config: TrainConfig, **fields) -> "ReRankerConfig":
@@ -120,6 +135,71 @@ def ease_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarr
     return (x @ b).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Recent:
+    """When movies were rated and when each user rates, for the recent family.
+
+    ``cumulative[m, b]`` counts the ratings of ``movie_ids[m]`` in the bins before ``b``
+    (``bins + 1`` columns; a bin is ``bin_days`` from the first timestamp), ``user_bins[u]``
+    is the bin of ``user_ids[u]``'s median rating time, and a candidate's recent count is its
+    ratings in the bins within ``window`` of the user's."""
+
+    user_ids: np.ndarray
+    user_bins: np.ndarray
+    movie_ids: np.ndarray
+    cumulative: np.ndarray
+    window: int
+
+    @classmethod
+    def build(cls, ratings: pd.DataFrame, window_days: int) -> "Recent":
+        t = ratings["timestamp"].to_numpy(np.int64)
+        first = int(t.min()) if len(t) else 0
+        span_days = (int(t.max()) - first) / 86400 if len(t) else 0.0
+        bin_days = max(RECENT_BIN_DAYS, math.ceil(span_days / MAX_RECENT_BINS))
+        bins = (t - first) // (bin_days * 86400)
+        movie_ids, movie_rows = np.unique(ratings["movie_id"].to_numpy(str), return_inverse=True)
+        counts = np.zeros((len(movie_ids), int(bins.max(initial=0)) + 2), np.float32)
+        np.add.at(counts, (movie_rows, bins + 1), 1.0)
+        user_ids, user_rows = np.unique(ratings["user_id"].to_numpy(str), return_inverse=True)
+        median = pd.Series(bins).groupby(user_rows).median().to_numpy()
+        return cls(user_ids, np.floor(median).astype(np.int32), movie_ids,
+                   np.cumsum(counts, axis=1), max(1, round(window_days / bin_days)))
+
+    def tables(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the bins [U] of ``user_ids``, the cumulative counts [N, bins + 1] of
+        ``movie_ids``): a user without ratings is at the last bin, an unrated movie all zeros."""
+        last = self.cumulative.shape[1] - 2
+        users = pd.Series(self.user_bins, index=self.user_ids)
+        movies = pd.Series(np.arange(len(self.movie_ids)), index=self.movie_ids)
+        bins = users.reindex(np.asarray(user_ids, str)).fillna(last).to_numpy(np.int32)
+        rows = movies.reindex(np.asarray(movie_ids, str)).to_numpy()
+        table = np.zeros((len(movie_ids), self.cumulative.shape[1]), np.float32)
+        table[~np.isnan(rows)] = self.cumulative[rows[~np.isnan(rows)].astype(np.int64)]
+        return bins, table
+
+    def save(self, path: Path) -> None:
+        np.savez(path, user_ids=self.user_ids, user_bins=self.user_bins,
+                 movie_ids=self.movie_ids, cumulative=self.cumulative, window=self.window)
+
+    @classmethod
+    def load(cls, path: Path) -> "Recent":
+        with np.load(path) as f:
+            return cls(f["user_ids"], f["user_bins"], f["movie_ids"], f["cumulative"],
+                       int(f["window"]))
+
+
+def recent_counts(bins: tf.Tensor, cumulative: tf.Tensor, positions: tf.Tensor,
+                  window: int) -> tf.Tensor:
+    """[B] user bins, [N, T + 1] cumulative counts, [B, K] positions -> [B, K] ratings of each
+    candidate in the bins within ``window`` of its user's (``Recent``)."""
+    width = tf.shape(cumulative, out_type=tf.int64)[1]
+    bins = tf.cast(bins, tf.int64)[:, None]
+    lo, hi = tf.maximum(bins - window, 0), tf.minimum(bins + window + 1, width - 1)
+    flat = tf.reshape(cumulative, [-1])
+    row = tf.maximum(tf.cast(positions, tf.int64), 0) * width
+    return tf.gather(flat, row + hi) - tf.gather(flat, row + lo)
+
+
 def _zscore(values: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     """[B, K] -> z-scores within each row over its ``valid`` slots (0 elsewhere)."""
     weight = tf.cast(valid, tf.float32)
@@ -130,13 +210,15 @@ def _zscore(values: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     return tf.where(valid, (values - mean) / (tf.sqrt(var) + 1e-6), 0.0)
 
 
-def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor) -> tf.Tensor:
+def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
+             recent: tf.Tensor) -> tf.Tensor:
     """The re-ranker's input [B, K, F] (``FEATURES``) of one list per user.
 
     Args:
       scores: [B, K] retrieval scores, best first; -inf marks an empty slot.
       ease: [B, K] EASE scores of the candidates (zeros without the item-item family).
       popularity: [B, K] train ratings of the candidates.
+      recent: [B, K] the candidates' ratings around the user's time (``recent_counts``).
     """
     valid = scores > _NEG
     k = tf.shape(scores)[1]
@@ -144,12 +226,16 @@ def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor) -> tf.Te
         tf.cast(k, tf.float32))
     rank = tf.broadcast_to(rank[None, :], tf.shape(scores))
     parts = [_zscore(scores, valid), rank, _zscore(ease, valid),
-             _zscore(tf.math.log1p(tf.cast(popularity, tf.float32)), valid)]
+             _zscore(tf.math.log1p(tf.cast(popularity, tf.float32)), valid),
+             _zscore(tf.math.log1p(tf.cast(recent, tf.float32)), valid)]
     return tf.stack(parts, axis=-1)
 
 
 class ReRanker(tf.keras.Model):
-    """[B, K, F] features -> [B, K] scores (higher first); an MLP per candidate."""
+    """[B, K, F] features -> [B, K] scores (higher first); an MLP per candidate. ``recent``
+    is the ``Recent`` of the data it serves (set by ``fit``, saved with the weights)."""
+
+    recent: Recent | None = None
 
     def __init__(self, config: ReRankerConfig, **kwargs):
         super().__init__(**kwargs)
@@ -188,6 +274,7 @@ def save(model: ReRanker, run_dir: Path) -> None:
     path = weights_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     (path.parent / "config.json").write_text(json.dumps(dataclasses.asdict(model.config_)))
+    model.recent.save(path.parent / "recent.npz")
     model.save_weights(str(path))
 
 
@@ -197,10 +284,14 @@ def load(run_dir: Path) -> ReRanker | None:
     if not Path(f"{path}.index").exists():
         return None
     values = json.loads((path.parent / "config.json").read_text())
+    if not (path.parent / "recent.npz").exists():
+        raise UserError(f"{path.parent}: this re-ranker was trained by an earlier version "
+                        f"(without the recent family's tables): train the run again")
     config = ReRankerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in values.items()})
     model = build(config)
     model.load_weights(str(path)).expect_partial()
+    model.recent = Recent.load(path.parent / "recent.npz")
     return model
 
 
@@ -257,6 +348,7 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
     if found is None:
         return None
     model = train_on(found, config, seed)
+    model.recent = Recent.build(pd.concat([train, fold_in]), config.recent_window_days)
     print(f"[reranker] trained in {time.perf_counter() - start:.1f}s", flush=True)
     return model
 
@@ -362,10 +454,14 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
     ease = (np.take_along_axis(ease_scores(known, user_ids, movie_ids, config.ease_lambda),
                                top, axis=1) if config.use_ease else np.zeros_like(scores))
     popularity = np.bincount(seen_cols, minlength=n)[top]
+    recent = Recent.build(known, config.recent_window_days)
+    bins, cumulative = recent.tables(user_ids, movie_ids)
+    recent = recent_counts(tf.constant(bins), tf.constant(cumulative), tf.constant(top),
+                           recent.window)
     b_rows, b_cols = keys(held_out)
     candidate_keys = np.arange(len(user_ids))[:, None] * n + top
     labels = np.isin(candidate_keys, b_rows * n + b_cols).astype(np.float32)
     by_user = pd.Series(b_cols).groupby(b_rows).agg(lambda c: np.unique(c.to_numpy()))
     targets = [by_user.get(row, np.zeros(0, np.int64)) for row in range(len(user_ids))]
-    x = features(tf.constant(scores), tf.constant(ease), tf.constant(popularity)).numpy()
+    x = features(tf.constant(scores), tf.constant(ease), tf.constant(popularity), recent).numpy()
     return Lists(x, labels, top, targets)
