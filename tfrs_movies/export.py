@@ -246,8 +246,9 @@ class _Ranker(tf.Module):
 
 class _Reorder(tf.Module):
     """The learned second stage (``reranker``): its features from tables frozen here (EASE
-    scores of every user row, popularity, the recent family's time bins and counts) and its MLP; user rows [B], candidates [B, K] and
-    their retrieval scores -> [B, K] scores (-inf on empty slots)."""
+    scores of every user row, popularity, the recent family's time bins and counts) and its
+    MLP; user rows [B], candidates [B, K] and their retrieval scores -> [B, K] scores (-inf
+    on empty slots)."""
 
     def __init__(self, reranker_model, users: _Users, catalogue: _Catalogue, vocab):
         super().__init__()
