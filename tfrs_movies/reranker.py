@@ -48,7 +48,6 @@ import tensorflow as tf
 
 from tfrs_movies import data as data_lib
 from tfrs_movies.config import RERANKER_LOSSES, TrainConfig
-from tfrs_movies.errors import UserError
 
 FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z")
 # Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
@@ -285,9 +284,6 @@ def load(run_dir: Path) -> ReRanker | None:
     if not Path(f"{path}.index").exists():
         return None
     values = json.loads((path.parent / "config.json").read_text())
-    if not (path.parent / "recent.npz").exists():
-        raise UserError(f"{path.parent}: this re-ranker was trained by an earlier version "
-                        f"(without the recent family's tables): train the run again")
     config = ReRankerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in values.items()})
     model = build(config)

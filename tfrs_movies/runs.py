@@ -60,7 +60,8 @@ class Run:
 
 
 # 2: tensor-shaped tasks and listwise rating heads (weights of format 1, unmarked, differ).
-FORMAT = 2
+# 3: the re-ranker's recent family (five features, models/reranker/recent.npz).
+FORMAT = 3
 
 
 def write_format(run_dir: Path) -> None:
