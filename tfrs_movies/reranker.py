@@ -28,7 +28,7 @@ sharing the target mass.
 
 Scale: the recent family stores [users] time bins and a [movies, bins] cumulative count
 (bins of ``RECENT_BIN_DAYS``, widened so that there are at most ``MAX_RECENT_BINS``: ML-20M's
-20 years give 57-day bins). EASE inverts a catalogue x catalogue matrix, and the export stores
+20 years give 58-day bins). EASE inverts a catalogue x catalogue matrix, and the export stores
 every known user's EASE scores ([users, catalogue] floats), so the item-item family is used
 while the catalogue has at most ``MAX_EASE_MOVIES`` movies and the table at most
 ``MAX_EASE_CELLS`` cells (ML-100K, ML-1M); beyond, the re-ranker is trained and served
