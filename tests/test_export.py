@@ -24,7 +24,10 @@ def trained(tiny_tables):
     """A stand-in run: the attributes ``export`` reads, with two tiny trained models."""
     ratings, movies, users = tiny_tables
     train = ratings[ratings["user_id"] != "u0"]
-    train = train.assign(timestamp=train["timestamp"] * 3000)  # ~4 years: the recent family's bins
+    # ~4 years (the recent family's bins), each user's ratings in sittings of 3 (10 s apart,
+    # 3000 s between sittings: the session family's).
+    user, step = train["timestamp"] // 1000, train["timestamp"] % 1000
+    train = train.assign(timestamp=user * 3_000_000 + step // 3 * 3000 + step % 3 * 10)
     space = FeatureSpace(Vocabulary.build(train, movies, users))
     models = {}
     for kind in ("retrieval", "ranking"):
@@ -312,6 +315,11 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     popularity = np.asarray([counts.get(m, 0) for m in catalog], np.float32)
     bins, cumulative = trained.reranker.recent.tables(np.asarray(known_users), catalog)
     assert len(set(bins)) > 1  # users at different times: the family is not popularity again
+    sittings = trained.reranker.sittings
+    session = reranker.session_scores(pairs, np.asarray(known_users), catalog, sittings,
+                                       trained.reranker.config_.session_lambda)
+    assert np.bincount(sittings.sittings).max() == 3  # sittings of 3 movies, 5 per user
+    assert not np.allclose(session, ease)
     rec = models["recommender"](**request)
     for row, user in enumerate(users[:-1]):
         x = reranker.features(
@@ -320,7 +328,8 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
             tf.constant(popularity[want[row]][None]),
             reranker.recent_counts(tf.constant(bins[known_users.index(user)])[None],
                                    tf.constant(cumulative), tf.constant(want[row][None]),
-                                   trained.reranker.recent.window))
+                                   trained.reranker.recent.window),
+            tf.constant(session[known_users.index(user)][want[row]][None]))
         learned = trained.reranker(x).numpy()[0]
         order = np.argsort(-learned, kind="stable")[:5]
         np.testing.assert_allclose(rec["rank_scores"].numpy()[row], learned[order], rtol=1e-4,
@@ -364,11 +373,11 @@ def test_reranker_features_are_normalized_within_each_list():
     scores = tf.constant([[3.0, 2.0, 1.0, float("-inf")], [9.0, 8.0, 7.0, 6.0]])
     ease = tf.constant([[1.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
     x = reranker.features(scores, ease, tf.constant([[1.0, 9.0, 99.0, 0.0]] * 2),
-                          tf.zeros([2, 4])).numpy()
+                          tf.zeros([2, 4]), tf.zeros([2, 4])).numpy()
     z = x[..., reranker.FEATURES.index("retrieval_z")]
     # The same list shifted by 6 scores the same z: only the order within a list counts.
     np.testing.assert_allclose(z[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
-    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1], 0.0, 0.0, 0.0]  # empty slot
+    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1], 0.0, 0.0, 0.0, 0.0]  # empty slot
     np.testing.assert_allclose(z[1], [1.3416, 0.4472, -0.4472, -1.3416], atol=1e-3)
     rank = x[..., reranker.FEATURES.index("rank")]
     assert rank[0, 0] == 0 and np.all(np.diff(rank[1]) > 0)
@@ -424,6 +433,30 @@ def test_recent_counts_a_candidates_ratings_around_the_users_time():
     # Ten years are at most MAX_RECENT_BINS wider bins (29 days: still one either side).
     decade = reranker.Recent.build(ratings.assign(timestamp=ratings.timestamp * 118), 14)
     assert decade.cumulative.shape[1] <= reranker.MAX_RECENT_BINS + 2 and decade.window == 1
+
+
+def test_session_scores_are_ease_fitted_on_sittings():
+    # u1 sits twice (a gap of 61 s > 60), u2 once: sittings {a, b}, {c}, {a, c}.
+    ratings = pd.DataFrame([("u1", "a", 0), ("u1", "b", 60), ("u1", "c", 121),
+                            ("u2", "c", 5), ("u2", "a", 30)],
+                           columns=["user_id", "movie_id", "timestamp"])
+    sittings = reranker.Sittings.build(ratings, gap_seconds=60)
+    assert sittings.movie_ids.tolist() == ["a", "b", "c", "c", "a"]
+    assert sittings.sittings.tolist() == [0, 0, 1, 2, 2]
+    movies, lam = np.asarray(["a", "b", "c", "d"]), 2.0
+    x = np.asarray([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 1, 0]], float)  # sittings x movies
+    p = np.linalg.inv(x.T @ x + lam * np.eye(4))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    history = np.asarray([[1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0]], float)  # u1, u2, unknown
+    got = reranker.session_scores(ratings, np.asarray(["u1", "u2", "?"]), movies, sittings, lam)
+    np.testing.assert_allclose(got, history @ b, rtol=1e-5, atol=1e-6)
+    assert got[2].tolist() == [0.0] * 4 and got[:, 3].tolist() == [0.0] * 3  # "d": never rated
+    # One sitting per user (every gap within it): the same weights as EASE on users' rows.
+    whole = reranker.Sittings.build(ratings, gap_seconds=10**6)
+    np.testing.assert_allclose(
+        reranker.session_scores(ratings, np.asarray(["u1", "u2"]), movies, whole, lam),
+        reranker.ease_scores(ratings, np.asarray(["u1", "u2"]), movies, lam), rtol=1e-5)
 
 
 def test_a_left_out_family_changes_nothing_the_reranker_scores():

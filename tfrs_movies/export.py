@@ -246,21 +246,25 @@ class _Ranker(tf.Module):
 
 class _Reorder(tf.Module):
     """The learned second stage (``reranker``): its features from tables frozen here (EASE
-    scores of every user row, popularity, the recent family's time bins and counts) and its
-    MLP; user rows [B], candidates [B, K] and their retrieval scores -> [B, K] scores (-inf
-    on empty slots)."""
+    and session scores of every user row, popularity, the recent family's time bins and
+    counts) and its MLP; user rows [B], candidates [B, K] and their retrieval scores ->
+    [B, K] scores (-inf on empty slots)."""
 
     def __init__(self, reranker_model, users: _Users, catalogue: _Catalogue, vocab):
         super().__init__()
         self.model = reranker_model
         self.popularity = tf.constant(catalogue.popularity.astype(np.float32))
-        self.ease = None
-        if reranker_model.config_.use_ease:
+        self.ease = self.session = None
+        config = reranker_model.config_
+        if config.use_ease:
             pairs = pd.DataFrame([(u, m) for u, h in zip(vocab.catalog_users, vocab.history)
                                   for m in h], columns=["user_id", "movie_id"])
-            table = reranker.ease_scores(pairs, users.with_unknown, catalogue.ids_np,
-                                         reranker_model.config_.ease_lambda)
-            self.ease = tf.Variable(table, trainable=False, name="ease_scores")
+            self.ease = tf.Variable(reranker.ease_scores(pairs, users.with_unknown,
+                                                         catalogue.ids_np, config.ease_lambda),
+                                    trainable=False, name="ease_scores")
+            self.session = tf.Variable(reranker.session_scores(
+                pairs, users.with_unknown, catalogue.ids_np, reranker_model.sittings,
+                config.session_lambda), trainable=False, name="session_scores")
         recent = reranker_model.recent
         bins, cumulative = recent.tables(users.with_unknown, catalogue.ids_np)
         self.window = recent.window
@@ -268,11 +272,13 @@ class _Reorder(tf.Module):
         self.recent = tf.Variable(cumulative, trainable=False, name="recent_counts")
 
     def __call__(self, rows, positions, scores):
-        ease = (tf.gather(tf.gather(self.ease, rows), positions, batch_dims=1)
-                if self.ease is not None else tf.zeros_like(scores))
+        def per_user(table):
+            return (tf.gather(tf.gather(table, rows), positions, batch_dims=1)
+                    if table is not None else tf.zeros_like(scores))
         recent = reranker.recent_counts(tf.gather(self.bins, rows), self.recent, positions,
                                         self.window)
-        x = reranker.features(scores, ease, tf.gather(self.popularity, positions), recent)
+        x = reranker.features(scores, per_user(self.ease), tf.gather(self.popularity, positions),
+                              recent, per_user(self.session))
         return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
 
 

@@ -13,6 +13,10 @@ and by the full-train models it serves with are on one scale:
               user's median train rating time), z-scored: what was watched when this user was
               (an unknown user is at the end of train: what is watched now). ``Recent`` holds
               the tables, frozen with the re-ranker's weights.
+  session     an EASE score fitted on sittings instead of users (a sitting: one user's ratings
+              with gaps of at most ``session_gap_seconds``; ``Sittings``), given the user's
+              history, z-scored: what is rated in the same sitting as the user's movies, as
+              session-aware linear item-item models do (SLIST, Choi et al. 2021).
 
 These features, the MLP's width, the epochs, the learning rate and the loss were chosen on a
 validation split carved from train, never the test split: ``benchmarks/reranker_validation.py``
@@ -49,10 +53,11 @@ import tensorflow as tf
 from tfrs_movies import data as data_lib
 from tfrs_movies.config import RERANKER_LOSSES, TrainConfig
 
-FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z")
+FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z", "session_z")
 # Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
 FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
-            "popularity": ("popularity_z",), "recent": ("recent_z",)}
+            "popularity": ("popularity_z",), "recent": ("recent_z",),
+            "session": ("session_z",)}
 MAX_EASE_MOVIES = 10_000
 MAX_EASE_CELLS = 50_000_000
 RECENT_BIN_DAYS = 7
@@ -71,7 +76,8 @@ class ReRankerConfig:
       ease_lambda: EASE's L2 weight.
       hidden: the MLP's hidden sizes.
       epochs, batch_size, learning_rate: Adam on lists (batch_size lists per step).
-      use_ease: whether the item-item family is used (decided from the catalogue's size).
+      use_ease: whether the item-item and session families are used (decided from the
+        catalogue's size).
       without: ``FAMILIES`` whose features are zeroed, in training and serving alike.
       loss: ``listwise`` (softmax over the list) or ``pairwise`` (logistic loss of every
         positive against every negative of its list).
@@ -90,6 +96,8 @@ class ReRankerConfig:
     without: tuple[str, ...] = ()
     loss: str = TrainConfig.reranker_loss
     recent_window_days: int = 14
+    session_gap_seconds: int = 60
+    session_lambda: float = 100.0
 
     def __post_init__(self):
         unknown = sorted(set(self.without) - set(FAMILIES))
@@ -99,6 +107,9 @@ class ReRankerConfig:
             raise ValueError(f"loss must be one of {RERANKER_LOSSES}, got {self.loss!r}")
         if self.recent_window_days < 0:
             raise ValueError(f"recent_window_days must be >= 0, got {self.recent_window_days}")
+        if self.session_gap_seconds < 0 or not self.session_lambda > 0:
+            raise ValueError(f"need session_gap_seconds >= 0 and session_lambda > 0, got "
+                             f"{self.session_gap_seconds} and {self.session_lambda}")
 
     @classmethod
     def from_train(cls, train_config: TrainConfig, **fields) -> "ReRankerConfig":
@@ -118,21 +129,70 @@ def ease_fits(users: int, movies: int) -> bool:
     return movies <= MAX_EASE_MOVIES and users * movies <= MAX_EASE_CELLS
 
 
+def _interactions(ratings: pd.DataFrame, row_ids: np.ndarray, movie_ids: np.ndarray,
+                  rows: str = "user_id") -> np.ndarray:
+    """[len(row_ids), len(movie_ids)] float64 0/1: which movie each ``rows`` value rated
+    (ids absent from ``ratings`` get zero rows, movies absent from ``movie_ids`` are left out)."""
+    row_of = pd.Series(np.arange(len(row_ids)), index=row_ids)
+    movies = pd.Series(np.arange(len(movie_ids)), index=movie_ids)
+    r, c = ratings[rows].map(row_of), ratings["movie_id"].map(movies)
+    keep = r.notna() & c.notna()
+    x = np.zeros((len(row_ids), len(movie_ids)), np.float64)
+    x[r[keep].to_numpy(np.int64), c[keep].to_numpy(np.int64)] = 1.0
+    return x
+
+
+def _ease_weights(x: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's item-item weights ``B`` [N, N] (zero diagonal) from the 0/1 rows ``x`` [R, N]."""
+    p = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
 def ease_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
                 lam: float) -> np.ndarray:
     """EASE (Steck 2019) user x movie scores ``X B`` [U, N], float32 (computed in float64),
     for the rows ``user_ids`` and columns ``movie_ids`` (ids absent from ``ratings`` get zero
     rows). The quality benchmark's EASE baseline is this function too."""
-    users = pd.Series(np.arange(len(user_ids)), index=user_ids)
-    movies = pd.Series(np.arange(len(movie_ids)), index=movie_ids)
-    rows, cols = ratings["user_id"].map(users), ratings["movie_id"].map(movies)
-    keep = rows.notna() & cols.notna()
-    x = np.zeros((len(user_ids), len(movie_ids)), np.float64)
-    x[rows[keep].to_numpy(np.int64), cols[keep].to_numpy(np.int64)] = 1.0
-    p = np.linalg.inv(x.T @ x + lam * np.eye(len(movie_ids)))
-    b = -p / np.diag(p)
-    np.fill_diagonal(b, 0.0)
-    return (x @ b).astype(np.float32)
+    x = _interactions(ratings, user_ids, movie_ids)
+    return (x @ _ease_weights(x, lam)).astype(np.float32)
+
+
+def session_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+                   sittings: "Sittings", lam: float) -> np.ndarray:
+    """The session family's [U, N] float32 scores: each user's ``ratings`` (their history)
+    times EASE weights fitted on ``sittings``' rows instead of users' (ids absent from
+    ``ratings`` get zero rows)."""
+    pairs = pd.DataFrame({"sitting": sittings.sittings, "movie_id": sittings.movie_ids})
+    b = _ease_weights(_interactions(pairs, np.unique(sittings.sittings), movie_ids,
+                                    rows="sitting"), lam)
+    return (_interactions(ratings, user_ids, movie_ids) @ b).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sittings:
+    """What was rated in one sitting, for the session family: ``movie_ids[i]`` was rated in
+    sitting ``sittings[i]`` (one user's ratings, in time order, while no gap between two is
+    longer than ``gap_seconds``)."""
+
+    movie_ids: np.ndarray
+    sittings: np.ndarray
+
+    @classmethod
+    def build(cls, ratings: pd.DataFrame, gap_seconds: int) -> "Sittings":
+        ordered = ratings.sort_values(["user_id", "timestamp"], kind="stable")
+        gap = ordered.groupby("user_id", sort=False)["timestamp"].diff()
+        starts = (gap.isna() | (gap > gap_seconds)).to_numpy()
+        return cls(ordered["movie_id"].to_numpy(str), np.cumsum(starts).astype(np.int64) - 1)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, movie_ids=self.movie_ids, sittings=self.sittings)
+
+    @classmethod
+    def load(cls, path: Path) -> "Sittings":
+        with np.load(path) as f:
+            return cls(f["movie_ids"], f["sittings"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +271,7 @@ def _zscore(values: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
 
 
 def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
-             recent: tf.Tensor) -> tf.Tensor:
+             recent: tf.Tensor, session: tf.Tensor) -> tf.Tensor:
     """The re-ranker's input [B, K, F] (``FEATURES``) of one list per user.
 
     Args:
@@ -219,6 +279,8 @@ def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
       ease: [B, K] EASE scores of the candidates (zeros without the item-item family).
       popularity: [B, K] train ratings of the candidates.
       recent: [B, K] the candidates' ratings around the user's time (``recent_counts``).
+      session: [B, K] the candidates' session scores (``session_scores``; zeros without the
+        family).
     """
     valid = scores > _NEG
     k = tf.shape(scores)[1]
@@ -227,15 +289,18 @@ def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
     rank = tf.broadcast_to(rank[None, :], tf.shape(scores))
     parts = [_zscore(scores, valid), rank, _zscore(ease, valid),
              _zscore(tf.math.log1p(tf.cast(popularity, tf.float32)), valid),
-             _zscore(tf.math.log1p(tf.cast(recent, tf.float32)), valid)]
+             _zscore(tf.math.log1p(tf.cast(recent, tf.float32)), valid),
+             _zscore(session, valid)]
     return tf.stack(parts, axis=-1)
 
 
 class ReRanker(tf.keras.Model):
     """[B, K, F] features -> [B, K] scores (higher first); an MLP per candidate. ``recent``
-    is the ``Recent`` of the data it serves (set by ``fit``, saved with the weights)."""
+    and ``sittings`` are the ``Recent`` and ``Sittings`` of the data it serves (set by
+    ``fit``, saved with the weights)."""
 
     recent: Recent | None = None
+    sittings: Sittings | None = None
 
     def __init__(self, config: ReRankerConfig, **kwargs):
         super().__init__(**kwargs)
@@ -275,6 +340,7 @@ def save(model: ReRanker, run_dir: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     (path.parent / "config.json").write_text(json.dumps(dataclasses.asdict(model.config_)))
     model.recent.save(path.parent / "recent.npz")
+    model.sittings.save(path.parent / "sittings.npz")
     model.save_weights(str(path))
 
 
@@ -289,6 +355,7 @@ def load(run_dir: Path) -> ReRanker | None:
     model = build(config)
     model.load_weights(str(path)).expect_partial()
     model.recent = Recent.load(path.parent / "recent.npz")
+    model.sittings = Sittings.load(path.parent / "sittings.npz")
     return model
 
 
@@ -345,7 +412,9 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
     if found is None:
         return None
     model = train_on(found, config, seed)
-    model.recent = Recent.build(pd.concat([train, fold_in]), config.recent_window_days)
+    served = pd.concat([train, fold_in])
+    model.recent = Recent.build(served, config.recent_window_days)
+    model.sittings = Sittings.build(served, config.session_gap_seconds)
     print(f"[reranker] trained in {time.perf_counter() - start:.1f}s", flush=True)
     return model
 
@@ -450,6 +519,9 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
                               seen_rows * n + seen_cols, k)
     ease = (np.take_along_axis(ease_scores(known, user_ids, movie_ids, config.ease_lambda),
                                top, axis=1) if config.use_ease else np.zeros_like(scores))
+    session = (np.take_along_axis(session_scores(
+        known, user_ids, movie_ids, Sittings.build(known, config.session_gap_seconds),
+        config.session_lambda), top, axis=1) if config.use_ease else np.zeros_like(scores))
     popularity = np.bincount(seen_cols, minlength=n)[top]
     recent = Recent.build(known, config.recent_window_days)
     bins, cumulative = recent.tables(user_ids, movie_ids)
@@ -460,5 +532,6 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
     labels = np.isin(candidate_keys, b_rows * n + b_cols).astype(np.float32)
     by_user = pd.Series(b_cols).groupby(b_rows).agg(lambda c: np.unique(c.to_numpy()))
     targets = [by_user.get(row, np.zeros(0, np.int64)) for row in range(len(user_ids))]
-    x = features(tf.constant(scores), tf.constant(ease), tf.constant(popularity), recent).numpy()
+    x = features(tf.constant(scores), tf.constant(ease), tf.constant(popularity), recent,
+                 tf.constant(session)).numpy()
     return Lists(x, labels, top, targets)

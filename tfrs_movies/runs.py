@@ -61,7 +61,8 @@ class Run:
 
 # 2: tensor-shaped tasks and listwise rating heads (weights of format 1, unmarked, differ).
 # 3: the re-ranker's recent family (five features, models/reranker/recent.npz).
-FORMAT = 3
+# 4: the re-ranker's session family (six features, models/reranker/sittings.npz).
+FORMAT = 4
 
 
 def write_format(run_dir: Path) -> None:
