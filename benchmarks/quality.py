@@ -147,8 +147,11 @@ def reranker_ablations(trained, work: Path) -> dict:
         for label, change in RERANKER_ABLATIONS.items():
             print(f"ablation: {label}")
             config = dataclasses.replace(base, **change) if change is not None else None
-            trained.reranker = (reranker.train_on(found, config, seed)
-                                if config is not None and found is not None else None)
+            trained.reranker = None
+            if config is not None and found is not None:
+                # The served re-ranker's tables (recent counts, sittings) are the run's data.
+                trained.reranker = reranker.train_on(found, config, seed)
+                trained.reranker.recent, trained.reranker.sittings = served.recent, served.sittings
             target = work / f"reranker-ablation-{len(out)}"
             export(trained, target, ExportConfig())
             measured = exported_topn(target, split.train, split.test, movies)
