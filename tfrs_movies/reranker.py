@@ -414,7 +414,9 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
     model = train_on(found, config, seed)
     served = pd.concat([train, fold_in])
     model.recent = Recent.build(served, config.recent_window_days)
-    model.sittings = Sittings.build(served, config.session_gap_seconds)
+    # Only the session family reads them: none beyond EASE's catalogue limits (ML-20M).
+    model.sittings = Sittings.build(served if config.use_ease else served.iloc[:0],
+                                    config.session_gap_seconds)
     print(f"[reranker] trained in {time.perf_counter() - start:.1f}s", flush=True)
     return model
 
