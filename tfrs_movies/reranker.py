@@ -24,8 +24,8 @@ scores each option one change at a time (its table is in the README, "Quality").
 
 ``features`` computes them in TensorFlow, for training and inside the exported graph alike.
 
-Learning without leaks (``fit``): the train split is cut per user into a fold A (80%) and a
-fold B (20%). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
+Learning without leaks (``fit``): the train split is cut per user into a fold A (75%) and a
+fold B (25%). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
 A; the movies of B among them are the positives, the rest the hard negatives (what the ranker
 sees when serving). EASE is fitted on A. The loss is a softmax over the list with the positives
 sharing the target mass.
@@ -86,7 +86,7 @@ class ReRankerConfig:
     """
 
     candidates: int = 100
-    fold_fraction: float = 0.2
+    fold_fraction: float = 0.25
     ease_lambda: float = 500.0
     hidden: tuple[int, ...] = TrainConfig.reranker_hidden
     epochs: int = TrainConfig.reranker_epochs
