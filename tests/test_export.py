@@ -318,7 +318,10 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     sittings = trained.reranker.sittings
     session = reranker.session_scores(pairs, np.asarray(known_users), catalog, sittings,
                                        trained.reranker.config_.session_lambda)
-    assert np.bincount(sittings.sittings).max() == 3  # sittings of 3 movies, 5 per user
+    # Sittings of 3 movies (5 per user), then windows of 10 ratings at two offsets.
+    sizes = np.bincount(sittings.sittings)
+    n = len(sittings.sittings) // 3
+    assert sizes[:sittings.sittings[n]].max() == 3 and sizes.max() == 10
     assert not np.allclose(session, ease)
     rec = models["recommender"](**request)
     for row, user in enumerate(users[:-1]):
@@ -457,6 +460,34 @@ def test_session_scores_are_ease_fitted_on_sittings():
     np.testing.assert_allclose(
         reranker.session_scores(ratings, np.asarray(["u1", "u2"]), movies, whole, lam),
         reranker.ease_scores(ratings, np.asarray(["u1", "u2"]), movies, lam), rtol=1e-5)
+
+
+def test_session_rows_add_windows_of_consecutive_ratings():
+    # u1 rates a..e one second apart (one sitting), u2 rates c, a an hour apart (two).
+    ratings = pd.DataFrame([("u1", m, t) for t, m in enumerate("abcde")]
+                           + [("u2", "c", 0), ("u2", "a", 3600)],
+                           columns=["user_id", "movie_id", "timestamp"])
+    rows = reranker.Sittings.build(ratings, gap_seconds=60, window=4)
+    got = pd.DataFrame({"row": rows.sittings, "movie": rows.movie_ids}).groupby(
+        "row", sort=True)["movie"].agg("".join).tolist()
+    # Sittings; windows of 4 from each user's first rating; from their third (offset 2).
+    # Windows ignore time: u2's two sittings share one.
+    assert got == ["abcde", "c", "a", "abcd", "e", "ca", "ab", "cde", "ca"]
+    assert rows.sittings.tolist() == sorted(rows.sittings.tolist())
+    # The windows are more rows of one EASE.
+    movies, lam = np.asarray(list("abcde")), 2.0
+    x = np.zeros((len(got), 5))
+    for r, letters in enumerate(got):
+        x[r, ["abcde".index(m) for m in letters]] = 1.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(5))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    history = np.asarray([[1, 1, 1, 1, 1], [1, 0, 1, 0, 0]], float)
+    np.testing.assert_allclose(
+        reranker.session_scores(ratings, np.asarray(["u1", "u2"]), movies, rows, lam),
+        history @ b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="session_window >= 0"):
+        reranker.ReRankerConfig(session_window=-1)
 
 
 def test_a_left_out_family_changes_nothing_the_reranker_scores():

@@ -13,10 +13,12 @@ and by the full-train models it serves with are on one scale:
               user's median train rating time), z-scored: what was watched when this user was
               (an unknown user is at the end of train: what is watched now). ``Recent`` holds
               the tables, frozen with the re-ranker's weights.
-  session     an EASE score fitted on sittings instead of users (a sitting: one user's ratings
-              with gaps of at most ``session_gap_seconds``; ``Sittings``), given the user's
-              history, z-scored: what is rated in the same sitting as the user's movies, as
-              session-aware linear item-item models do (SLIST, Choi et al. 2021).
+  session     an EASE score fitted on what was rated together instead of on users, given the
+              user's history, z-scored: what is rated in the same sitting as the user's
+              movies, as session-aware linear item-item models do (SLIST, Choi et al. 2021).
+              Its rows (``Sittings``) are each user's sittings (ratings with gaps of at most
+              ``session_gap_seconds``) and windows of ``session_window`` ratings in a row
+              (two offsets: each rating is in two windows).
 
 These features, the MLP's width, the epochs, the learning rate and the loss were chosen on a
 validation split carved from train, never the test split: ``benchmarks/reranker_validation.py``
@@ -83,6 +85,9 @@ class ReRankerConfig:
         positive against every negative of its list).
       recent_window_days: the recent family counts a candidate's ratings this many days
         either side of the user's median rating time (at least one bin either side).
+      session_gap_seconds, session_window, session_lambda: the session family's sittings
+        (no gap between two ratings longer than this), windows (this many consecutive
+        ratings of a user; 0: none) and L2 weight (``Sittings``).
     """
 
     candidates: int = 100
@@ -97,6 +102,7 @@ class ReRankerConfig:
     loss: str = TrainConfig.reranker_loss
     recent_window_days: int = 14
     session_gap_seconds: int = 60
+    session_window: int = 10
     session_lambda: float = 100.0
 
     def __post_init__(self):
@@ -107,9 +113,10 @@ class ReRankerConfig:
             raise ValueError(f"loss must be one of {RERANKER_LOSSES}, got {self.loss!r}")
         if self.recent_window_days < 0:
             raise ValueError(f"recent_window_days must be >= 0, got {self.recent_window_days}")
-        if self.session_gap_seconds < 0 or not self.session_lambda > 0:
-            raise ValueError(f"need session_gap_seconds >= 0 and session_lambda > 0, got "
-                             f"{self.session_gap_seconds} and {self.session_lambda}")
+        if self.session_gap_seconds < 0 or self.session_window < 0 or not self.session_lambda > 0:
+            raise ValueError(f"need session_gap_seconds >= 0, session_window >= 0 and "
+                             f"session_lambda > 0, got {self.session_gap_seconds}, "
+                             f"{self.session_window} and {self.session_lambda}")
 
     @classmethod
     def from_train(cls, train_config: TrainConfig, **fields) -> "ReRankerConfig":
@@ -144,7 +151,12 @@ def _interactions(ratings: pd.DataFrame, row_ids: np.ndarray, movie_ids: np.ndar
 
 def _ease_weights(x: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item weights ``B`` [N, N] (zero diagonal) from the 0/1 rows ``x`` [R, N]."""
-    p = np.linalg.inv(x.T @ x + lam * np.eye(x.shape[1]))
+    return _ease_from_gram(x.T @ x, lam)
+
+
+def _ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's weights from the rows' Gram matrix ``X^T X`` [N, N]."""
+    p = np.linalg.inv(gram + lam * np.eye(gram.shape[0]))
     b = -p / np.diag(p)
     np.fill_diagonal(b, 0.0)
     return b
@@ -164,27 +176,46 @@ def session_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.nd
     """The session family's [U, N] float32 scores: each user's ``ratings`` (their history)
     times EASE weights fitted on ``sittings``' rows instead of users' (ids absent from
     ``ratings`` get zero rows)."""
-    pairs = pd.DataFrame({"sitting": sittings.sittings, "movie_id": sittings.movie_ids})
-    b = _ease_weights(_interactions(pairs, np.unique(sittings.sittings), movie_ids,
-                                    rows="sitting"), lam)
+    from scipy import sparse
+
+    columns = pd.Series(np.arange(len(movie_ids)), index=movie_ids).reindex(
+        sittings.movie_ids).to_numpy()
+    known = ~np.isnan(columns)
+    rows = sparse.csr_matrix(
+        (np.ones(int(known.sum())), (sittings.sittings[known], columns[known].astype(np.int64))),
+        shape=(int(sittings.sittings.max(initial=-1)) + 1, len(movie_ids)))
+    rows.data[:] = 1.0  # a movie twice in one row counts once
+    b = _ease_from_gram((rows.T @ rows).toarray(), lam)
     return (_interactions(ratings, user_ids, movie_ids) @ b).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Sittings:
-    """What was rated in one sitting, for the session family: ``movie_ids[i]`` was rated in
-    sitting ``sittings[i]`` (one user's ratings, in time order, while no gap between two is
-    longer than ``gap_seconds``)."""
+    """What was rated together, the session family's rows: ``movie_ids[i]`` is in row
+    ``sittings[i]``. Rows are each user's sittings (their ratings in time order while no gap
+    between two is longer than ``gap_seconds``), then, with ``window`` > 0, each user's
+    windows of ``window`` consecutive ratings, cut at two offsets (0 and ``window // 2``) so
+    that every rating is in two windows and every pair of neighbours shares one."""
 
     movie_ids: np.ndarray
     sittings: np.ndarray
 
     @classmethod
-    def build(cls, ratings: pd.DataFrame, gap_seconds: int) -> "Sittings":
+    def build(cls, ratings: pd.DataFrame, gap_seconds: int, window: int = 0) -> "Sittings":
         ordered = ratings.sort_values(["user_id", "timestamp"], kind="stable")
-        gap = ordered.groupby("user_id", sort=False)["timestamp"].diff()
+        by_user = ordered.groupby("user_id", sort=False)
+        gap = by_user["timestamp"].diff()
         starts = (gap.isna() | (gap > gap_seconds)).to_numpy()
-        return cls(ordered["movie_id"].to_numpy(str), np.cumsum(starts).astype(np.int64) - 1)
+        movies = ordered["movie_id"].to_numpy(str)
+        groups = [np.cumsum(starts).astype(np.int64) - 1]
+        if window > 0 and len(ordered):
+            user = pd.factorize(ordered["user_id"])[0].astype(np.int64)
+            position = by_user.cumcount().to_numpy(np.int64)
+            for offset in sorted({0, window // 2}):
+                # Row keys (user, window index); numbered after the rows before them.
+                key = user * (len(ordered) // window + 2) + (position + offset) // window
+                groups.append(int(groups[-1].max()) + 1 + pd.factorize(key)[0])
+        return cls(np.tile(movies, len(groups)), np.concatenate(groups))
 
     def save(self, path: Path) -> None:
         np.savez(path, movie_ids=self.movie_ids, sittings=self.sittings)
@@ -416,7 +447,7 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
     model.recent = Recent.build(served, config.recent_window_days)
     # Only the session family reads them: none beyond EASE's catalogue limits (ML-20M).
     model.sittings = Sittings.build(served if config.use_ease else served.iloc[:0],
-                                    config.session_gap_seconds)
+                                    config.session_gap_seconds, config.session_window)
     print(f"[reranker] trained in {time.perf_counter() - start:.1f}s", flush=True)
     return model
 
@@ -522,7 +553,8 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
     ease = (np.take_along_axis(ease_scores(known, user_ids, movie_ids, config.ease_lambda),
                                top, axis=1) if config.use_ease else np.zeros_like(scores))
     session = (np.take_along_axis(session_scores(
-        known, user_ids, movie_ids, Sittings.build(known, config.session_gap_seconds),
+        known, user_ids, movie_ids,
+        Sittings.build(known, config.session_gap_seconds, config.session_window),
         config.session_lambda), top, axis=1) if config.use_ease else np.zeros_like(scores))
     popularity = np.bincount(seen_cols, minlength=n)[top]
     recent = Recent.build(known, config.recent_window_days)
