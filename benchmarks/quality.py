@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ import pandas as pd
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrs_movies import metrics as M
+from tfrs_movies.errors import UserError
 from tfrs_movies.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.reranker import FAMILIES, ease_scores
 
@@ -308,6 +310,14 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except UserError as err:  # a bad --data-dir: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrs_movies import data as data_lib
 from tfrs_movies import reranker
+from tfrs_movies.errors import UserError
 from tfrs_movies.config import DataConfig, ModelConfig, TrainConfig
 
 VARIANTS = {
@@ -78,6 +80,14 @@ def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except UserError as err:  # a bad --data-dir: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k")

@@ -206,6 +206,18 @@ def test_cli_rejects_unknown_sections_and_missing_data(tmp_path):
     assert not (tmp_path / "speed.json").exists()
 
 
+def test_quality_benchmarks_name_a_missing_data_dir_in_one_line(tmp_path, capsys):
+    from benchmarks import quality, reranker_validation
+
+    missing = tmp_path / "nowhere"
+    for module in (quality, reranker_validation):
+        out = tmp_path / module.__name__.split(".")[-1]
+        assert module.main(["--data-dir", str(missing), "--output", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(missing) in err and "Traceback" not in err
+        assert not out.exists()
+
+
 def test_synthetic_users_table_is_complete():
     # batch_speed relies on every synthetic user having ratings (a history to look up)
     data = synthetic(150, 60, 1500)
