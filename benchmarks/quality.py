@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from benchmarks import one_line_errors
 from tfrs_movies import metrics as M
-from tfrs_movies.errors import UserError
 from tfrs_movies.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.reranker import FAMILIES, ease_scores
 
@@ -309,14 +308,6 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except UserError as err:  # a bad --data-dir: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path,
@@ -340,6 +331,9 @@ def _main(argv) -> int:
     print(table(results))
     print(f"wrote {args.output / 'quality.json'} and quality.md in {flat['wall_seconds']:.0f}s")
     return 0
+
+
+main = one_line_errors(_main)
 
 
 if __name__ == "__main__":

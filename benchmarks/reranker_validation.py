@@ -23,16 +23,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from benchmarks import one_line_errors
 from tfrs_movies import data as data_lib
 from tfrs_movies import reranker
-from tfrs_movies.errors import UserError
 from tfrs_movies.config import DataConfig, ModelConfig, TrainConfig
 
 VARIANTS = {
@@ -79,14 +78,6 @@ def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
     return out
 
 
-def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except UserError as err:  # a bad --data-dir: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
 def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path,
@@ -120,6 +111,9 @@ def _main(argv) -> int:
     print("\n".join(lines))
     print(f"wrote {args.output / 'reranker_validation.json'} in {result['wall_seconds']:.0f}s")
     return 0
+
+
+main = one_line_errors(_main)
 
 
 if __name__ == "__main__":
