@@ -136,15 +136,14 @@ def ease_fits(users: int, movies: int) -> bool:
     return movies <= MAX_EASE_MOVIES and users * movies <= MAX_EASE_CELLS
 
 
-def _interactions(ratings: pd.DataFrame, row_ids: np.ndarray, movie_ids: np.ndarray,
-                  rows: str = "user_id") -> np.ndarray:
-    """[len(row_ids), len(movie_ids)] float64 0/1: which movie each ``rows`` value rated
-    (ids absent from ``ratings`` get zero rows, movies absent from ``movie_ids`` are left out)."""
-    row_of = pd.Series(np.arange(len(row_ids)), index=row_ids)
+def _interactions(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
+    """[len(user_ids), len(movie_ids)] float64 0/1: which movie each user rated (ids absent
+    from ``ratings`` get zero rows, movies absent from ``movie_ids`` are left out)."""
+    row_of = pd.Series(np.arange(len(user_ids)), index=user_ids)
     movies = pd.Series(np.arange(len(movie_ids)), index=movie_ids)
-    r, c = ratings[rows].map(row_of), ratings["movie_id"].map(movies)
+    r, c = ratings["user_id"].map(row_of), ratings["movie_id"].map(movies)
     keep = r.notna() & c.notna()
-    x = np.zeros((len(row_ids), len(movie_ids)), np.float64)
+    x = np.zeros((len(user_ids), len(movie_ids)), np.float64)
     x[r[keep].to_numpy(np.int64), c[keep].to_numpy(np.int64)] = 1.0
     return x
 
