@@ -325,6 +325,8 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     assert not np.allclose(session, ease)
     rec = models["recommender"](**request)
     for row, user in enumerate(users[:-1]):
+        stars = ranking.predict_rating(tf.constant([user] * len(want[row])),
+                                       tf.constant(catalog[want[row]])).numpy()
         x = reranker.features(
             tf.constant(want_scores[row:row + 1]),
             tf.constant(ease[known_users.index(user)][want[row]][None]),
@@ -332,7 +334,8 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
             reranker.recent_counts(tf.constant(bins[known_users.index(user)])[None],
                                    tf.constant(cumulative), tf.constant(want[row][None]),
                                    trained.reranker.recent.window),
-            tf.constant(session[known_users.index(user)][want[row]][None]))
+            tf.constant(session[known_users.index(user)][want[row]][None]),
+            tf.constant(stars[None]))
         learned = trained.reranker(x).numpy()[0]
         order = np.argsort(-learned, kind="stable")[:5]
         np.testing.assert_allclose(rec["rank_scores"].numpy()[row], learned[order], rtol=1e-4,
@@ -340,9 +343,7 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
         assert list(_strings(rec["movie_ids"])[row]) == list(catalog[want[row][order]])
         np.testing.assert_allclose(rec["scores"].numpy()[row], want_scores[row][order],
                                    rtol=1e-5, atol=1e-6)
-        ratings = ranking.predict_rating(tf.constant([user] * 5),
-                                         tf.constant(catalog[want[row][order]])).numpy()
-        np.testing.assert_allclose(rec["ratings"].numpy()[row], ratings, rtol=1e-5)
+        np.testing.assert_allclose(rec["ratings"].numpy()[row], stars[order], rtol=1e-5)
     if index == "brute-force":
         pairs = tf.constant(users), tf.constant(list(catalog[:7]) + ["?"])
         np.testing.assert_allclose(models["ranking"](user_id=pairs[0], movie_id=pairs[1])[
@@ -376,16 +377,20 @@ def test_reranker_features_are_normalized_within_each_list():
     scores = tf.constant([[3.0, 2.0, 1.0, float("-inf")], [9.0, 8.0, 7.0, 6.0]])
     ease = tf.constant([[1.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
     x = reranker.features(scores, ease, tf.constant([[1.0, 9.0, 99.0, 0.0]] * 2),
-                          tf.zeros([2, 4]), tf.zeros([2, 4])).numpy()
+                          tf.zeros([2, 4]), tf.zeros([2, 4]),
+                          tf.constant([[4.5, 3.0, 1.5, 2.0], [1.0, 1.0, 1.0, 1.0]])).numpy()
     z = x[..., reranker.FEATURES.index("retrieval_z")]
     # The same list shifted by 6 scores the same z: only the order within a list counts.
     np.testing.assert_allclose(z[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
-    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1], 0.0, 0.0, 0.0, 0.0]  # empty slot
+    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1]] + [0.0] * 5  # empty slot
     np.testing.assert_allclose(z[1], [1.3416, 0.4472, -0.4472, -1.3416], atol=1e-3)
     rank = x[..., reranker.FEATURES.index("rank")]
     assert rank[0, 0] == 0 and np.all(np.diff(rank[1]) > 0)
     popularity = x[..., reranker.FEATURES.index("popularity_z")]
     assert popularity[0, 0] < popularity[0, 1] < popularity[0, 2]  # log(1 + ratings), z-scored
+    stars = x[..., reranker.FEATURES.index("stars_z")]
+    np.testing.assert_allclose(stars[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
+    np.testing.assert_allclose(stars[1], 0.0, atol=1e-6)  # the same stars: nothing to tell
 
 
 def test_listwise_loss_shares_the_target_among_positives():
@@ -418,6 +423,16 @@ def test_candidate_lists_label_held_out_movies_and_keep_every_target():
     assert [t.tolist() for t in found.targets] == [[2, 3], []]  # "4": held out, not retrieved
     assert found.features.shape == (2, 2, len(reranker.FEATURES))
     assert found.rows(np.asarray([False, True])).positions.tolist() == [[0, 2]]
+    stars = found.features[..., reranker.FEATURES.index("stars_z")]
+    assert not stars.any()  # no rating model
+    # A rating stub: u1 rates by movie number, u2 the other way round.
+    rating = types.SimpleNamespace(predict_rating=lambda users, movies: tf.where(
+        users == "u1", 1.0, -1.0) * tf.strings.to_number(movies))
+    stars = reranker.candidate_lists(stub, known, held_out, np.asarray(["u1", "u2"]),
+                                     np.asarray(["1", "2", "3", "4"]),
+                                     reranker.ReRankerConfig(candidates=2, use_ease=False),
+                                     rating).features[..., reranker.FEATURES.index("stars_z")]
+    np.testing.assert_allclose(stars, [[-1.0, 1.0], [1.0, -1.0]], atol=1e-4)
 
 
 def test_recent_counts_a_candidates_ratings_around_the_users_time():

@@ -247,8 +247,8 @@ class _Ranker(tf.Module):
 class _Reorder(tf.Module):
     """The learned second stage (``reranker``): its features from tables frozen here (EASE
     and session scores of every user row, popularity, the recent family's time bins and
-    counts) and its MLP; user rows [B], candidates [B, K] and their retrieval scores ->
-    [B, K] scores (-inf on empty slots)."""
+    counts) and its MLP; user rows [B], candidates [B, K], their retrieval scores and
+    predicted ratings -> [B, K] scores (-inf on empty slots)."""
 
     def __init__(self, reranker_model, users: _Users, catalogue: _Catalogue, vocab):
         super().__init__()
@@ -271,14 +271,14 @@ class _Reorder(tf.Module):
         self.bins = tf.constant(bins)
         self.recent = tf.Variable(cumulative, trainable=False, name="recent_counts")
 
-    def __call__(self, rows, positions, scores):
+    def __call__(self, rows, positions, scores, ratings):
         def per_user(table):
             return (tf.gather(tf.gather(table, rows), positions, batch_dims=1)
                     if table is not None else tf.zeros_like(scores))
         recent = reranker.recent_counts(tf.gather(self.bins, rows), self.recent, positions,
                                         self.window)
         x = reranker.features(scores, per_user(self.ease), tf.gather(self.popularity, positions),
-                              recent, per_user(self.session))
+                              recent, per_user(self.session), ratings)
         return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
 
 
@@ -336,15 +336,14 @@ class RecommenderModule(tf.Module):
     def _serve(self, user_id, exclude_movie_ids):
         rows = self.users.rows.lookup(user_id)
         scores, positions = self.retriever(rows, self.catalogue.lookup(exclude_movie_ids))
-        if self.reorder is not None:
-            order, top = tf.math.top_k(self.reorder(rows, positions, scores), self.n)
-            positions = tf.gather(positions, top, batch_dims=1)
-            # The rating head runs on the n shown movies only.
-            ratings = tf.where(tf.math.is_inf(order), _NEG, self.ranker(rows, positions))
+        ratings = tf.where(tf.math.is_inf(scores), _NEG, self.ranker(rows, positions))
+        if self.reorder is not None:  # the predicted ratings are one of its features
+            order, top = tf.math.top_k(self.reorder(rows, positions, scores, ratings), self.n)
+            ratings = tf.gather(ratings, top, batch_dims=1)
         else:
-            ratings = tf.where(tf.math.is_inf(scores), _NEG, self.ranker(rows, positions))
             order, top = tf.math.top_k(ratings, self.n)
-            positions, ratings = tf.gather(positions, top, batch_dims=1), order
+            ratings = order
+        positions = tf.gather(positions, top, batch_dims=1)
         return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, order),
                 "titles": self.catalogue.strings(self.catalogue.titles, positions, order),
                 "scores": tf.gather(scores, top, batch_dims=1), "ratings": ratings,

@@ -19,6 +19,9 @@ and by the full-train models it serves with are on one scale:
               Its rows (``Sittings``) are each user's sittings (ratings with gaps of at most
               ``session_gap_seconds``) and windows of ``session_window`` ratings in a row
               (two offsets: each rating is in two windows).
+  rating      the candidate's predicted stars (the rating model's; on the ranker's training
+              lists, a rating model trained on fold A), z-scored: what this user would think
+              of it, beside whether they would watch it.
 
 These features, the MLP's width, the epochs, the learning rate and the loss were chosen on a
 validation split carved from train, never the test split: ``benchmarks/reranker_validation.py``
@@ -29,7 +32,7 @@ scores each option one change at a time (its table is in the README, "Quality").
 Learning without leaks (``fit``): the train split is cut per user into a fold A (75%) and a
 fold B (25%). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
 A; the movies of B among them are the positives, the rest the hard negatives (what the ranker
-sees when serving). EASE is fitted on A. The loss is a softmax over the list with the positives
+sees when serving). EASE and a rating model (``fold_models``) are fitted on A too. The loss is a softmax over the list with the positives
 sharing the target mass.
 
 Scale: the recent family stores [users] time bins and a [movies, bins] cumulative count
@@ -55,11 +58,12 @@ import tensorflow as tf
 from tfrs_movies import data as data_lib
 from tfrs_movies.config import RERANKER_LOSSES, TrainConfig
 
-FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z", "session_z")
+FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z", "session_z",
+            "stars_z")
 # Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
 FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
             "popularity": ("popularity_z",), "recent": ("recent_z",),
-            "session": ("session_z",)}
+            "session": ("session_z",), "rating": ("stars_z",)}
 MAX_EASE_MOVIES = 10_000
 MAX_EASE_CELLS = 50_000_000
 RECENT_BIN_DAYS = 7
@@ -301,7 +305,7 @@ def _zscore(values: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
 
 
 def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
-             recent: tf.Tensor, session: tf.Tensor) -> tf.Tensor:
+             recent: tf.Tensor, session: tf.Tensor, stars: tf.Tensor) -> tf.Tensor:
     """The re-ranker's input [B, K, F] (``FEATURES``) of one list per user.
 
     Args:
@@ -311,6 +315,7 @@ def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
       recent: [B, K] the candidates' ratings around the user's time (``recent_counts``).
       session: [B, K] the candidates' session scores (``session_scores``; zeros without the
         family).
+      stars: [B, K] the candidates' predicted ratings (zeros without a rating model).
     """
     valid = scores > _NEG
     k = tf.shape(scores)[1]
@@ -320,7 +325,7 @@ def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
     parts = [_zscore(scores, valid), rank, _zscore(ease, valid),
              _zscore(tf.math.log1p(tf.cast(popularity, tf.float32)), valid),
              _zscore(tf.math.log1p(tf.cast(recent, tf.float32)), valid),
-             _zscore(session, valid)]
+             _zscore(session, valid), _zscore(stars, valid)]
     return tf.stack(parts, axis=-1)
 
 
@@ -462,16 +467,18 @@ def train_on(found: Lists, config: ReRankerConfig, seed: int) -> ReRanker:
     return model
 
 
-def retriever(ratings: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
-              fold_in: pd.DataFrame, model_config, train_config):
-    """A retrieval model trained (``train_config``'s settings) on ``ratings`` only."""
+def fold_models(ratings: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
+                fold_in: pd.DataFrame, model_config, train_config):
+    """(retrieval model, rating model, their vocabulary), both trained (``train_config``'s
+    settings) on ``ratings`` only: what gives a list its candidates and their stars."""
     from tfrs_movies.features import FeatureSpace, Vocabulary
     from tfrs_movies.training import fit_model
 
     vocab = Vocabulary.build(ratings, movies, users, fold_in)
     space = FeatureSpace(vocab, max_history=model_config.max_history)
-    model, _ = fit_model("retrieval", space, model_config, train_config, ratings)
-    return model, vocab
+    retrieval, _ = fit_model("retrieval", space, model_config, train_config, ratings)
+    rating, _ = fit_model("ranking", space, model_config, train_config, ratings)
+    return retrieval, rating, vocab
 
 
 def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
@@ -479,12 +486,13 @@ def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_i
     """The training lists (see the module docstring): the rows with a positive, or None when
     none has one."""
     fold_a, fold_b = data_lib.carve_validation(train, config.fold_fraction, seed)
-    print(f"[reranker] training a retrieval model on fold A ({len(fold_a):,} ratings; the "
-          f"{len(fold_b):,} of fold B are its targets)", flush=True)
-    retrieval, vocab = retriever(fold_a, movies, users, fold_in, model_config, train_config)
+    print(f"[reranker] training a retrieval and a rating model on fold A ({len(fold_a):,} "
+          f"ratings; the {len(fold_b):,} of fold B are its targets)", flush=True)
+    retrieval, rating, vocab = fold_models(fold_a, movies, users, fold_in, model_config,
+                                           train_config)
     user_ids = np.asarray(sorted(set(train["user_id"])), dtype=str)
     found = candidate_lists(retrieval, fold_a, fold_b, user_ids,
-                            np.asarray(vocab.catalog_movies, dtype=str), config)
+                            np.asarray(vocab.catalog_movies, dtype=str), config, rating)
     keep = found.labels.sum(axis=1) > 0
     k = found.labels.shape[1]
     if not keep.any():
@@ -510,10 +518,11 @@ def validation_lists(fit: pd.DataFrame, validation: pd.DataFrame, movies: pd.Dat
     learn = lists(fit, movies, users, fold_in, model_config, train_config, config, seed)
     if learn is None:
         return None
-    retrieval, vocab = retriever(fit, movies, users, fold_in, model_config, train_config)
+    retrieval, rating, vocab = fold_models(fit, movies, users, fold_in, model_config,
+                                           train_config)
     user_ids = np.asarray(sorted(set(fit["user_id"])), dtype=str)
     scored = candidate_lists(retrieval, fit, validation, user_ids,
-                             np.asarray(vocab.catalog_movies, dtype=str), config)
+                             np.asarray(vocab.catalog_movies, dtype=str), config, rating)
     return learn, scored.rows(np.asarray([len(t) > 0 for t in scored.targets], bool))
 
 
@@ -528,11 +537,13 @@ def top_n(found: Lists, scores: np.ndarray, k: int) -> dict[str, float]:
 
 
 def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
-                    user_ids: np.ndarray, movie_ids: np.ndarray, config: ReRankerConfig) -> Lists:
+                    user_ids: np.ndarray, movie_ids: np.ndarray, config: ReRankerConfig,
+                    rating=None) -> Lists:
     """Each of ``user_ids``' top ``config.candidates`` of ``retrieval`` among ``movie_ids``,
     the movies of ``known`` excluded, with the features the export computes (EASE and
-    popularity from ``known``) and ``held_out``'s movies as the labels."""
-    from tfrs_movies.evaluation import embed
+    popularity from ``known``, stars from ``rating``: zeros without one) and ``held_out``'s
+    movies as the labels."""
+    from tfrs_movies.evaluation import embed, predict_ratings
 
     user_pos = pd.Series(np.arange(len(user_ids)), index=user_ids)
     movie_pos = pd.Series(np.arange(len(movie_ids)), index=movie_ids)
@@ -556,6 +567,8 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
         Sittings.build(known, config.session_gap_seconds, config.session_window),
         config.session_lambda), top, axis=1) if config.use_ease else np.zeros_like(scores))
     popularity = np.bincount(seen_cols, minlength=n)[top]
+    stars = np.zeros_like(scores) if rating is None else predict_ratings(rating, pd.DataFrame(
+        {"user_id": np.repeat(user_ids, k), "movie_id": movie_ids[top.ravel()]})).reshape(top.shape)
     recent = Recent.build(known, config.recent_window_days)
     bins, cumulative = recent.tables(user_ids, movie_ids)
     recent = recent_counts(tf.constant(bins), tf.constant(cumulative), tf.constant(top),
@@ -566,5 +579,5 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
     by_user = pd.Series(b_cols).groupby(b_rows).agg(lambda c: np.unique(c.to_numpy()))
     targets = [by_user.get(row, np.zeros(0, np.int64)) for row in range(len(user_ids))]
     x = features(tf.constant(scores), tf.constant(ease), tf.constant(popularity), recent,
-                 tf.constant(session)).numpy()
+                 tf.constant(session), tf.constant(stars)).numpy()
     return Lists(x, labels, top, targets)

@@ -62,7 +62,8 @@ class Run:
 # 2: tensor-shaped tasks and listwise rating heads (weights of format 1, unmarked, differ).
 # 3: the re-ranker's recent family (five features, models/reranker/recent.npz).
 # 4: the re-ranker's session family (six features, models/reranker/sittings.npz).
-FORMAT = 4
+# 5: the re-ranker's rating family (seven features: the predicted stars).
+FORMAT = 5
 
 
 def write_format(run_dir: Path) -> None:
