@@ -32,8 +32,8 @@ scores each option one change at a time (its table is in the README, "Quality").
 Learning without leaks (``fit``): the train split is cut per user into a fold A (75%) and a
 fold B (25%). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
 A; the movies of B among them are the positives, the rest the hard negatives (what the ranker
-sees when serving). EASE and a rating model (``fold_models``) are fitted on A too. The loss is a softmax over the list with the positives
-sharing the target mass.
+sees when serving). EASE and a rating model (``fold_models``) are fitted on A too. The loss
+is a softmax over the list with the positives sharing the target mass.
 
 Scale: the recent family stores [users] time bins and a [movies, bins] cumulative count
 (bins of ``RECENT_BIN_DAYS``, widened so that there are at most ``MAX_RECENT_BINS``: ML-20M's
