@@ -7,14 +7,15 @@
 Per seed, the top-n protocol's train split (per-user 75/25) is cut again per user into a fit
 part and a validation part (25%); the test split is never read. The re-ranker learns on lists
 built from the fit part exactly as ``train`` builds them from train (``reranker.lists``: a
-retriever on its fold A, fold B the positives); it is scored on the validation users' lists of
-a retriever trained on the whole fit part, with EASE and popularity from the fit part (what
-the export does with train). Each ``VARIANTS`` entry changes one ``ReRankerConfig`` field of
-the default; its figure is the mean validation nDCG@10 over the data seeds and, per data seed,
-over ``--reranker-seeds`` (the re-ranker's own initialisation), so a difference is not one
-lucky initialisation. Rows ``retrieval order`` and ``EASE order`` sort the same candidates by
-one feature. ``--l2`` sets the retrieval models' L2 (how the served path was checked when
-retrieval's ``default_l2`` changed); ``--default-only`` scores only the default re-ranker.
+retriever and a rating model on its fold A, fold B the positives); it is scored on the
+validation users' lists of a retriever and a rating model trained on the whole fit part, with
+EASE and popularity from the fit part (what the export does with train). Each ``VARIANTS``
+entry changes one ``ReRankerConfig`` field of the default; its figure is the mean validation
+nDCG@10 over the data seeds and, per data seed, over ``--reranker-seeds`` (the re-ranker's own
+initialisation), so a difference is not one lucky initialisation. Rows ``retrieval order`` and
+``EASE order`` sort the same candidates by one feature. ``--l2`` sets the retrieval models' L2
+(how the served path was checked when retrieval's ``default_l2`` changed); ``--default-only``
+scores only the default re-ranker.
 
 Writes ``reranker_validation.json`` and ``reranker_validation.md`` into ``--output``.
 """

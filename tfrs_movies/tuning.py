@@ -17,8 +17,9 @@ documented custom-training path) because KerasTuner 1.4.8 cannot build or save t
 ``reranker`` searches the served recommender's second stage (``tfrs_movies.reranker``: the
 ``reranker_*`` TrainConfig fields) and scores a trial by the served order's top-N metric: the
 lists are built once per search from the validation share's cut of train
-(``reranker.validation_lists``: retrievers trained at ``epochs`` on the fit part), and a trial
-only fits the small re-ranker on them (seconds), so there is no per-epoch curve to pick from.
+(``reranker.validation_lists``: retrieval and rating models trained at ``epochs`` on the fit
+part), and a trial only fits the small re-ranker on them (seconds), so there is no per-epoch
+curve to pick from.
 Its value is the mean over ``RERANKER_INITS`` initialisations: one initialisation moves
 validation nDCG@10 by about as much as the settings do.
 
