@@ -5,7 +5,7 @@
     python -m benchmarks --only scann,serving --output bench/speed
 
 Writes ``DIR/speed.json`` (flat keys: ``section_figure.detail``, plus ``machine.*`` and
-``run.*``) and ``DIR/speed.md`` (the tables the README shows). Each section's module documents
+``run.*``) and ``DIR/speed.md`` (the tables docs/speed.md shows). Each section's module documents
 its keys: `benchmarks.train_speed`, `benchmarks.serving_cost`, `benchmarks.serving_speed`,
 `benchmarks.scann_speed`, `benchmarks.batch_speed`. Speed figures are medians over repeats
 after a warm-up, next to a baseline measured in the same run. Run it on a quiet machine: other

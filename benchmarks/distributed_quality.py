@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
 
     from tfrs_movies import config as cfg
-    from tfrs_movies.training import train
+    from tfrs_movies.pipeline import train
 
     with tempfile.TemporaryDirectory(prefix="dist-quality-") as out:
         metrics = train(out, cfg.DataConfig(data_dir=args.data_dir),

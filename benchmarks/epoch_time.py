@@ -12,7 +12,7 @@ resident set: the ratings, vocabulary, feature tables, model, optimizer and inpu
 
 Writes ``DIR/epochs.json`` (flat keys ``epoch_minutes.SIZE.batchB``,
 ``epoch_examples_per_s.SIZE.batchB``, ``peak_rss_mb.SIZE``, ``shape.SIZE.*``) and
-``DIR/epochs.md`` (the README's table).
+``DIR/epochs.md`` (docs/speed.md, "Time per epoch by MovieLens size").
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def run(output: Path, sizes: list[str], work: Path) -> dict:
 
 
 def table(r: dict) -> str:
-    """The README's table: one row per size measured."""
+    """The table of docs/speed.md: one row per size measured."""
     head = " | ".join(f"epoch at batch {b} (examples/s)" for b in BATCHES)
     lines = [f"| size | users / movies / ratings | {head} | peak RSS (MB) |",
              "|---|---|" + "---:|" * (len(BATCHES) + 1)]

@@ -21,7 +21,8 @@ import numpy as np
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrs_movies import data as data_lib
 from tfrs_movies.config import OPTIMIZERS, DataConfig, ModelConfig, TrainConfig
-from tfrs_movies.evaluation import evaluate_retrieval, predict_ratings
+from tfrs_movies.evaluation import evaluate_retrieval
+from tfrs_movies.inference import predict_ratings
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.metrics import rating_metrics
 from tfrs_movies.training import fit_model
@@ -45,7 +46,7 @@ def score(kind: str, data_dir: Path, seed: int, l2: float,
     if kind == "ranking":
         return rating_metrics(validation["user_rating"].to_numpy(np.float64),
                               predict_ratings(model, validation).astype(np.float64))["rmse"]
-    return evaluate_retrieval(model, vocab.catalog_movies, seen=fit, test=validation,
+    return evaluate_retrieval(model, vocab.catalogue_movies, seen=fit, test=validation,
                               k=10)["ndcg@10"]
 
 

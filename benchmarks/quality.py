@@ -118,7 +118,7 @@ def exported_topn(export_dir: Path, train, test, movies, k=10) -> dict:
                 f"recall@{width}"]
         out[f"ours: exported {name}"] = {
             **M.ranking_metrics(topk, relevant, k), **ceiling,
-            f"coverage@{k}": M.catalog_coverage(topk, len(movies)),
+            f"coverage@{k}": M.catalogue_coverage(topk, len(movies)),
             f"novelty@{k}": M.novelty(topk, popularity, np.unique(tr[0]).size)}
     return out
 
@@ -134,16 +134,16 @@ RERANKER_ABLATIONS = {
 def reranker_ablations(trained, work: Path) -> dict:
     """The exported recommender's top-n metrics with each ``RERANKER_ABLATIONS`` change of the
     re-ranker, trained on the lists the run's own re-ranker learned from."""
-    from tfrs_movies import reranker
+    from tfrs_movies import reranker, reranker_lists
     from tfrs_movies.export import export
 
     served = trained.reranker
-    base = served.config_ if served is not None else reranker.ReRankerConfig()
+    base = served.config if served is not None else reranker.ReRankerConfig()
     seed = trained.train.seed
-    found = reranker.lists(trained.split.train, trained.movies, trained.users,
-                           trained.split.fold_in, trained.model,
-                           dataclasses.replace(trained.train, verbose=0), base, seed)
-    split, movies, out = trained.split, trained.vocab.catalog_movies, {}
+    found = reranker_lists.lists(trained.split.train, trained.movies, trained.users,
+                                 trained.split.fold_in, trained.model,
+                                 dataclasses.replace(trained.train, verbose=0), base, seed)
+    split, movies, out = trained.split, trained.vocab.catalogue_movies, {}
     try:
         for label, change in RERANKER_ABLATIONS.items():
             print(f"ablation: {label}")
@@ -151,8 +151,8 @@ def reranker_ablations(trained, work: Path) -> dict:
             trained.reranker = None
             if config is not None and found is not None:
                 # The served re-ranker's tables (recent counts, sittings) are the run's data.
-                trained.reranker = reranker.train_on(found, config, seed)
-                trained.reranker.recent, trained.reranker.sittings = served.recent, served.sittings
+                trained.reranker = dataclasses.replace(
+                    served, model=reranker.train_on(found, config, seed))
             target = work / f"reranker-ablation-{len(out)}"
             export(trained, target, ExportConfig())
             measured = exported_topn(target, split.train, split.test, movies)
@@ -163,7 +163,7 @@ def reranker_ablations(trained, work: Path) -> dict:
 
 
 def _train(data: DataConfig, out: Path, kind: str = "all", **model) -> Path:
-    from tfrs_movies.training import train
+    from tfrs_movies.pipeline import train
 
     train(out, data, dataclasses.replace(ModelConfig(), **model),
           TrainConfig(model=kind, verbose=0, seed=data.seed))
@@ -220,7 +220,7 @@ def run(data_dir: Path, output: Path, ablations: bool = False,
         topn = dataclasses.replace(base, split="user", test_fraction=0.25, seed=seed)
         trained = load_run(_train(topn, work / f"topn-{seed}"))
         export(trained, work / f"topn-export-{seed}", ExportConfig())
-        movies = trained.vocab.catalog_movies
+        movies = trained.vocab.catalogue_movies
         split = trained.split
         per_seed.append({**exported_topn(work / f"topn-export-{seed}", split.train, split.test,
                                          movies),
@@ -252,16 +252,16 @@ def run(data_dir: Path, output: Path, ablations: bool = False,
     print("tutorial: random 80/20 split seeded 42, top-100 accuracy, seen not excluded")
     tut = load_run(_train(base, work / "tutorial", kind="retrieval"))
     results["tutorial"] = {"ours: retrieval": {"top100_accuracy": evaluate_retrieval(
-        tut.retrieval_model(), tut.vocab.catalog_movies, tut.split.train, tut.split.test,
+        tut.retrieval_model(), tut.vocab.catalogue_movies, tut.split.train, tut.split.test,
         100, exclude_seen=False)["top100_accuracy"]}}
     return results
 
 
 def rated_metrics(run, test) -> dict:
-    from tfrs_movies.evaluation import predict_ratings
+    from tfrs_movies.inference import predict_ratings
 
     return M.rating_metrics(test["user_rating"].to_numpy(np.float64),
-                            predict_ratings(run.ranking_model(), test).astype(np.float64))
+                            predict_ratings(run.rating_model(), test).astype(np.float64))
 
 
 def flatten(results: dict) -> dict:

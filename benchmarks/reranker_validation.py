@@ -6,7 +6,7 @@
 
 Per seed, the top-n protocol's train split (per-user 75/25) is cut again per user into a fit
 part and a validation part (25%); the test split is never read. The re-ranker learns on lists
-built from the fit part exactly as ``train`` builds them from train (``reranker.lists``: a
+built from the fit part exactly as ``train`` builds them from train (``reranker_lists.lists``: a
 retriever and a rating model on its fold A, fold B the positives); it is scored on the
 validation users' lists of a retriever and a rating model trained on the whole fit part, with
 EASE and popularity from the fit part (what the export does with train). Each ``VARIANTS``
@@ -32,7 +32,7 @@ import numpy as np
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks import one_line_errors
 from tfrs_movies import data as data_lib
-from tfrs_movies import reranker
+from tfrs_movies import reranker, reranker_lists
 from tfrs_movies.config import DataConfig, ModelConfig, TrainConfig
 
 VARIANTS = {
@@ -63,9 +63,9 @@ def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
     train_config = TrainConfig(verbose=0, seed=seed)
     print(f"seed {seed}: fit {len(fit):,} ratings, validation {len(validation):,}", flush=True)
     default = reranker.ReRankerConfig()  # no variant changes what the lists hold
-    train_lists, scored = reranker.validation_lists(fit, validation, dataset.movies,
-                                                    dataset.users, split.fold_in, model_config,
-                                                    train_config, default, seed)
+    train_lists, scored = reranker_lists.validation_lists(
+        fit, validation, dataset.movies, dataset.users, split.fold_in, model_config,
+        train_config, default, seed)
     column = list(reranker.FEATURES)
     out = {"retrieval order": _ndcg(scored, scored.features[..., column.index("retrieval_z")]),
            "EASE order": _ndcg(scored, scored.features[..., column.index("ease_z")])}

@@ -30,7 +30,7 @@ from benchmarks.train_speed import Target, targets
 from tfrs_movies import runs
 from tfrs_movies.config import ModelConfig, TrainConfig
 from tfrs_movies.data.synthetic import synthetic
-from tfrs_movies.evaluation import embed
+from tfrs_movies.inference import embed
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.training import make_dataset, make_optimizer
@@ -80,7 +80,7 @@ def trained_embeddings(settings: Plan, seed: int = 0) -> tuple[np.ndarray, np.nd
     users = np.random.default_rng(seed).choice(np.asarray(vocab.user_ids, dtype=str),
                                                size=min(settings.queries, len(vocab.user_ids)),
                                                replace=False)
-    candidates = embed(model.movie_embedding, np.asarray(vocab.catalog_movies, dtype=str))
+    candidates = embed(model.movie_embedding, np.asarray(vocab.catalogue_movies, dtype=str))
     queries = embed(model.user_embedding, users)
     figures = {"scann_trained_train_examples": settings.steps * train_config.batch_size,
                "scann_trained_train_seconds": round(seconds, 1)}

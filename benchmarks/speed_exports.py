@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-from tfrs_movies import reranker, runs
+from tfrs_movies import reranker, reranker_lists, runs
 from tfrs_movies.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.data import Split, load, make_split
 from tfrs_movies.data.synthetic import synthetic
@@ -78,10 +78,10 @@ def build(catalogue: Catalogue, data_dir: Path, work: Path) -> Exported:
     models = {kind: fit_model(kind, space, model_config, train_config, fit)[0]
               for kind in ("retrieval", "ranking")}
     # The served recommender's second stage, trained as `train` does (on a fold of ``fit``).
-    second = reranker.fit(fit, data.movies, data.users, train.iloc[:0], model_config,
-                          train_config, reranker.ReRankerConfig(use_ease=reranker.ease_fits(
-                              len(vocab.catalog_users) + 1, len(vocab.catalog_movies))),
-                          seed=0)
+    second = reranker_lists.fit(fit, data.movies, data.users, train.iloc[:0], model_config,
+                                train_config, reranker.ReRankerConfig(use_ease=reranker.ease_fits(
+                                    len(vocab.catalogue_users) + 1, len(vocab.catalogue_movies))),
+                                seed=0)
     seconds["fit"] = time.perf_counter() - start
     run = runs.Run(path=work, data=DataConfig(), model=model_config, train=train_config,
                    movies=data.movies, users=data.users,

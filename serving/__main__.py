@@ -160,7 +160,7 @@ def _batch(args, client, out) -> None:
          arg("--version", required=True, type=int, metavar="N", help="the version to label"),
          needs_client=False)
 def _promote(args, client, out) -> None:
-    from tfrs_movies.model_config import promote
+    from tfrs_movies.tf_serving_config import promote
 
     notices = promote(args.export_dir, args.label, args.version)
     if args.format == "json":

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from tfrs_movies import contract, model_config
+from tfrs_movies import contract, tf_serving_config
 from tfrs_movies.errors import UserError
 
 SIGNATURE = contract.SIGNATURE
@@ -93,7 +93,7 @@ def check_choice(version: int | None, label: str | None) -> None:
             version, (int, np.integer)) or version < 1):
         raise UserError(f"version must be an int >= 1, got {version!r}")
     if label is not None:
-        model_config.check_label(label)
+        tf_serving_config.check_label(label)
 
 
 def decode_strings(array: np.ndarray) -> np.ndarray:
@@ -181,13 +181,13 @@ class LocalBackend:
                            if d.isdigit() and os.path.isdir(os.path.join(model_dir, d)))
         if label is not None:
             try:
-                version = model_config.resolve_label(self.export_dir, model, label)
-            except model_config.UnknownLabel as err:
+                version = tf_serving_config.resolve_label(self.export_dir, model, label)
+            except tf_serving_config.UnknownLabel as err:
                 raise ServingError(f"Unrecognized servable version label: {label} ({err})",
                                    code="INVALID_ARGUMENT", model=model) from None
         version = version if version is not None else self.versions.get(model)
         if version is None:
-            entry = model_config.entry_for(self.export_dir, model)
+            entry = tf_serving_config.entry_for(self.export_dir, model)
             listed = [v for v in available if entry is not None and v in entry.versions]
             if not available:
                 raise ServingError(f"model dir {model_dir!r} has no numeric version directory",

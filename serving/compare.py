@@ -43,7 +43,7 @@ from serving.client import RecommenderClient
 from tfrs_movies import metrics
 from tfrs_movies.data.tabular import read_ratings_file
 from tfrs_movies.errors import UserError
-from tfrs_movies.model_config import parse_selector
+from tfrs_movies.tf_serving_config import parse_selector
 
 MODELS = ("recommender", "retrieval")
 PER_USER = ("ndcg", "recall", "precision", "novelty")
@@ -150,7 +150,7 @@ def compare(model_dir: str | os.PathLike, a: str, b: str, test_ratings: str | os
                             f"users of {test_ratings}")
         sides[side].update({f"{m}@{n}": float(np.mean(per_user[side][f"{m}@{n}"]))
                             for m in PER_USER[:3]})
-        sides[side][f"coverage@{n}"] = metrics.catalog_coverage(rows, len(index))
+        sides[side][f"coverage@{n}"] = metrics.catalogue_coverage(rows, len(index))
         sides[side][f"novelty@{n}"] = float(np.mean(per_user[side][f"novelty@{n}"]))
 
     rng = np.random.default_rng(seed)
@@ -160,8 +160,8 @@ def compare(model_dir: str | os.PathLike, a: str, b: str, test_ratings: str | os
         rows = rng.integers(0, len(users), len(users))
         for m in PER_USER:
             diffs[m][r] = per_user_diff[m][rows].mean()
-        diffs["coverage"][r] = (metrics.catalog_coverage(topk["b"][rows], len(index))
-                                - metrics.catalog_coverage(topk["a"][rows], len(index)))
+        diffs["coverage"][r] = (metrics.catalogue_coverage(topk["b"][rows], len(index))
+                                - metrics.catalogue_coverage(topk["a"][rows], len(index)))
     tail = 100 * (1 - confidence) / 2
     b_minus_a = {}
     for m in PER_USER[:3] + ("coverage", "novelty"):

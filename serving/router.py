@@ -26,7 +26,7 @@ from serving.backends import check_choice
 from serving.client import Backend, Recommendation, RecommenderClient, _check_ids
 from serving.request_log import RequestLog
 from tfrs_movies.errors import UserError
-from tfrs_movies.model_config import parse_selector
+from tfrs_movies.tf_serving_config import parse_selector
 
 MODELS = ("retrieval", "ranking", "recommender", "similar_movies")
 

@@ -16,7 +16,7 @@ Ranking: rating = 1 + 4 * sigmoid(score - 2 + bias). For u1: "4" 3.0, "1" 3.924,
 so the recommender (retrieve 3, rank, keep n=2) reorders u1's candidates to "1", "5".
 Retrieval, the recommender and similar movies say ``known`` per row; every model but ranking
 version 1 (standing in for an export older than it) has the ``lookup`` signature of the real
-export (``export._Catalogue.find``).
+export (``serving_graph``'s catalogue ``find``).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from tfserving_stub import GrpcPredictionService, TFServingStub  # noqa: E402
 from serving import __main__ as cli  # noqa: E402
 from serving.backends import LocalBackend, RestBackend, ServingError, tf_error_text  # noqa: E402
 from serving.client import Recommendation, RecommenderClient, make_client  # noqa: E402
-from tfrs_movies import export  # noqa: E402
+from tfrs_movies import serving_graph  # noqa: E402
 from tfrs_movies.errors import UserError  # noqa: E402
 
 MOVIES = ["1", "2", "3", "4", "5"]
@@ -70,8 +70,8 @@ class _Catalogue(tf.Module):
         self.user_emb = tf.constant(USER_EMB, tf.float32)
         self.user_table = _table(USERS)
         self.movie_table = _table(MOVIES)
-        self.catalogue = export._Catalogue(types.SimpleNamespace(
-            catalog_movies=MOVIES, catalog_titles=TITLES, movie_ids=MOVIES,
+        self.catalogue = serving_graph.catalogue_of(types.SimpleNamespace(
+            catalogue_movies=MOVIES, catalogue_titles=TITLES, movie_ids=MOVIES,
             movie_counts=[1] * len(MOVIES)))
 
     def user_vectors(self, user_id):

@@ -23,7 +23,7 @@ from tfrs_movies.errors import UserError
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.runs import build_variables, load_run
-from tfrs_movies.training import train
+from tfrs_movies.pipeline import train
 
 REPO = Path(__file__).resolve().parents[1]
 # Small enough for seconds per run, large enough that 3 epochs learn something.

@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfrs_movies import contract, movie_names, reranker
+from tfrs_movies import contract, movie_names, reranker, reranker_lists
 from tfrs_movies.config import ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.errors import UserError
-from tfrs_movies.export import export, models_config
+from tfrs_movies.export import export
+from tfrs_movies.tf_serving_config import models_config
 from tfrs_movies.index import BruteForce, Popular, ScaNN
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.training import make_dataset
-
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,12 @@ def trained(tiny_tables):
         model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
         model.fit(make_dataset(train, 64, shuffle_seed=0), epochs=2, verbose=0)
         models[kind] = model
-    second = reranker.fit(train, movies, users, train.iloc[:0], ModelConfig(embedding_dim=8),
-                          TrainConfig(epochs=2, verbose=0, batch_size=64),
-                          reranker.ReRankerConfig(candidates=20, epochs=3), seed=0)
+    second = reranker_lists.fit(train, movies, users, train.iloc[:0], ModelConfig(embedding_dim=8),
+                                TrainConfig(epochs=2, verbose=0, batch_size=64),
+                                reranker.ReRankerConfig(candidates=20, epochs=3), seed=0)
     return types.SimpleNamespace(
         vocab=space.vocab, retrieval_model=lambda: models["retrieval"],
-        ranking_model=lambda: models["ranking"], embedding_model=lambda: models["retrieval"],
+        rating_model=lambda: models["ranking"], embedding_model=lambda: models["retrieval"],
         reranker=second)
 
 
@@ -86,7 +86,7 @@ def test_signatures_match_the_contract(exported):
 @pytest.mark.parametrize("name", ["retrieval", "recommender"])
 def test_retrieval_excludes_and_sorts(exported, trained, name):
     _, models, _ = exported[:3]
-    catalog = set(trained.vocab.catalog_movies)
+    catalogue = set(trained.vocab.catalogue_movies)
     first = _strings(models[name](user_id=tf.constant(["u1"]),
                                   exclude_movie_ids=tf.constant([[""]]))["movie_ids"])[0]
     excluded = list(first[:3])
@@ -94,13 +94,13 @@ def test_retrieval_excludes_and_sorts(exported, trained, name):
                        exclude_movie_ids=tf.constant([excluded, ["", "", ""]]))
     ids = _strings(out["movie_ids"])
     assert not set(excluded) & set(ids[0])
-    assert set(ids.ravel()) <= catalog
+    assert set(ids.ravel()) <= catalogue
     order_key = "rank_scores" if name == "recommender" else "scores"
     values = out[order_key].numpy()
     assert np.all(np.diff(values, axis=1) <= 1e-6)
     if name == "recommender":
         assert out["titles"].shape == ids.shape
-        titles = dict(zip(trained.vocab.catalog_movies, trained.vocab.catalog_titles))
+        titles = dict(zip(trained.vocab.catalogue_movies, trained.vocab.catalogue_titles))
         assert list(_strings(out["titles"])[1]) == [titles[m] for m in ids[1]]
 
 
@@ -114,7 +114,7 @@ def test_a_users_rated_movies_are_never_served(exported, trained, index, name):
     ids = _strings(fn(user_id=tf.constant(users),
                       exclude_movie_ids=tf.fill([len(users), 1], ""))["movie_ids"])
     for user, row in zip(users, ids):
-        seen = set(vocab.history[vocab.catalog_users.index(user)])
+        seen = set(vocab.history[vocab.catalogue_users.index(user)])
         assert seen and not seen & set(row)
 
 
@@ -123,7 +123,7 @@ def test_keep_seen_serves_rated_movies(trained, tmp_path):
     fn = tf.saved_model.load(str(paths["retrieval"])).signatures["serving_default"]
     ids = _strings(fn(user_id=tf.constant(["u1"]), exclude_movie_ids=tf.constant([[""]]))[
         "movie_ids"])[0]
-    seen = set(trained.vocab.history[trained.vocab.catalog_users.index("u1")])
+    seen = set(trained.vocab.history[trained.vocab.catalogue_users.index("u1")])
     assert seen <= set(ids)  # k covers the whole catalogue, so every rated movie is there
 
 
@@ -163,7 +163,7 @@ def test_similar_movies_averages_seeds_and_skips_them(exported):
 def test_lookup_names_movies_by_id_or_title_on_every_model(exported, trained):
     # Titles are "Film {m % 9} of genre {g} ({1980 + m % 20})", one per movie m0..m59.
     lookups = exported[3]
-    titles = dict(zip(trained.vocab.catalog_movies, trained.vocab.catalog_titles))
+    titles = dict(zip(trained.vocab.catalogue_movies, trained.vocab.catalogue_titles))
     counts = dict(zip(trained.vocab.movie_ids, trained.vocab.movie_counts))
     queries = ["m1", "FILM 1 OF GENRE", "(1981)", "of genre", "nothing", ".*", "m1 "]
     for name, fn in lookups.items():
@@ -284,17 +284,17 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     _, bf, scann = exported[:3]
     models = bf if index == "brute-force" else scann
     vocab = trained.vocab
-    retrieval, ranking = trained.retrieval_model(), trained.ranking_model()
-    catalog = np.asarray(vocab.catalog_movies)
+    retrieval, ranking = trained.retrieval_model(), trained.rating_model()
+    catalogue = np.asarray(vocab.catalogue_movies)
     users = list(vocab.user_ids[:6]) + ["u0", "never-seen"]  # u0: catalogue only, no ratings
-    candidates = retrieval.movie_embedding(tf.constant(catalog)).numpy()
+    candidates = retrieval.movie_embedding(tf.constant(catalogue)).numpy()
     queries = retrieval.user_embedding(tf.constant(users)).numpy()
-    seen = [set(vocab.history[vocab.catalog_users.index(u)]) if u in vocab.catalog_users
+    seen = [set(vocab.history[vocab.catalogue_users.index(u)]) if u in vocab.catalogue_users
             else set() for u in users]
     first = np.argsort(-(queries @ candidates.T), axis=1, kind="stable")
-    client_excluded = [list(catalog[first[i, :2]]) if i % 2 else ["", ""]
+    client_excluded = [list(catalogue[first[i, :2]]) if i % 2 else ["", ""]
                        for i in range(len(users))]
-    excluded = [np.asarray([i for i, m in enumerate(catalog) if m in seen[r]
+    excluded = [np.asarray([i for i, m in enumerate(catalogue) if m in seen[r]
                             or m in client_excluded[r]] or [-1]) for r in range(len(users))]
     width = max(map(len, excluded))
     excluded = np.stack([np.pad(e, (0, width - len(e)), constant_values=-1) for e in excluded])
@@ -304,20 +304,20 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     known = slice(0, len(users) - 1)  # the last user gets the popularity fallback
     np.testing.assert_allclose(out["scores"].numpy()[known], want_scores[known], rtol=1e-5,
                                atol=1e-6)
-    np.testing.assert_array_equal(_strings(out["movie_ids"])[known], catalog[want[known]])
+    np.testing.assert_array_equal(_strings(out["movie_ids"])[known], catalogue[want[known]])
 
     # The recommender: the re-ranker's features of those candidates, its order, then ratings.
-    known_users = sorted(set(vocab.catalog_users) | set(vocab.user_ids))
-    pairs = pd.DataFrame([(u, m) for u, h in zip(vocab.catalog_users, vocab.history) for m in h],
+    known_users = sorted(set(vocab.catalogue_users) | set(vocab.user_ids))
+    pairs = pd.DataFrame([(u, m) for u, h in zip(vocab.catalogue_users, vocab.history) for m in h],
                          columns=["user_id", "movie_id"])
-    ease = reranker.ease_scores(pairs, np.asarray(known_users), catalog, 500.0)
+    ease = reranker.ease_scores(pairs, np.asarray(known_users), catalogue, 500.0)
     counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
-    popularity = np.asarray([counts.get(m, 0) for m in catalog], np.float32)
-    bins, cumulative = trained.reranker.recent.tables(np.asarray(known_users), catalog)
+    popularity = np.asarray([counts.get(m, 0) for m in catalogue], np.float32)
+    bins, cumulative = trained.reranker.recent.tables(np.asarray(known_users), catalogue)
     assert len(set(bins)) > 1  # users at different times: the family is not popularity again
     sittings = trained.reranker.sittings
-    session = reranker.session_scores(pairs, np.asarray(known_users), catalog, sittings,
-                                       trained.reranker.config_.session_lambda)
+    session = reranker.session_scores(pairs, np.asarray(known_users), catalogue, sittings,
+                                       trained.reranker.config.session_lambda)
     # Sittings of 3 movies (5 per user), then windows of 10 ratings at two offsets.
     sizes = np.bincount(sittings.sittings)
     n = len(sittings.sittings) // 3
@@ -326,7 +326,7 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     rec = models["recommender"](**request)
     for row, user in enumerate(users[:-1]):
         stars = ranking.predict_rating(tf.constant([user] * len(want[row])),
-                                       tf.constant(catalog[want[row]])).numpy()
+                                       tf.constant(catalogue[want[row]])).numpy()
         x = reranker.features(
             tf.constant(want_scores[row:row + 1]),
             tf.constant(ease[known_users.index(user)][want[row]][None]),
@@ -336,16 +336,16 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
                                    trained.reranker.recent.window),
             tf.constant(session[known_users.index(user)][want[row]][None]),
             tf.constant(stars[None]))
-        learned = trained.reranker(x).numpy()[0]
+        learned = trained.reranker.model(x).numpy()[0]
         order = np.argsort(-learned, kind="stable")[:5]
         np.testing.assert_allclose(rec["rank_scores"].numpy()[row], learned[order], rtol=1e-4,
                                    atol=1e-5)
-        assert list(_strings(rec["movie_ids"])[row]) == list(catalog[want[row][order]])
+        assert list(_strings(rec["movie_ids"])[row]) == list(catalogue[want[row][order]])
         np.testing.assert_allclose(rec["scores"].numpy()[row], want_scores[row][order],
                                    rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(rec["ratings"].numpy()[row], stars[order], rtol=1e-5)
     if index == "brute-force":
-        pairs = tf.constant(users), tf.constant(list(catalog[:7]) + ["?"])
+        pairs = tf.constant(users), tf.constant(list(catalogue[:7]) + ["?"])
         np.testing.assert_allclose(models["ranking"](user_id=pairs[0], movie_id=pairs[1])[
             "rating"].numpy(), ranking.predict_rating(*pairs).numpy(), rtol=1e-5)
 
@@ -373,150 +373,6 @@ def test_requests_larger_than_a_chunk_and_mismatched_inputs(exported, trained):
     assert empty["movie_ids"].shape[0] == 0
 
 
-def test_reranker_features_are_normalized_within_each_list():
-    scores = tf.constant([[3.0, 2.0, 1.0, float("-inf")], [9.0, 8.0, 7.0, 6.0]])
-    ease = tf.constant([[1.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
-    x = reranker.features(scores, ease, tf.constant([[1.0, 9.0, 99.0, 0.0]] * 2),
-                          tf.zeros([2, 4]), tf.zeros([2, 4]),
-                          tf.constant([[4.5, 3.0, 1.5, 2.0], [1.0, 1.0, 1.0, 1.0]])).numpy()
-    z = x[..., reranker.FEATURES.index("retrieval_z")]
-    # The same list shifted by 6 scores the same z: only the order within a list counts.
-    np.testing.assert_allclose(z[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
-    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1]] + [0.0] * 5  # empty slot
-    np.testing.assert_allclose(z[1], [1.3416, 0.4472, -0.4472, -1.3416], atol=1e-3)
-    rank = x[..., reranker.FEATURES.index("rank")]
-    assert rank[0, 0] == 0 and np.all(np.diff(rank[1]) > 0)
-    popularity = x[..., reranker.FEATURES.index("popularity_z")]
-    assert popularity[0, 0] < popularity[0, 1] < popularity[0, 2]  # log(1 + ratings), z-scored
-    stars = x[..., reranker.FEATURES.index("stars_z")]
-    np.testing.assert_allclose(stars[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
-    np.testing.assert_allclose(stars[1], 0.0, atol=1e-6)  # the same stars: nothing to tell
-
-
-def test_listwise_loss_shares_the_target_among_positives():
-    scores = tf.constant([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
-    labels = tf.constant([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    log_p = tf.nn.log_softmax(scores).numpy()
-    want = [-(log_p[0, 0] + log_p[0, 1]) / 2, -log_p[1, 2]]
-    np.testing.assert_allclose(reranker.listwise_loss(labels, scores).numpy(), want, rtol=1e-6)
-
-
-def test_pairwise_loss_averages_every_positive_against_every_negative():
-    scores = tf.constant([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
-    labels = tf.constant([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # the second list: no pair
-    want = [(np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 2, 0.0]
-    np.testing.assert_allclose(reranker.pairwise_loss(labels, scores).numpy(), want, rtol=1e-6)
-
-
-def test_candidate_lists_label_held_out_movies_and_keep_every_target():
-    # 2 users x 4 movies; the stub scores movie "1" > "2" > "3" > "4" for every user.
-    stub = types.SimpleNamespace(
-        user_embedding=lambda ids: tf.ones([tf.shape(ids)[0], 1]),
-        movie_embedding=lambda ids: -tf.strings.to_number(ids)[:, None])
-    known = pd.DataFrame({"user_id": ["u1", "u2"], "movie_id": ["1", "2"], "timestamp": [0, 0]})
-    held_out = pd.DataFrame({"user_id": ["u1", "u1"], "movie_id": ["3", "4"]})
-    found = reranker.candidate_lists(stub, known, held_out, np.asarray(["u1", "u2"]),
-                                     np.asarray(["1", "2", "3", "4"]),
-                                     reranker.ReRankerConfig(candidates=2, use_ease=False))
-    assert found.positions.tolist() == [[1, 2], [0, 2]]  # the known movie left out
-    assert found.labels.tolist() == [[0.0, 1.0], [0.0, 0.0]]
-    assert [t.tolist() for t in found.targets] == [[2, 3], []]  # "4": held out, not retrieved
-    assert found.features.shape == (2, 2, len(reranker.FEATURES))
-    assert found.rows(np.asarray([False, True])).positions.tolist() == [[0, 2]]
-    stars = found.features[..., reranker.FEATURES.index("stars_z")]
-    assert not stars.any()  # no rating model
-    # A rating stub: u1 rates by movie number, u2 the other way round.
-    rating = types.SimpleNamespace(predict_rating=lambda users, movies: tf.where(
-        users == "u1", 1.0, -1.0) * tf.strings.to_number(movies))
-    stars = reranker.candidate_lists(stub, known, held_out, np.asarray(["u1", "u2"]),
-                                     np.asarray(["1", "2", "3", "4"]),
-                                     reranker.ReRankerConfig(candidates=2, use_ease=False),
-                                     rating).features[..., reranker.FEATURES.index("stars_z")]
-    np.testing.assert_allclose(stars, [[-1.0, 1.0], [1.0, -1.0]], atol=1e-4)
-
-
-def test_recent_counts_a_candidates_ratings_around_the_users_time():
-    day = 86400
-    ratings = pd.DataFrame(
-        [("p1", "a", 0), ("p2", "a", 1), ("p3", "a", 30), ("p3", "b", 30), ("p4", "b", 31),
-         ("x", "c", 29), ("x", "e", 30), ("x", "f", 31), ("y", "c", 0)],
-        columns=["user_id", "movie_id", "timestamp"]).assign(timestamp=lambda f: f.timestamp * day)
-    recent = reranker.Recent.build(ratings, window_days=7)  # 7-day bins, one bin either side
-    bins, cumulative = recent.tables(np.asarray(["x", "y", "?"]), np.asarray(["a", "b", "d"]))
-    assert bins.tolist() == [4, 0, 4]  # median days 30 and 0; an unknown user: the last bin
-    counts = reranker.recent_counts(tf.constant(bins), tf.constant(cumulative),
-                                    tf.constant([[0, 1, 2]] * 3), recent.window).numpy()
-    # x (days 21-41): a once (day 30), b twice; y (days 0-13): a twice; d: never rated.
-    assert counts.tolist() == [[1, 2, 0], [2, 0, 0], [1, 2, 0]]
-    # Ten years are at most MAX_RECENT_BINS wider bins (29 days: still one either side).
-    decade = reranker.Recent.build(ratings.assign(timestamp=ratings.timestamp * 118), 14)
-    assert decade.cumulative.shape[1] <= reranker.MAX_RECENT_BINS + 2 and decade.window == 1
-
-
-def test_session_scores_are_ease_fitted_on_sittings():
-    # u1 sits twice (a gap of 61 s > 60), u2 once: sittings {a, b}, {c}, {a, c}.
-    ratings = pd.DataFrame([("u1", "a", 0), ("u1", "b", 60), ("u1", "c", 121),
-                            ("u2", "c", 5), ("u2", "a", 30)],
-                           columns=["user_id", "movie_id", "timestamp"])
-    sittings = reranker.Sittings.build(ratings, gap_seconds=60)
-    assert sittings.movie_ids.tolist() == ["a", "b", "c", "c", "a"]
-    assert sittings.sittings.tolist() == [0, 0, 1, 2, 2]
-    movies, lam = np.asarray(["a", "b", "c", "d"]), 2.0
-    x = np.asarray([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 1, 0]], float)  # sittings x movies
-    p = np.linalg.inv(x.T @ x + lam * np.eye(4))
-    b = -p / np.diag(p)
-    np.fill_diagonal(b, 0.0)
-    history = np.asarray([[1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0]], float)  # u1, u2, unknown
-    got = reranker.session_scores(ratings, np.asarray(["u1", "u2", "?"]), movies, sittings, lam)
-    np.testing.assert_allclose(got, history @ b, rtol=1e-5, atol=1e-6)
-    assert got[2].tolist() == [0.0] * 4 and got[:, 3].tolist() == [0.0] * 3  # "d": never rated
-    # One sitting per user (every gap within it): the same weights as EASE on users' rows.
-    whole = reranker.Sittings.build(ratings, gap_seconds=10**6)
-    np.testing.assert_allclose(
-        reranker.session_scores(ratings, np.asarray(["u1", "u2"]), movies, whole, lam),
-        reranker.ease_scores(ratings, np.asarray(["u1", "u2"]), movies, lam), rtol=1e-5)
-
-
-def test_session_rows_add_windows_of_consecutive_ratings():
-    # u1 rates a..e one second apart (one sitting), u2 rates c, a an hour apart (two).
-    ratings = pd.DataFrame([("u1", m, t) for t, m in enumerate("abcde")]
-                           + [("u2", "c", 0), ("u2", "a", 3600)],
-                           columns=["user_id", "movie_id", "timestamp"])
-    rows = reranker.Sittings.build(ratings, gap_seconds=60, window=4)
-    got = pd.DataFrame({"row": rows.sittings, "movie": rows.movie_ids}).groupby(
-        "row", sort=True)["movie"].agg("".join).tolist()
-    # Sittings; windows of 4 from each user's first rating; from their third (offset 2).
-    # Windows ignore time: u2's two sittings share one.
-    assert got == ["abcde", "c", "a", "abcd", "e", "ca", "ab", "cde", "ca"]
-    assert rows.sittings.tolist() == sorted(rows.sittings.tolist())
-    # The windows are more rows of one EASE.
-    movies, lam = np.asarray(list("abcde")), 2.0
-    x = np.zeros((len(got), 5))
-    for r, letters in enumerate(got):
-        x[r, ["abcde".index(m) for m in letters]] = 1.0
-    p = np.linalg.inv(x.T @ x + lam * np.eye(5))
-    b = -p / np.diag(p)
-    np.fill_diagonal(b, 0.0)
-    history = np.asarray([[1, 1, 1, 1, 1], [1, 0, 1, 0, 0]], float)
-    np.testing.assert_allclose(
-        reranker.session_scores(ratings, np.asarray(["u1", "u2"]), movies, rows, lam),
-        history @ b, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="session_window >= 0"):
-        reranker.ReRankerConfig(session_window=-1)
-
-
-def test_a_left_out_family_changes_nothing_the_reranker_scores():
-    model = reranker.build(reranker.ReRankerConfig(without=("item-item",)))
-    x = np.random.default_rng(0).normal(size=(2, 5, len(reranker.FEATURES))).astype(np.float32)
-    other = x.copy()
-    other[..., reranker.FEATURES.index("ease_z")] += 3.0
-    np.testing.assert_array_equal(model(x).numpy(), model(other).numpy())
-    other[..., reranker.FEATURES.index("retrieval_z")] += 3.0
-    assert not np.allclose(model(x).numpy(), model(other).numpy())
-    with pytest.raises(ValueError, match="unknown feature families \\['genre'\\]"):
-        reranker.ReRankerConfig(without=("genre",))
-
-
 def test_bad_versions_and_missing_models_are_refused_before_anything_is_built(trained,
                                                                              tmp_path):
     for version in (-1, 0):
@@ -524,7 +380,7 @@ def test_bad_versions_and_missing_models_are_refused_before_anything_is_built(tr
             ExportConfig(version=version)
     retrieval_only = types.SimpleNamespace(
         path=tmp_path / "run", vocab=trained.vocab, retrieval_model=trained.retrieval_model,
-        ranking_model=lambda: None, embedding_model=trained.retrieval_model)
+        rating_model=lambda: None, embedding_model=trained.retrieval_model)
     with pytest.raises(UserError, match="cannot give ranking and recommender .*--partial"):
         export(retrieval_only, tmp_path / "exp", ExportConfig(k=10, n=3))
     assert not (tmp_path / "exp").exists()

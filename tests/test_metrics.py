@@ -123,9 +123,9 @@ def test_ranking_metrics_match_brute_force(seed):
 # -- coverage, novelty, rating metrics -------------------------------------------------------
 
 
-def test_catalog_coverage():
-    assert metrics.catalog_coverage(np.array([[0, 1], [1, 2]]), num_items=10) == 0.3  # {0,1,2}
-    assert metrics.catalog_coverage(np.array([[4, -1]]), num_items=10) == 0.1  # -1 is no item
+def test_catalogue_coverage():
+    assert metrics.catalogue_coverage(np.array([[0, 1], [1, 2]]), num_items=10) == 0.3  # {0,1,2}
+    assert metrics.catalogue_coverage(np.array([[4, -1]]), num_items=10) == 0.1  # -1 is no item
 
 
 def test_novelty():
@@ -193,7 +193,7 @@ def test_evaluate_topk_batches_match_one_batch_and_dense_reference():
     expected = metrics.ranking_metrics(topk, relevant, k)
     assert {name: small[name] for name in expected} == pytest.approx(expected)
     tested = np.unique(test[0])
-    assert small[f"coverage@{k}"] == metrics.catalog_coverage(topk[tested], num_items)
+    assert small[f"coverage@{k}"] == metrics.catalogue_coverage(topk[tested], num_items)
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_evaluate_topk_batches_match_one_batch_and_dense_reference():
     (lambda: metrics.ranking_metrics(TOPK, RELEVANT[:2], k=3), "relevant has 2 users"),
     (lambda: metrics.ranking_metrics(TOPK, [[]] * 4, k=3), "no user has a relevant item"),
     (lambda: metrics.ranking_metrics(TOPK, RELEVANT, k=4), "k must be an int"),
-    (lambda: metrics.catalog_coverage([[0, 10]], num_items=10), "item 10"),
+    (lambda: metrics.catalogue_coverage([[0, 10]], num_items=10), "item 10"),
     (lambda: metrics.novelty([[0]], np.array([5]), num_users_train=4), "item_popularity"),
     (lambda: metrics.evaluate_topk(USERS, ITEMS[:, :1], TRAIN, TEST, k=1), "must share dim"),
     (lambda: metrics.evaluate_topk(USERS, ITEMS, TRAIN, ([0], [4]), k=1), r"test_pairs cols"),

@@ -21,12 +21,12 @@ def space(tiny_tables):
 def test_vocabulary_comes_from_train_only(tiny_tables, space):
     ratings, movies, users = tiny_tables
     vocab = space.vocab
-    assert "u0" not in vocab.user_ids and "u0" in vocab.catalog_users
+    assert "u0" not in vocab.user_ids and "u0" in vocab.catalogue_users
     assert set(vocab.movie_ids) <= set(ratings.loc[ratings["user_id"] != "u0", "movie_id"])
-    assert len(vocab.catalog_movies) == len(movies)
+    assert len(vocab.catalogue_movies) == len(movies)
     assert vocab.rating_range == (1.0, 5.0)
     # u0 has no train ratings, so no history.
-    assert vocab.history[vocab.catalog_users.index("u0")] == []
+    assert vocab.history[vocab.catalogue_users.index("u0")] == []
 
 
 def test_vocabulary_round_trip(tmp_path, space):
@@ -46,7 +46,7 @@ def test_feature_lookup_shapes_and_unknown_ids(space):
 
 
 def test_history_excludes_the_target(space):
-    history = space.vocab.history[space.vocab.catalog_users.index("u1")]
+    history = space.vocab.history[space.vocab.catalogue_users.index("u1")]
     target, stranger = history[0], "nothing"
     users = tf.constant(["u1", "u1", "u0"])
     features = space.user_features(users, tf.constant([target, stranger, target]))
@@ -246,7 +246,7 @@ def test_lazy_adam_updates_only_the_rows_a_batch_touched():
 def test_batches_shuffle_per_pass_and_fill_a_batch_from_few_rows():
     import pandas as pd
 
-    from tfrs_movies.training import _batches
+    from tfrs_movies.training import batches
     frame = pd.DataFrame({"user_id": [f"u{i % 3}" for i in range(10)],
                           "movie_id": [f"m{i}" for i in range(10)],
                           "user_rating": np.arange(10, dtype=np.float32)})
@@ -258,5 +258,5 @@ def test_batches_shuffle_per_pass_and_fill_a_batch_from_few_rows():
     assert ratings(make_dataset(frame, 4, shuffle_seed=42)) == first  # fixed by the seed
     assert ratings(make_dataset(frame, 4)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     # A shard smaller than its batch still fills one (distributed input repeats such passes).
-    small = ratings(_batches(frame.iloc[:3], 8, 1, drop_remainder=True))
+    small = ratings(batches(frame.iloc[:3], 8, 1, drop_remainder=True))
     assert [len(b) for b in small] == [8] and set(small[0]) == {0, 1, 2}

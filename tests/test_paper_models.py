@@ -12,7 +12,7 @@ from tfrs_movies import runs
 from tfrs_movies.config import MODELS, ModelConfig
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.kinds import KINDS, model_class
-from tfrs_movies.models import _TwoTowers, build_model, gravity
+from tfrs_movies.models import TwoTowers, build_model, gravity
 from tfrs_movies.paper_models import DEFAULT_GRAVITY
 from tfrs_movies.training import make_dataset
 from trainer.__main__ import main
@@ -41,7 +41,7 @@ def _fit(kind, space, ratings, config=CONFIG, epochs=2):
 def test_every_kind_is_registered_once_and_built_through_its_base_class():
     assert set(VARIANTS) <= set(KINDS) and set(KINDS) | {"all"} == set(MODELS)
     for kind in KINDS:
-        assert issubclass(model_class(kind), _TwoTowers)
+        assert issubclass(model_class(kind), TwoTowers)
 
 
 @pytest.mark.parametrize("kind", VARIANTS)

@@ -27,7 +27,7 @@ from serving.client import make_client  # noqa: E402
 from serving.compare import compare  # noqa: E402
 from serving.request_log import RequestLog, records, segments  # noqa: E402
 from serving.router import Experiment, RoutedClient, bucket  # noqa: E402
-from tfrs_movies import model_config as mc  # noqa: E402
+from tfrs_movies import tf_serving_config as mc  # noqa: E402
 from tfrs_movies.errors import UserError  # noqa: E402
 
 N_USERS, N_MOVIES, N = 200, 50, 10
@@ -161,7 +161,7 @@ def test_export_with_labels(tiny_tables, tmp_path):
     tf.keras.utils.set_random_seed(0)
     model = build_model("retrieval", space, ModelConfig(embedding_dim=4))
     run = types.SimpleNamespace(vocab=space.vocab, retrieval_model=lambda: None,
-                                ranking_model=lambda: None, embedding_model=lambda: model)
+                                rating_model=lambda: None, embedding_model=lambda: model)
     export(run, tmp_path, ExportConfig(k=5, n=5, label="stable", partial=True))
     export(run, tmp_path, ExportConfig(k=3, n=3, label="canary", partial=True))
     (entry,) = mc.read(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
-from tfrs_movies import reranker, tuning
+from tfrs_movies import reranker, reranker_lists, tuning
 from tfrs_movies.errors import UserError
 from trainer.__main__ import main
 
@@ -131,8 +131,8 @@ def test_train_accepts_best_hyperparameters(tmp_path, capsys):
 
 def test_reranker_search_tunes_the_served_second_stage(tmp_path, capsys, monkeypatch):
     scored = []  # the validation frames the lists were labelled with
-    real = reranker.validation_lists
-    monkeypatch.setattr(reranker, "validation_lists", lambda fit, validation, *a, **k: (
+    real = reranker_lists.validation_lists
+    monkeypatch.setattr(reranker_lists, "validation_lists", lambda fit, validation, *a, **k: (
         scored.append(validation), real(fit, validation, *a, **k))[1])
     out = tmp_path / "search"
     assert main(["tune", "--model", "reranker", "--max-trials", "2", "--epochs", "1",
@@ -161,8 +161,8 @@ def test_reranker_search_tunes_the_served_second_stage(tmp_path, capsys, monkeyp
                  "--output", str(run)] + DATA) == 0
     second = reranker.load(run)
     assert second is not None
-    assert (list(second.config_.hidden), second.config_.epochs, second.config_.loss,
-            second.config_.learning_rate) == (best["reranker_hidden"], best["reranker_epochs"],
+    assert (list(second.config.hidden), second.config.epochs, second.config.loss,
+            second.config.learning_rate) == (best["reranker_hidden"], best["reranker_epochs"],
                                               best["reranker_loss"],
                                               best["reranker_learning_rate"])
 

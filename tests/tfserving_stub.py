@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from serving.backends import tf_error_text
-from tfrs_movies import contract, model_config
+from tfrs_movies import contract, tf_serving_config
 
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -71,7 +71,7 @@ class ModelRepository:
         if self.labels is not None:
             version = self.labels.get(name, {}).get(label)
         else:
-            entry = model_config.entry_for(self.export_dir, name)
+            entry = tf_serving_config.entry_for(self.export_dir, name)
             version = entry.label(label) if entry is not None else None
         if version is None:
             raise StubError(400, f"Unrecognized servable version label: {label}")

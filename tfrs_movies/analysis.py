@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tfrs_movies.data.schema import GENRES
 from tfrs_movies.errors import UserError
-from tfrs_movies.evaluation import embed
+from tfrs_movies.inference import embed
 from tfrs_movies.recommend import resolve_run_movies
 
 # t-SNE is quadratic-ish in memory and slow beyond a few thousand points: the most rated ones.
@@ -69,9 +69,10 @@ class _Movies:
         vocab = run.vocab
         self.ids = np.asarray(vocab.movie_ids, dtype=str)
         self.popularity = np.asarray(vocab.movie_counts, np.int64)
-        catalog = dict(zip(vocab.catalog_movies, zip(vocab.catalog_titles, vocab.catalog_genres)))
-        self.titles = [catalog.get(m, ("", []))[0] for m in self.ids]
-        genre_lists = [catalog.get(m, ("", []))[1] for m in self.ids]
+        catalogue = dict(zip(vocab.catalogue_movies,
+                             zip(vocab.catalogue_titles, vocab.catalogue_genres)))
+        self.titles = [catalogue.get(m, ("", []))[0] for m in self.ids]
+        genre_lists = [catalogue.get(m, ("", []))[1] for m in self.ids]
         self.genres = ["|".join(GENRES[g] for g in gs) for gs in genre_lists]
         # Colour by a movie's least common genre: "Drama|Romance" is a romance for the map, as
         # nearly everything is a drama.
@@ -111,7 +112,7 @@ def _seeds(run, movies: _Movies, queries) -> list[str]:
 def _sample_user(run, user: str | None) -> str:
     if user is not None:
         user = str(user)
-        if user not in set(run.vocab.user_ids) and user not in set(run.vocab.catalog_users):
+        if user not in set(run.vocab.user_ids) and user not in set(run.vocab.catalogue_users):
             raise UserError(f"--user {user!r} is not in this run's data (train users or the "
                             "users table)")
         return user
@@ -279,7 +280,7 @@ def _user_recommendations(run, model, movies: _Movies, user: str, k: int):
             table["predicted"] = (model.predict_rating(tf.constant([user] * len(ids)),
                                                        tf.constant(ids)).numpy().astype(np.float64)
                                   if len(ids) else np.zeros(0))
-    titles = dict(zip(run.vocab.catalog_movies, run.vocab.catalog_titles))
+    titles = dict(zip(run.vocab.catalogue_movies, run.vocab.catalogue_titles))
     history = mine.sort_values(["user_rating", "timestamp"], ascending=[False, False])[:k]
     history = pd.DataFrame({"movie_id": history["movie_id"],
                             "title": [titles.get(m, "") for m in history["movie_id"]],

@@ -16,7 +16,7 @@ from typing import Any
 
 from tfrs_movies import kinds
 from tfrs_movies.errors import UserError
-from tfrs_movies.model_config import check_label
+from tfrs_movies.tf_serving_config import check_label
 
 DATASETS = ("movielens/100k", "movielens/1m", "movielens/10m", "movielens/20m", "movielens/25m",
             "movielens/latest-small", "csv", "synthetic")
@@ -26,7 +26,7 @@ STRATEGIES = ("default", "mirrored", "multi-worker", "parameter-server")
 OPTIMIZERS = ("auto", "lazy-adam", "adam")
 # ``auto`` keeps plain Adam up to this many users + movies (ML-1M has about 10^4): there a
 # whole-table update costs little next to the step, and on ML-100K validation it scored a
-# little better than LazyAdam (README, Tuning hyperparameters).
+# little better than LazyAdam (docs/tuning.md).
 AUTO_DENSE_ROWS = 50_000
 # ``TrainConfig.reranker_loss``: the served re-ranker's loss over a list (``tfrs_movies.reranker``).
 RERANKER_LOSSES = ("listwise", "pairwise")
@@ -112,7 +112,7 @@ class ModelConfig:
     """Tower and model shapes, shared by retrieval, ranking and multitask models.
 
     The defaults (with TrainConfig's learning rate and schedule) come from KerasTuner searches
-    on ML-100K validation splits (``python -m trainer tune``; README "Tuning").
+    on ML-100K validation splits (``python -m trainer tune``; docs/tuning.md).
 
     Attributes:
       embedding_dim: width of every id/feature embedding and of the tower outputs.
@@ -274,7 +274,7 @@ class ExportConfig:
       serving_root: where the export dir is mounted inside the TF Serving container.
       label: version label (``stable``, ``canary``, ...: lower-case letters, digits, ``_``,
         ``-``, starting with a letter) recorded for the written version in models.config;
-        see ``tfrs_movies.model_config`` for how TF Serving takes it.
+        see ``tfrs_movies.tf_serving_config`` for how TF Serving takes it.
       partial: write the models the run supports even when some of the four cannot be
         (e.g. a run without a rating model has no recommender); otherwise that is an error.
     """

@@ -23,12 +23,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 
 import tensorflow as tf
 
 from tfrs_movies.config import STRATEGIES
 from tfrs_movies.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +120,7 @@ def _mirrored() -> tf.distribute.MirroredStrategy:
 
 def _serve(resolver, role: Role) -> None:
     """Runs this parameter-server cluster task until the process is killed."""
-    print(f"Serving as parameter-server cluster task {role}; stop it when the chief is done",
-          flush=True)
+    log.info(f"Serving as parameter-server cluster task {role}; stop it when the chief is done")
     server = tf.distribute.Server(resolver.cluster_spec(), job_name=role.task_type,
                                   task_index=role.task_id, protocol=resolver.rpc_layer or "grpc",
                                   start=True)

@@ -6,37 +6,19 @@ Ranking: RMSE and MAE of the predicted ratings of the test pairs.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
 from tfrs_movies import metrics as M
+from tfrs_movies.config import ExportConfig
+from tfrs_movies.inference import embed, pairs, position_of, predict_ratings
+from tfrs_movies.serving_graph import build_modules
 
 _BATCH = 4096
-
-
-def embed(fn, ids: np.ndarray) -> np.ndarray:
-    """Applies ``fn`` ([B] string ids -> [B, D]) in batches: [N] ids -> [N, D] numpy."""
-    call = tf.function(fn, reduce_retracing=True)
-    out = [call(tf.constant(ids[i:i + _BATCH])).numpy() for i in range(0, len(ids), _BATCH)]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def predict_ratings(model, frame: pd.DataFrame) -> np.ndarray:
-    """Predicted ratings [N] for the (user_id, movie_id) rows of ``frame``."""
-    call = tf.function(model.predict_rating, reduce_retracing=True)
-    users = frame["user_id"].to_numpy(dtype=str)
-    movies = frame["movie_id"].to_numpy(dtype=str)
-    out = [call(tf.constant(users[i:i + _BATCH]), tf.constant(movies[i:i + _BATCH])).numpy()
-           for i in range(0, len(users), _BATCH)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def _pairs(frame: pd.DataFrame, user_pos: pd.Series, movie_pos: pd.Series):
-    rows = frame["user_id"].map(user_pos)
-    cols = frame["movie_id"].map(movie_pos)
-    keep = rows.notna() & cols.notna()
-    return rows[keep].to_numpy(np.int64), cols[keep].to_numpy(np.int64)
+log = logging.getLogger(__name__)
 
 
 def evaluate_retrieval(model, movie_ids: list[str], seen: pd.DataFrame, test: pd.DataFrame,
@@ -51,14 +33,13 @@ def evaluate_retrieval(model, movie_ids: list[str], seen: pd.DataFrame, test: pd
     # only users with a test item are scored.
     users = np.asarray(sorted(set(test["user_id"]) | set(seen["user_id"])), dtype=str)
     movies = np.asarray(movie_ids, dtype=str)
-    user_pos = pd.Series(np.arange(len(users)), index=users)
-    movie_pos = pd.Series(np.arange(len(movies)), index=movies)
-    test_rows, test_cols = _pairs(test, user_pos, movie_pos)
+    user_pos, movie_pos = position_of(users), position_of(movies)
+    test_rows, test_cols = pairs(test, user_pos, movie_pos)
     scored = np.unique(test_rows)
     movie_emb = embed(model.movie_embedding, movies)
     user_emb = np.zeros((len(users), movie_emb.shape[1]), np.float32)
     user_emb[scored] = embed(model.user_embedding, users[scored])
-    result = M.evaluate_topk(user_emb, movie_emb, _pairs(seen, user_pos, movie_pos),
+    result = M.evaluate_topk(user_emb, movie_emb, pairs(seen, user_pos, movie_pos),
                              (test_rows, test_cols), k=min(k, len(movies)),
                              exclude_train=exclude_seen)
     return {key: float(value) for key, value in result.items()}
@@ -67,14 +48,11 @@ def evaluate_retrieval(model, movie_ids: list[str], seen: pd.DataFrame, test: pd
 def evaluate_served(run, seen: pd.DataFrame, test: pd.DataFrame, k: int = 10) -> dict:
     """Top-k metrics of what the run's export serves: its ``recommender`` (retrieve, re-rank)
     built in memory, asked for every test user (their seen movies are excluded in-graph)."""
-    from tfrs_movies.config import ExportConfig
-    from tfrs_movies.export import build_modules
-
-    movies = np.asarray(run.vocab.catalog_movies, dtype=str)
+    movies = np.asarray(run.vocab.catalogue_movies, dtype=str)
     k = min(k, len(movies))
     modules = build_modules(run, ExportConfig(k=max(ExportConfig.k, k), n=k))
     recommender = modules["recommender"]
-    movie_pos = pd.Series(np.arange(len(movies)), index=movies)
+    movie_pos = position_of(movies)
     test = test[test["movie_id"].isin(movie_pos.index)]
     users = np.asarray(sorted(set(test["user_id"])), dtype=str)
     # Everything known at training time is excluded, as in evaluate_retrieval (the export
@@ -95,7 +73,7 @@ def evaluate_served(run, seen: pd.DataFrame, test: pd.DataFrame, k: int = 10) ->
     relevant = test.groupby("user_id")["movie_id"].agg(
         lambda s: movie_pos[s].to_numpy(np.int64))
     result = M.ranking_metrics(topk, [relevant[u] for u in users], k)
-    result[f"coverage@{k}"] = M.catalog_coverage(topk, len(movies))
+    result[f"coverage@{k}"] = M.catalogue_coverage(topk, len(movies))
     pop = seen[seen["movie_id"].isin(movie_pos.index)].drop_duplicates(["user_id", "movie_id"])
     popularity = np.bincount(movie_pos[pop["movie_id"]].to_numpy(np.int64),
                              minlength=len(movies))
@@ -113,16 +91,16 @@ def evaluate(run, test: pd.DataFrame | None = None) -> dict:
     for kind, model in run.models.items():
         section = {}
         if model.retrieves:
-            section.update(evaluate_retrieval(model, run.vocab.catalog_movies, seen, test, k))
+            section.update(evaluate_retrieval(model, run.vocab.catalogue_movies, seen, test, k))
         if model.rates:
             section.update(M.rating_metrics(test["user_rating"].to_numpy(np.float64),
                                             predict_ratings(model, test).astype(np.float64)))
         out[kind] = section
-        print(f"[{kind}] " + "  ".join(f"{key}={value:.4f}" for key, value in section.items()
-                                       if key.split("@")[0] in _SHOWN))
-    if run.retrieval_model() is not None and run.ranking_model() is not None:
+        log.info(f"[{kind}] " + "  ".join(f"{key}={value:.4f}" for key, value in section.items()
+                                          if key.split("@")[0] in _SHOWN))
+    if run.retrieval_model() is not None and run.rating_model() is not None:
         out["recommender"] = section = evaluate_served(run, seen, test, k)
-        print("[recommender, as served] " + "  ".join(
+        log.info("[recommender, as served] " + "  ".join(
             f"{key}={value:.4f}" for key, value in section.items()
             if key.split("@")[0] in _SHOWN))
     return out

@@ -8,7 +8,7 @@ exported SavedModels therefore share one code path, and a client sends ids only.
 Two id spaces per side, on purpose:
 - the *embedding* vocabulary (``user_vocab``, ``movie_vocab``) holds ids seen in train ratings;
   anything else maps to index 0, the OOV embedding;
-- the *catalogue* (``catalog_users``, ``catalog_movies``) holds every known user/movie with its
+- the *catalogue* (``catalogue_users``, ``catalogue_movies``) holds every known user/movie with its
   metadata, so a movie without train ratings still has genres and a title, and a held-out
   user (``strong`` split) still has a fold-in history.
 """
@@ -47,14 +47,14 @@ class Vocabulary:
       user_ids: train users, sorted; embedding row i+1 (row 0 is OOV).
       movie_ids: train movies, sorted; embedding row i+1.
       movie_counts: train ratings per ``movie_ids`` entry (logQ correction, popularity).
-      catalog_movies: every movie id in the movies table, sorted.
-      catalog_titles, catalog_genres: per ``catalog_movies`` entry.
-      catalog_users: every user id in the users table, sorted.
-      user_features: per ``catalog_users`` entry, the available demographics as small ints
+      catalogue_movies: every movie id in the movies table, sorted.
+      catalogue_titles, catalogue_genres: per ``catalogue_movies`` entry.
+      catalogue_users: every user id in the users table, sorted.
+      user_features: per ``catalogue_users`` entry, the available demographics as small ints
         (0 = unknown): ``gender``, ``age``, ``occupation``, ``zip``.
       title_tokens: title word vocabulary (words in >= 2 titles).
       years: release years present, sorted.
-      history: per ``catalog_users`` entry, the train (+fold-in) movies, oldest first.
+      history: per ``catalogue_users`` entry, the train (+fold-in) movies, oldest first.
       rating_values: the distinct train ratings, sorted (rating range and class head).
       user_counts: train ratings per ``user_ids`` entry (the row weights of the L2 on looked-up
         rows, ``FeatureSpace.example_occurrences``); None in vocabularies written before it.
@@ -63,10 +63,10 @@ class Vocabulary:
     user_ids: list[str]
     movie_ids: list[str]
     movie_counts: list[int]
-    catalog_movies: list[str]
-    catalog_titles: list[str]
-    catalog_genres: list[list[int]]
-    catalog_users: list[str]
+    catalogue_movies: list[str]
+    catalogue_titles: list[str]
+    catalogue_genres: list[list[int]]
+    catalogue_users: list[str]
     user_features: dict[str, list[int]]
     title_tokens: list[str]
     years: list[int]
@@ -106,10 +106,10 @@ class Vocabulary:
             user_ids=[str(u) for u in user_counts.index],
             movie_ids=movie_ids,
             movie_counts=[int(movie_counts[m]) for m in movie_ids],
-            catalog_movies=list(movies["movie_id"]),
-            catalog_titles=list(movies["movie_title"]),
-            catalog_genres=[list(map(int, g)) for g in movies["movie_genres"]],
-            catalog_users=list(users["user_id"]),
+            catalogue_movies=list(movies["movie_id"]),
+            catalogue_titles=list(movies["movie_title"]),
+            catalogue_genres=[list(map(int, g)) for g in movies["movie_genres"]],
+            catalogue_users=list(users["user_id"]),
             user_features=user_features,
             title_tokens=sorted(t for t, c in token_counts.items() if c >= 2),
             years=sorted({y for y in map(_year, movies["movie_title"]) if y}),
@@ -123,11 +123,17 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
-        return cls(**json.loads(Path(path).read_text()))
+        values = json.loads(Path(path).read_text())
+        # Vocabularies written before the one spelling of "catalogue" name it "catalog_*".
+        return cls(**{_OLD_KEYS.get(k, k): v for k, v in values.items()})
 
     @property
     def rating_range(self) -> tuple[float, float]:
         return self.rating_values[0], self.rating_values[-1]
+
+
+_OLD_KEYS = {f"catalog_{part}": f"catalogue_{part}"
+             for part in ("movies", "titles", "genres", "users")}
 
 
 def _lookup(vocab: list[str], name: str) -> tf.keras.layers.StringLookup:
@@ -159,8 +165,8 @@ class FeatureSpace(tf.keras.layers.Layer):
         self.max_history = max_history
         self.user_lookup = _lookup(vocab.user_ids, "user_lookup")
         self.movie_lookup = _lookup(vocab.movie_ids, "movie_lookup")
-        self.catalog_user_lookup = _lookup(vocab.catalog_users, "catalog_user_lookup")
-        self.catalog_movie_lookup = _lookup(vocab.catalog_movies, "catalog_movie_lookup")
+        self.catalogue_user_lookup = _lookup(vocab.catalogue_users, "catalogue_user_lookup")
+        self.catalogue_movie_lookup = _lookup(vocab.catalogue_movies, "catalogue_movie_lookup")
 
         # Row 0 of every catalogue table is the unknown user/movie.
         self.user_columns = {
@@ -174,20 +180,21 @@ class FeatureSpace(tf.keras.layers.Layer):
             tf.constant([m for h in hist for m in h], tf.int64),
             tf.constant([0] + [len(h) for h in hist], tf.int64))
 
-        genres = np.zeros((len(vocab.catalog_movies) + 1, len(GENRES)), np.float32)
-        for row, movie_genres in enumerate(vocab.catalog_genres, start=1):
+        genres = np.zeros((len(vocab.catalogue_movies) + 1, len(GENRES)), np.float32)
+        for row, movie_genres in enumerate(vocab.catalogue_genres, start=1):
             genres[row, movie_genres] = 1.0
         self.genres = tf.constant(genres)
         token_index = {t: i + 1 for i, t in enumerate(vocab.title_tokens)}
         titles = [[]] + [[token_index[t] for t in _title_tokens(title) if t in token_index]
-                         for title in vocab.catalog_titles]
+                         for title in vocab.catalogue_titles]
         self.titles = tf.RaggedTensor.from_row_lengths(
             tf.constant([t for ts in titles for t in ts], tf.int64),
             tf.constant([len(ts) for ts in titles], tf.int64))
         year_index = {y: i + 1 for i, y in enumerate(vocab.years)}
-        self.years = tf.constant([0] + [year_index.get(_year(t), 0) for t in vocab.catalog_titles],
+        self.years = tf.constant([0] + [year_index.get(_year(t), 0)
+                                        for t in vocab.catalogue_titles],
                                  tf.int32)
-        self.title_strings = tf.constant([""] + list(vocab.catalog_titles))
+        self.title_strings = tf.constant([""] + list(vocab.catalogue_titles))
         counts = np.asarray(vocab.movie_counts, np.float64)
         # Frequency of each embedding row among train positives; OOV gets the smallest one.
         oov = counts.min() if len(counts) else 1.0
@@ -211,7 +218,7 @@ class FeatureSpace(tf.keras.layers.Layer):
         return len(self.vocab.years) + 1
 
     def user_features(self, user_ids: tf.Tensor, exclude_movie_ids: tf.Tensor | None = None):
-        row = self.catalog_user_lookup(user_ids)
+        row = self.catalogue_user_lookup(user_ids)
         features = {"user_index": self.user_lookup(user_ids)}
         for name, column in self.user_columns.items():
             features[name] = tf.gather(column, row)
@@ -228,7 +235,7 @@ class FeatureSpace(tf.keras.layers.Layer):
         return features
 
     def movie_features(self, movie_ids: tf.Tensor):
-        row = self.catalog_movie_lookup(movie_ids)
+        row = self.catalogue_movie_lookup(movie_ids)
         return {
             "movie_index": self.movie_lookup(movie_ids),
             "genres": tf.gather(self.genres, row),
@@ -238,7 +245,7 @@ class FeatureSpace(tf.keras.layers.Layer):
 
     def titles_of(self, movie_ids: tf.Tensor) -> tf.Tensor:
         """Titles of catalogue movies ("" for unknown ids), same shape as ``movie_ids``."""
-        return tf.gather(self.title_strings, self.catalog_movie_lookup(movie_ids))
+        return tf.gather(self.title_strings, self.catalogue_movie_lookup(movie_ids))
 
     def example_occurrences(self, feature: str, rows: int) -> np.ndarray:
         """[rows] float64: how many times one train example looks up each row of the table
@@ -259,11 +266,11 @@ class FeatureSpace(tf.keras.layers.Layer):
             return _bins(np.arange(len(user_freq)), user_freq, rows)
         if feature in self.user_columns or feature == "history":
             # Share of examples per catalogue row; row 0: train users without one.
-            weight = _catalog_shares(self.vocab.user_ids, self.vocab.catalog_users, user_freq)
+            weight = _catalogue_shares(self.vocab.user_ids, self.vocab.catalogue_users, user_freq)
             if feature == "history":
                 return _ragged_bins(self.history, weight, rows)
             return _bins(self.user_columns[feature].numpy(), weight, rows)
-        weight = _catalog_shares(self.vocab.movie_ids, self.vocab.catalog_movies, movie_freq)
+        weight = _catalogue_shares(self.vocab.movie_ids, self.vocab.catalogue_movies, movie_freq)
         if feature == "title":
             return _ragged_bins(self.titles, weight, rows)
         if feature == "year":
@@ -291,10 +298,10 @@ def _shares(counts) -> np.ndarray:
     return counts / max(counts.sum(), 1.0)
 
 
-def _catalog_shares(ids: list[str], catalog: list[str], shares: np.ndarray) -> np.ndarray:
+def _catalogue_shares(ids: list[str], catalogue: list[str], shares: np.ndarray) -> np.ndarray:
     """Embedding-row shares -> shares per catalogue row (row 0: ids not in the catalogue)."""
-    position = pd.Index(catalog).get_indexer(ids) if len(catalog) else np.full(len(ids), -1)
-    out = np.zeros(len(catalog) + 1)
+    position = pd.Index(catalogue).get_indexer(ids) if len(catalogue) else np.full(len(ids), -1)
+    out = np.zeros(len(catalogue) + 1)
     np.add.at(out, position + 1, shares[1:])
     return out
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-_NEG = float("-inf")
+NEG = float("-inf")  # the score of an empty slot, everywhere a list is scored
 # ScaNN re-scores at least this many candidates exactly (and 10 k when larger).
 _MIN_REORDER = 200
 # A whole-catalogue fetch keeps its k + E best first when that is under 1/16 of the catalogue.
@@ -70,7 +70,7 @@ class Index(tf.Module):
         if self.exact:
             return scores, positions
         allowed = self.size - _distinct_valid(tf.sort(excluded, axis=1))
-        found = tf.reduce_sum(tf.cast(scores > _NEG, tf.int32), axis=1)
+        found = tf.reduce_sum(tf.cast(scores > NEG, tf.int32), axis=1)
         short = found < tf.minimum(k, allowed)
         return tf.cond(tf.reduce_any(short),
                        lambda: self._fill(query, excluded, k, short, scores, positions),
@@ -88,14 +88,14 @@ def _drop(scores: tf.Tensor, positions: tf.Tensor, excluded: tf.Tensor, k: int):
     """The k best of fetched candidates [B, W] that are not excluded (nor empty, NaN)."""
     # Sorted rows let a binary search find the excluded candidates.
     dropped = tf.math.is_nan(scores) | _member(positions, tf.sort(excluded, axis=1))
-    return _top(tf.where(dropped, _NEG, scores), positions, k)
+    return _top(tf.where(dropped, NEG, scores), positions, k)
 
 
 def _mask(scores: tf.Tensor, excluded: tf.Tensor) -> tf.Tensor:
     """Sets ``scores[b, excluded[b, e]]`` to -inf for every position >= 0 (a scatter)."""
     hit = tf.where(excluded >= 0)  # [H, 2]: (row, column in excluded)
     index = tf.stack([hit[:, 0], tf.gather_nd(excluded, hit)], axis=1)
-    return tf.tensor_scatter_nd_update(scores, index, tf.fill([tf.shape(index)[0]], _NEG))
+    return tf.tensor_scatter_nd_update(scores, index, tf.fill([tf.shape(index)[0]], NEG))
 
 
 def _member(positions: tf.Tensor, sorted_excluded: tf.Tensor) -> tf.Tensor:
@@ -119,7 +119,7 @@ def _top(scores: tf.Tensor, positions: tf.Tensor | None, k):
         scores, top = tf.math.top_k(scores, k)
         return scores, tf.cast(top, tf.int64)
     missing = tf.maximum(k - tf.shape(scores)[1], 0)
-    scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=_NEG)
+    scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=NEG)
     positions = tf.pad(positions, [[0, 0], [0, missing]])
     scores, top = tf.math.top_k(scores, k)
     return scores, tf.gather(positions, top, batch_dims=1)

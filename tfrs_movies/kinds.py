@@ -18,8 +18,8 @@ class Kind:
 
     Attributes:
       name: the ``--model`` value and the run directory's ``models/NAME``.
-      target: ``module:Class`` of its ``models._TwoTowers`` subclass.
-      summary: one line for ``--help`` and the README.
+      target: ``module:Class`` of its ``models.TwoTowers`` subclass.
+      summary: one line for ``--help`` and docs/models.md.
       search: the tuner's search space and objective (``retrieval``: nDCG@K, ``ranking``:
         RMSE), or None when ``trainer tune`` does not search it.
     """

@@ -185,7 +185,7 @@ def _relevant_hits(topk, relevant, k: int) -> Pairs:
     return _hits(topk[:, :k].astype(np.int64), rows, cols)
 
 
-def catalog_coverage(topk: np.ndarray, num_items: int) -> float:
+def catalogue_coverage(topk: np.ndarray, num_items: int) -> float:
     """Share of the `num_items` catalogue that appears in at least one list of ``topk`` [U, k]."""
     items = np.unique(np.asarray(topk))
     items = items[items >= 0]  # -1 marks an empty slot
@@ -308,6 +308,6 @@ def evaluate_topk(user_emb: np.ndarray, item_emb: np.ndarray, train_pairs: Pairs
     hits, n_rel = _hits(topk, position[test_rows], test_cols)
     out = _summarise(hits, n_rel, k)
     out[f"top{k}_accuracy"] = float(hits.sum() / n_rel.sum())
-    out[f"coverage@{k}"] = catalog_coverage(topk, num_items)
+    out[f"coverage@{k}"] = catalogue_coverage(topk, num_items)
     out[f"novelty@{k}"] = novelty(topk, item_popularity, num_users_train)
     return out

@@ -29,7 +29,7 @@ from tfrs_movies.features import FeatureSpace
 from tfrs_movies.towers import MovieTower, UserTower
 
 
-class _TwoTowers(tfrs.Model):
+class TwoTowers(tfrs.Model):
     """Feature space, a user tower and a movie tower, and the entry points built on them.
 
     ``user_config``/``movie_config`` (default ``config``) shape the two towers, so a kind can
@@ -41,7 +41,7 @@ class _TwoTowers(tfrs.Model):
     retrieves = False
     rates = False
     # ``ModelConfig.l2`` when left at None, per kind (subclasses), chosen on ML-100K validation
-    # splits with the optimizer ``auto`` picks there (README "Tuning hyperparameters").
+    # splits with the optimizer ``auto`` picks there (docs/tuning.md).
     default_l2 = 5e-4
 
     def __init__(self, space: FeatureSpace, config: ModelConfig,
@@ -312,7 +312,7 @@ def nearest_class(values: tf.Tensor, rating: tf.Tensor) -> tf.Tensor:
     return tf.argmin(tf.abs(tf.reshape(rating, [-1, 1]) - values[None, :]), axis=1)
 
 
-class _PairModel(_TwoTowers):
+class PairModel(TwoTowers):
     """A model whose loss reads both towers once: ``retrieval_weight`` times the retrieval
     task (when it has one) plus ``ranking_weight`` times the rating head's loss (when it
     rates). Retrieval, ranking and multitask differ only in which parts they build."""
@@ -345,7 +345,7 @@ class _PairModel(_TwoTowers):
         return self.regularized(loss)
 
 
-class RetrievalModel(_PairModel):
+class RetrievalModel(PairModel):
     """Two-tower retrieval: softmax over in-batch (and sampled) negatives."""
 
     retrieves = True
@@ -356,7 +356,7 @@ class RetrievalModel(_PairModel):
         self.retrieval = RetrievalTask(space, config, name="retrieval_task")
 
 
-class RankingModel(_PairModel):
+class RankingModel(PairModel):
     """Hybrid rating model: towers, genres and biases into an MLP."""
 
     rates = True
@@ -367,7 +367,7 @@ class RankingModel(_PairModel):
                                name="ranking_head")
 
 
-class MultitaskModel(_PairModel):
+class MultitaskModel(PairModel):
     """Retrieval and ranking on one set of towers, losses weighted by the config."""
 
     retrieves = True
@@ -380,7 +380,7 @@ class MultitaskModel(_PairModel):
                                name="ranking_head")
 
 
-def build_model(kind: str, space: FeatureSpace, config: ModelConfig) -> _TwoTowers:
+def build_model(kind: str, space: FeatureSpace, config: ModelConfig) -> TwoTowers:
     """The one model builder, shared by train and tune: ``kind`` names a ``kinds.KINDS`` entry.
 
     ``config.l2`` left at None becomes the kind's ``default_l2``."""

@@ -11,7 +11,7 @@
 - ``rating-classes``: user, movie and genre embeddings concatenated into dense layers (dropout,
   L2) with a softmax over the rating values; the predicted rating is the expectation.
 
-Each class is a ``models._TwoTowers`` built through its ``__init__`` (with a tower config of
+Each class is a ``models.TwoTowers`` built through its ``__init__`` (with a tower config of
 its own where the kind needs a plain id table), so evaluation, ``recommend``, export and
 ``analyze`` treat them like the core models. They are registered in ``tfrs_movies.kinds``.
 
@@ -34,7 +34,7 @@ from tfrs_movies.config import ModelConfig
 from tfrs_movies.distribute import global_mean, per_replica_share
 from tfrs_movies.errors import UserError
 from tfrs_movies.features import FeatureSpace
-from tfrs_movies.models import RatingHead, _PairModel
+from tfrs_movies.models import RatingHead, PairModel
 
 # mf-gravity's gravity weight when the config leaves it at 0 (with 0 it would be plain ``mf``).
 DEFAULT_GRAVITY = 1.0
@@ -46,8 +46,8 @@ def _ids_only(config: ModelConfig) -> ModelConfig:
                                tower_layers=())
 
 
-class _PaperModel(_PairModel):
-    """``_PairModel``'s loss (the rating head's, for mf and rating-classes) with their defaults."""
+class _PaperModel(PairModel):
+    """``PairModel``'s loss (the rating head's, for mf and rating-classes) with their defaults."""
 
     # The two-tower models' tuned L2 (5e-4 when measured) flattens these (mf on ML-100K: nDCG@10
     # 0.088, the same as mf-gravity, i.e. biases only); they take L2 only when asked (``--l2``).

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -43,9 +44,41 @@ def _loggers() -> list[logging.Logger]:
     return loggers + [absl_logging.get_absl_logger()]
 
 
+class _Lines(logging.Handler):
+    """Each record's message as one line on the current ``sys.stdout`` (looked up per line,
+    so a caller that swaps it, a test's capture, sees the lines)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001  (logging's own contract: never raise from emit)
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def progress() -> Iterator[None]:
+    """Inside the block, the library's progress (``logging`` under ``tfrs_movies``, level
+    INFO and above) is printed as plain lines on standard output: the library logs, the job
+    layer decides that a person sees it."""
+    package = logging.getLogger("tfrs_movies")
+    handler = _Lines()
+    saved = package.level, package.propagate
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(saved[0])
+        package.propagate = saved[1]
+
+
 @contextlib.contextmanager
 def output(verbose: bool = False) -> Iterator[None]:
-    """Inside the block, library noise is hidden (``verbose``: everything is shown).
+    """Inside the block, library noise is hidden (``verbose``: everything is shown) and the
+    package's own progress lines are printed (``progress``).
 
     Everything is put back on exit, so an in-process caller (a test, a notebook calling
     ``main``) keeps its own settings; the C++ level only matters if TensorFlow first loads
@@ -56,7 +89,7 @@ def output(verbose: bool = False) -> Iterator[None]:
         os.environ[_CPP_LEVEL] = "0" if verbose else "3"
     saved = [] if verbose else [(logger, logger.level) for logger in _loggers()]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), progress():
             if not verbose:
                 warnings.simplefilter("ignore")
             for logger, _ in saved:

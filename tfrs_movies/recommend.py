@@ -1,6 +1,6 @@
 """Recommendations and similar movies from a trained run (the ``recommend``/``similar`` jobs).
 
-Both build the serving modules of ``export.py`` in memory and call them, so a run answers
+Both build the serving modules of ``serving_graph`` in memory and call them, so a run answers
 exactly as its export would (same tables, index, exclusions, popularity fallback and its
 ``known`` flag, and the ``lookup`` that turns titles into ids); nothing is written.
 """
@@ -13,15 +13,15 @@ import tensorflow as tf
 from tfrs_movies import contract, movie_names
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
+from tfrs_movies.serving_graph import build_modules, catalogue_of
 
 
-def _catalog(run) -> pd.DataFrame:
-    return pd.DataFrame({"movie_id": run.vocab.catalog_movies, "title": run.vocab.catalog_titles})
+def _catalogue(run) -> pd.DataFrame:
+    return pd.DataFrame({"movie_id": run.vocab.catalogue_movies,
+                         "title": run.vocab.catalogue_titles})
 
 
 def _modules(run, k: int, candidates: int):
-    from tfrs_movies.export import build_modules
-
     return build_modules(run, ExportConfig(k=max(k, candidates), n=k))
 
 
@@ -33,7 +33,7 @@ def _table(ids, titles, **columns) -> pd.DataFrame:
     return table
 
 
-def recommend(run, user_id: str, k: int = 10, candidates: int = 100
+def recommend(run, user_id: str, k: int = 10, candidates: int = ExportConfig.k
               ) -> tuple[pd.DataFrame, str | None]:
     """Top ``k`` unseen catalogue movies for ``user_id``: (table, notice or None).
 
@@ -49,7 +49,7 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = 100
         raise UserError(f"-k must be >= 1, got {k}")
     vocab = run.vocab
     notice = None
-    retrieves, rates = run.retrieval_model() is not None, run.ranking_model() is not None
+    retrieves, rates = run.retrieval_model() is not None, run.rating_model() is not None
     modules = _modules(run, k, candidates if rates else k)
     if retrieves:
         name = "recommender" if rates else "retrieval"
@@ -64,26 +64,26 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = 100
         titles = out["titles"] if rates else _titles(run, out["movie_ids"])
         return _table(out["movie_ids"], titles, **columns), notice
     # A ranking-only run: every unseen catalogue movie, ordered by predicted rating.
-    if user_id not in set(vocab.user_ids) | set(vocab.catalog_users):
+    if user_id not in set(vocab.user_ids) | set(vocab.catalogue_users):
         notice = (f"notice: user {user_id!r} is unknown to the model (not in its run's data): "
                   "its ratings are those of an unknown user")
     seen = set(pd.concat([run.split.train, run.split.fold_in]).query("user_id == @user_id")[
         "movie_id"])
-    catalog = _catalog(run)
-    catalog = catalog[~catalog["movie_id"].isin(seen)]
-    ids = catalog["movie_id"].to_numpy(dtype=str)
+    catalogue = _catalogue(run)
+    catalogue = catalogue[~catalogue["movie_id"].isin(seen)]
+    ids = catalogue["movie_id"].to_numpy(dtype=str)
     if not len(ids):
         return _table(np.zeros(0, object), np.zeros(0, object), rating=np.zeros(0)), notice
     ratings = modules["ranking"].serve(tf.constant([user_id] * len(ids)),
                                        tf.constant(ids))["rating"].numpy()
     top = np.argsort(-ratings, kind="stable")[:k]
     return _table(np.char.encode(ids[top]), np.char.encode(
-        catalog["title"].to_numpy(dtype=str)[top]), rating=ratings[top]), notice
+        catalogue["title"].to_numpy(dtype=str)[top]), rating=ratings[top]), notice
 
 
 def _titles(run, ids: np.ndarray) -> np.ndarray:
     """Titles (bytes, as the serving modules return them) of [n] byte-string movie ids."""
-    titles = dict(zip(run.vocab.catalog_movies, run.vocab.catalog_titles))
+    titles = dict(zip(run.vocab.catalogue_movies, run.vocab.catalogue_titles))
     return np.asarray([titles.get(m.decode(), "").encode() for m in ids], dtype=object)
 
 
@@ -97,8 +97,6 @@ def resolve_movies(catalogue, queries: list[str]) -> list[str]:
 
 def resolve_run_movies(run, queries: list[str]) -> list[str]:
     """`resolve_movies` against ``run``'s catalogue (no model is needed: ``analyze``)."""
-    from tfrs_movies.export import catalogue_of
-
     return resolve_movies(catalogue_of(run.vocab), list(queries))
 
 

@@ -44,19 +44,19 @@ class Run:
     vocab: Vocabulary
     space: FeatureSpace
     models: dict
-    reranker: object = None  # the learned second stage (``tfrs_movies.reranker``), if trained
+    reranker: reranker.Bundle | None = None  # the served recommender's re-ranker, if trained
 
     def retrieval_model(self):
         """The first model whose towers retrieve (``retrieves``), or None."""
         return next((m for m in self.models.values() if m.retrieves), None)
 
-    def ranking_model(self):
+    def rating_model(self):
         """The first model that predicts ratings (``rates``), or None."""
         return next((m for m in self.models.values() if m.rates), None)
 
     def embedding_model(self):
         """The model whose movie tower gives the movie embeddings for similarity."""
-        return self.retrieval_model() or self.ranking_model()
+        return self.retrieval_model() or self.rating_model()
 
 
 # 2: tensor-shaped tasks and listwise rating heads (weights of format 1, unmarked, differ).

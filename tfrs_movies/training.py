@@ -1,15 +1,13 @@
-"""The train job: load data, split, build vocabularies, fit each model, evaluate, save.
+"""Fits one Keras model: the input pipeline, the optimizer, progress and checkpoints.
 
-Rerunning ``train`` on the same output directory resumes: finished models are kept, a model
-that was interrupted continues from its last completed epoch (Keras ``BackupAndRestore``),
-and the split and vocabulary are read back rather than recomputed.
+``fit_model`` is the one builder-and-fit that the train job (``pipeline``), the re-ranker's
+fold models (``reranker_lists``) and the tuner all call. With a run directory it checkpoints
+each epoch (Keras ``BackupAndRestore``), so a killed job resumes from its last finished epoch.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,20 +16,15 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_movies import config as cfg
-from tfrs_movies import data as data_lib
-from tfrs_movies import distribute
-from tfrs_movies import kinds, reranker
 from tfrs_movies import runs
-from tfrs_movies.errors import UserError
-from tfrs_movies.evaluation import evaluate
-from tfrs_movies.features import FeatureSpace, Vocabulary
+from tfrs_movies.features import FeatureSpace
 from tfrs_movies.lazy_adam import LazyAdam
 from tfrs_movies.models import build_model
 
 log = logging.getLogger(__name__)
 
 
-def _batches(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None,
+def batches(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None,
              drop_remainder: bool = False, repeat: bool = False) -> tf.data.Dataset:
     """Rating rows -> batches of ``{"user_id", "movie_id": [B] string, "user_rating": [B]}``.
 
@@ -79,9 +72,9 @@ def _batches(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = No
 
 def make_dataset(frame: pd.DataFrame, batch_size: int, shuffle_seed: int | None = None):
     """Rating rows -> one pass of batches of ``{"user_id", "movie_id": [B] string,
-    "user_rating": [B]}`` (``_batches``), the last one partial; shuffled (a new order each
+    "user_rating": [B]}`` (``batches``), the last one partial; shuffled (a new order each
     time it is iterated or repeated) when ``shuffle_seed`` is given."""
-    return _batches(frame, batch_size, shuffle_seed)
+    return batches(frame, batch_size, shuffle_seed)
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, frame: pd.DataFrame,
@@ -91,7 +84,7 @@ def distributed_dataset(strategy: tf.distribute.Strategy, frame: pd.DataFrame,
     every worker runs the same number of steps (``len(frame) // global_batch``)."""
     def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
         shard = frame.iloc[context.input_pipeline_id::context.num_input_pipelines]
-        return _batches(shard, context.get_per_replica_batch_size(global_batch), shuffle_seed,
+        return batches(shard, context.get_per_replica_batch_size(global_batch), shuffle_seed,
                         drop_remainder=True, repeat=True)
 
     steps = max(1, len(frame) // global_batch)
@@ -100,13 +93,14 @@ def distributed_dataset(strategy: tf.distribute.Strategy, frame: pd.DataFrame,
     return strategy.distribute_datasets_from_function(per_worker), steps
 
 
-def _distributed(strategy: tf.distribute.Strategy) -> bool:
+def distributed(strategy: tf.distribute.Strategy) -> bool:
     return strategy is not tf.distribute.get_strategy()
 
 
 class Progress(tf.keras.callbacks.Callback):
-    """A line every ``every`` seconds (steps, examples/s, ETA) and a summary at the end: the
-    progress of long epochs where Keras prints one line per epoch (``verbose=2``).
+    """A progress line (``logging``) every ``every`` seconds (steps, examples/s, ETA) and a
+    summary at the end: the progress of long epochs where Keras prints one line per epoch
+    (``verbose=2``).
 
     It never reads the batch logs, so it declares ``_supports_tf_logs``: Keras then lets it run
     under ``ParameterServerStrategy``, whose logs are remote values (steps are counted when they
@@ -138,16 +132,14 @@ class Progress(tf.keras.callbacks.Callback):
         rate = self.steps * self.batch_size / (now - self.start)
         left = ((self.params["epochs"] - self.epoch) * per_epoch - batch - 1) if per_epoch else 0
         eta = f", ETA {left * self.batch_size / rate / 60:.1f} min" if left > 0 else ""
-        print(f"[{self.name}] epoch {self.epoch + 1}/{self.params['epochs']} step {batch + 1}"
-              f"{'/' + str(per_epoch) if per_epoch else ''}: {rate:,.0f} examples/s{eta}",
-              flush=True)
+        log.info(f"[{self.name}] epoch {self.epoch + 1}/{self.params['epochs']} step {batch + 1}"
+                 f"{'/' + str(per_epoch) if per_epoch else ''}: {rate:,.0f} examples/s{eta}")
 
     def on_train_end(self, logs=None):
         seconds = time.perf_counter() - self.start
         rate = self.steps * self.batch_size / max(seconds, 1e-9)
-        print(f"[{self.name}] {self.steps:,} steps of {self.batch_size} in {seconds:.1f} s: "
-              f"{rate:,.0f} examples/s" + (" (validation included)" if self.validated else ""),
-              flush=True)
+        log.info(f"[{self.name}] {self.steps:,} steps of {self.batch_size} in {seconds:.1f} s: "
+                 f"{rate:,.0f} examples/s" + (" (validation included)" if self.validated else ""))
 
 
 class EpochMeans(tf.keras.callbacks.Callback):
@@ -226,7 +218,7 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
     strategy = strategy or tf.distribute.get_strategy()
     batch = train_config.batch_size
     fit_args = {}
-    if _distributed(strategy):
+    if distributed(strategy):
         train_ds, fit_args["steps_per_epoch"] = distributed_dataset(
             strategy, train, batch, train_config.seed)
         steps = fit_args["steps_per_epoch"] * train_config.epochs
@@ -243,7 +235,7 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
     callbacks = list(callbacks or [])
     val_ds = None
     if validation is not None and len(validation):
-        if _distributed(strategy):
+        if distributed(strategy):
             val_ds, fit_args["validation_steps"] = distributed_dataset(strategy, validation, batch)
         else:
             val_ds = make_dataset(validation, batch)
@@ -264,128 +256,3 @@ def fit_model(kind: str, space: FeatureSpace, model_config: cfg.ModelConfig,
     history = model.fit(train_ds, validation_data=val_ds, epochs=train_config.epochs,
                         callbacks=callbacks, verbose=train_config.verbose, **fit_args)
     return model, history.history
-
-
-def _prepare(run_dir: Path, data_config: cfg.DataConfig, model_config: cfg.ModelConfig,
-             train_config: cfg.TrainConfig, write: bool = True):
-    """Writes config, catalogue, split and vocabulary, or checks and reuses them on resume.
-
-    With ``write=False`` (a non-chief worker) the same deterministic split and vocabulary are
-    computed but nothing is written.
-    """
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        runs.check_format(run_dir)
-        saved = cfg.load_configs(config_path)
-        new = {"data": data_config, "model": model_config, "train": train_config}
-        changed = [f"{section}.{key}: {getattr(saved[section], key)!r} -> {value!r}"
-                   for section, conf in new.items()
-                   for key, value in dataclasses.asdict(conf).items()
-                   if key not in _RESUMABLE_CHANGES and getattr(saved[section], key) != value]
-        if changed:
-            raise UserError(f"{run_dir} holds a run with other settings ({'; '.join(changed)}); "
-                            "pass the same flags to resume it, or a new --output")
-        print(f"Resuming the run in {run_dir}")
-        split = data_lib.load_split(run_dir)
-        fit, validation = _validation(split, train_config, data_config.seed)
-        return split, fit, validation, Vocabulary.load(run_dir / "vocab.json")
-
-    dataset = data_lib.load(data_config)
-    split = data_lib.make_split(dataset, data_config)
-    fit, validation = _validation(split, train_config, data_config.seed)
-    vocab = Vocabulary.build(fit, dataset.movies, dataset.users, split.fold_in)
-    if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "catalog").mkdir(exist_ok=True)
-        dataset.movies.to_parquet(run_dir / "catalog" / "movies.parquet")
-        dataset.users.to_parquet(run_dir / "catalog" / "users.parquet")
-        data_lib.save_split(split, run_dir)
-        vocab.save(run_dir / "vocab.json")
-        runs.write_format(run_dir)
-        # config.json last: its presence marks a run whose inputs are complete.
-        cfg.save_configs(config_path, data=data_config, model=model_config, train=train_config)
-    print(f"{dataset.name}: {len(dataset.ratings):,} ratings, {len(dataset.users):,} users, "
-          f"{len(dataset.movies):,} movies; split {data_config.split}: "
-          f"train {len(split.train):,}, test {len(split.test):,}"
-          + (f" (of which validation {len(validation):,})" if validation is not None else "")
-          + (f", fold-in {len(split.fold_in):,}" if len(split.fold_in) else ""))
-    return split, fit, validation, vocab
-
-
-# Settings that may differ when a run is resumed: they change how, not what, is trained.
-_RESUMABLE_CHANGES = ("verbose", "strategy")
-
-
-def _validation(split, train_config: cfg.TrainConfig, seed: int):
-    """(fit, validation): the train split minus a seeded per-user validation share, if asked."""
-    if not train_config.validation_fraction:
-        return split.train, None
-    return data_lib.carve_validation(split.train, train_config.validation_fraction, seed)
-
-
-def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.ModelConfig,
-          train_config: cfg.TrainConfig) -> dict:
-    """Runs the whole train job into ``output`` and returns the metrics written there.
-
-    Under ``multi-worker`` or ``parameter-server`` every worker calls this with the same
-    arguments; only the chief writes ``output`` and evaluates (the others return ``{}``).
-    """
-    # First: multi-worker strategies must exist before any other TensorFlow op runs.
-    strategy, role = distribute.make_strategy(train_config.strategy)
-    print(f"Strategy {train_config.strategy}: {distribute.describe(strategy, role)}")
-    run_dir = Path(output)
-    split, fit, validation, vocab = _prepare(run_dir, data_config, model_config, train_config,
-                                             write=role.chief)
-    if not len(fit):
-        raise UserError(f"the train split of {data_config.dataset} is empty")
-    with strategy.scope():  # parameter-server: the lookup tables are replicated to workers
-        space = FeatureSpace(vocab, max_history=model_config.max_history)
-    models = {}
-    for kind in kinds.trained_by(train_config.model):
-        if runs.is_trained(run_dir, kind):
-            print(f"[{kind}] already trained, loading {runs.weights_prefix(run_dir, kind)}")
-            models[kind] = runs.build_trained(kind, space, model_config, run_dir)
-            continue
-        print(f"[{kind}] training on {len(fit):,} ratings for {train_config.epochs} epochs")
-        model, _ = fit_model(kind, space, model_config, train_config, fit, validation, run_dir,
-                             strategy=strategy)
-        _save_weights(model, runs.weights_prefix(run_dir, kind), role)
-        models[kind] = model
-    if not role.chief:
-        print(f"{role}: training done; the chief evaluates and writes {run_dir}")
-        return {}
-    if _distributed(strategy):
-        run = runs.load_run(run_dir)  # evaluates single-process copies of the trained models
-    else:
-        run = runs.load_run(run_dir, require_trained=False)
-        run.models = models
-    if train_config.model == "all" and run.reranker is None:
-        run.reranker = _fit_reranker(run, fit, model_config, train_config)
-    metrics = evaluate(run)
-    runs.write_json(run_dir / "metrics.json", metrics)
-    return metrics
-
-
-def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
-                  train_config: cfg.TrainConfig):
-    """Trains and saves the served recommender's second stage (``tfrs_movies.reranker``)."""
-    users = len(set(run.vocab.catalog_users) | set(run.vocab.user_ids)) + 1
-    config = reranker.ReRankerConfig.from_train(
-        train_config, use_ease=reranker.ease_fits(users, len(run.vocab.catalog_movies)))
-    print(f"[reranker] learning the served order from lists of {config.candidates} retrieved "
-          f"movies{'' if config.use_ease else ' (catalogue too large for EASE: without it)'}")
-    model = reranker.fit(fit, run.movies, run.users, run.split.fold_in, model_config,
-                         dataclasses.replace(train_config, strategy="default", verbose=0), config,
-                         train_config.seed)
-    if model is not None:
-        reranker.save(model, run.path)
-    return model
-
-
-def _save_weights(model, prefix: Path, role: distribute.Role) -> None:
-    """Saves on every worker (saving may use collectives); non-chiefs write to a temp dir."""
-    if role.chief:
-        model.save_weights(str(prefix))
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        model.save_weights(str(Path(scratch) / "weights"))

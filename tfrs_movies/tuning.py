@@ -17,7 +17,7 @@ documented custom-training path) because KerasTuner 1.4.8 cannot build or save t
 ``reranker`` searches the served recommender's second stage (``tfrs_movies.reranker``: the
 ``reranker_*`` TrainConfig fields) and scores a trial by the served order's top-N metric: the
 lists are built once per search from the validation share's cut of train
-(``reranker.validation_lists``: retrieval and rating models trained at ``epochs`` on the fit
+(``reranker_lists.validation_lists``: retrieval and rating models trained at ``epochs`` on the fit
 part), and a trial only fits the small re-ranker on them (seconds), so there is no per-epoch
 curve to pick from.
 Its value is the mean over ``RERANKER_INITS`` initialisations: one initialisation moves
@@ -56,13 +56,16 @@ import keras_tuner as kt
 
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
-from tfrs_movies import kinds, reranker
+from tfrs_movies import kinds, reranker, reranker_lists
 from tfrs_movies.errors import UserError
-from tfrs_movies.evaluation import evaluate_retrieval, predict_ratings
+from tfrs_movies.evaluation import evaluate_retrieval
 from tfrs_movies.features import FeatureSpace, Vocabulary
+from tfrs_movies.inference import predict_ratings
 from tfrs_movies.metrics import rating_metrics
 from tfrs_movies.runs import write_json
 from tfrs_movies.training import fit_model
+
+log = logging.getLogger(__name__)
 
 # ``reranker`` is not a model kind: the served recommender's second stage, trained by ``all``.
 RERANKER = "reranker"
@@ -211,13 +214,13 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_histor
                         f"ratings left no validation ratings; raise --validation-fraction")
     # Vocabulary from the fit part only, as training builds it from what it trains on.
     vocab = Vocabulary.build(fit, dataset.movies, dataset.users, split.fold_in)
-    print(f"{dataset.name}: train split {len(split.train):,} ratings = fit {len(fit):,} + "
-          f"validation {len(validation):,} (the {len(split.test):,} test ratings are not used)")
+    log.info(f"{dataset.name}: train split {len(split.train):,} ratings = fit {len(fit):,} + "
+             f"validation {len(validation):,} (the {len(split.test):,} test ratings are not used)")
     found = None
     if kind == RERANKER:
-        print(f"[reranker] building the lists every trial learns on and is scored on "
-              f"(retrieval models of {train_config.epochs} epochs on the fit part)", flush=True)
-        found = reranker.validation_lists(
+        log.info(f"[reranker] building the lists every trial learns on and is scored on "
+                 f"(retrieval models of {train_config.epochs} epochs on the fit part)")
+        found = reranker_lists.validation_lists(
             fit, validation, dataset.movies, dataset.users, split.fold_in, model_config,
             train_config, reranker.ReRankerConfig.from_train(train_config), data_config.seed)
         if found is None:
@@ -228,11 +231,11 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_histor
 
 def _measure(kind: str, model, data: _SearchData, objective: Objective) -> float:
     if _search(kind) == "retrieval":
-        catalog = data.space.vocab.catalog_movies
-        result = evaluate_retrieval(model, catalog, seen=data.fit, test=data.validation,
+        catalogue = data.space.vocab.catalogue_movies
+        result = evaluate_retrieval(model, catalogue, seen=data.fit, test=data.validation,
                                     k=objective.k)
         name = objective.metric.split("@")[0]
-        return result[f"{name}@{min(objective.k, len(catalog))}"]
+        return result[f"{name}@{min(objective.k, len(catalogue))}"]
     truth = data.validation["user_rating"].to_numpy(np.float64)
     predicted = predict_ratings(model, data.validation).astype(np.float64)
     return rating_metrics(truth, predicted)[objective.metric]
@@ -344,7 +347,7 @@ class ConfigTuner(kt.Tuner):
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # the oracle scores it or marks it FAILED
-        print(_trial_line(self, self.oracle.get_trial(trial.trial_id)), flush=True)
+        log.info(_trial_line(self, self.oracle.get_trial(trial.trial_id)))
 
 
 def _history(tuner: ConfigTuner, trial) -> dict:
@@ -472,8 +475,8 @@ def tune(output: str | Path, data_config: cfg.DataConfig, kind: str, tuner: str 
                          train_config=train_config, directory=str(out), project_name=_PROJECT,
                          overwrite=False)
     search.oracle.verbose = 0  # one line per trial is printed by ConfigTuner instead
-    print(f"Tuning {kind} ({tuner}, {goal.name} {goal.direction}imized, up to {epochs} epochs "
-          f"per trial): {len(search.oracle.trials)} of {max_trials} trials already in {out}")
+    log.info(f"Tuning {kind} ({tuner}, {goal.name} {goal.direction}imized, up to {epochs} epochs "
+             f"per trial): {len(search.oracle.trials)} of {max_trials} trials already in {out}")
     try:
         search.search()
     except RuntimeError as e:
@@ -503,16 +506,16 @@ def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: b
     rows = [_row(search, t) for t in trials]
     table = pd.DataFrame(rows).sort_values(goal.name, ascending=goal.direction == "min",
                                            na_position="last")
-    print(f"\n{len(done)} of {len(trials)} trials completed; {goal.name} on the validation "
-          "share (best first):")
-    print(table.to_string(index=False, na_rep="-",
-                          float_format=lambda x: f"{x:.4g}"))
+    log.info(f"\n{len(done)} of {len(trials)} trials completed; {goal.name} on the validation "
+             "share (best first):")
+    log.info(table.to_string(index=False, na_rep="-",
+                             float_format=lambda x: f"{x:.4g}"))
     summary = {"objective": goal.name, "direction": goal.direction, "best_trial": best.trial_id,
                "best_value": float(best.score), "best_hyperparameters": values,
                "recommended_epochs": epochs, "trials": rows}
-    print(f"Best: trial {best.trial_id}, {goal.name}={best.score:.4f}"
-          f"{'' if epochs is None else f' at epoch {epochs}'} "
-          f"({', '.join(f'{k}={_short(v)}' for k, v in values.items())})")
+    log.info(f"Best: trial {best.trial_id}, {goal.name}={best.score:.4f}"
+             f"{'' if epochs is None else f' at epoch {epochs}'} "
+             f"({', '.join(f'{k}={_short(v)}' for k, v in values.items())})")
     if compare_defaults:
         baseline = _defaults(search, out, goal, model_config, train_config)
         gain = best.score - baseline["value"]
@@ -521,9 +524,9 @@ def _finish(search: ConfigTuner, out: Path, goal: Objective, compare_defaults: b
         summary["defaults"] = baseline
         where = ("" if search.kind == RERANKER else f" at epoch {baseline['epoch']} (final "
                  f"epoch {baseline['values'][-1]:.4f})")
-        print(f"Defaults: {goal.name}={baseline['value']:.4f}{where}; the best trial is "
-              f"{'better' if gain > 0 else 'worse'} by {abs(gain):.4f} "
-              f"({100 * abs(gain) / abs(baseline['value']):.1f}%)")
+        log.info(f"Defaults: {goal.name}={baseline['value']:.4f}{where}; the best trial is "
+                 f"{'better' if gain > 0 else 'worse'} by {abs(gain):.4f} "
+                 f"({100 * abs(gain) / abs(baseline['value']):.1f}%)")
     write_json(out / "results.json", summary)
     return summary
 
@@ -535,7 +538,7 @@ def _defaults(search: ConfigTuner, out: Path, goal: Objective, model_config: cfg
     if path.exists():
         return json.loads(path.read_text())
     what = ("" if search.kind == RERANKER else f" ({train_config.epochs} epochs)")
-    print(f"Measuring the default configuration{what}...", flush=True)
+    log.info(f"Measuring the default configuration{what}...")
     result = run_config(search.kind, model_config, train_config, search.data, goal)
     write_json(path, result)
     return result

@@ -34,7 +34,7 @@ def _train(args, argv) -> None:
     # Keras progress: a bar on a terminal, one line per epoch in a log file.
     model_config, train_config = flags.configs(
         values, args.hparams, overrides={"verbose": 1 if sys.stdout.isatty() else 2})
-    from tfrs_movies.training import train
+    from tfrs_movies.pipeline import train
 
     train(output, data_config, model_config, train_config)
     print(f"Run written to {output} (metrics in {output / 'metrics.json'})")

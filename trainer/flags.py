@@ -56,7 +56,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
     _flag(g, "--rating-scale", None, "every rating must be in [LOW, HIGH], e.g. 1,5 (default: "
           "only ratings far above the rest of the file's are refused)", type=scale,
           metavar="LOW,HIGH")
-    _flag(g, "--split", d.split, "how the test ratings are held out (README: Data)",
+    _flag(g, "--split", d.split, "how the test ratings are held out (docs/data.md)",
           choices=cfg.SPLITS)
     _flag(g, "--test-fraction", d.test_fraction, "share held out: of the ratings (random, "
           "user, temporal) or of the users (strong)", type=float)
@@ -70,7 +70,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     m, t = cfg.ModelConfig(), cfg.TrainConfig()
     g = p.add_argument_group("model")
-    _flag(g, "--model", t.model, "what to train: all = retrieval and ranking (README: Models)",
+    _flag(g, "--model", t.model, "what to train: all = retrieval and ranking (docs/models.md)",
           choices=cfg.MODELS)
     _flag(g, "--embedding-dim", m.embedding_dim, "width of the embeddings and tower outputs",
           type=int)

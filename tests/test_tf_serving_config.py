@@ -7,7 +7,7 @@ import os
 import pytest
 from google.protobuf import text_format
 
-from tfrs_movies import model_config as mc
+from tfrs_movies import tf_serving_config as mc
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import DataError, UserError
 

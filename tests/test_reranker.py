@@ -1,0 +1,126 @@
+"""The re-ranker package: its features, losses, recent and session tables, and masks."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from tfrs_movies import reranker
+
+
+def test_reranker_features_are_normalized_within_each_list():
+    scores = tf.constant([[3.0, 2.0, 1.0, float("-inf")], [9.0, 8.0, 7.0, 6.0]])
+    ease = tf.constant([[1.0, 0.0, 0.0, 5.0], [0.0, 0.0, 0.0, 0.0]])
+    x = reranker.features(scores, ease, tf.constant([[1.0, 9.0, 99.0, 0.0]] * 2),
+                          tf.zeros([2, 4]), tf.zeros([2, 4]),
+                          tf.constant([[4.5, 3.0, 1.5, 2.0], [1.0, 1.0, 1.0, 1.0]])).numpy()
+    z = x[..., reranker.FEATURES.index("retrieval_z")]
+    # The same list shifted by 6 scores the same z: only the order within a list counts.
+    np.testing.assert_allclose(z[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
+    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1]] + [0.0] * 5  # empty slot
+    np.testing.assert_allclose(z[1], [1.3416, 0.4472, -0.4472, -1.3416], atol=1e-3)
+    rank = x[..., reranker.FEATURES.index("rank")]
+    assert rank[0, 0] == 0 and np.all(np.diff(rank[1]) > 0)
+    popularity = x[..., reranker.FEATURES.index("popularity_z")]
+    assert popularity[0, 0] < popularity[0, 1] < popularity[0, 2]  # log(1 + ratings), z-scored
+    stars = x[..., reranker.FEATURES.index("stars_z")]
+    np.testing.assert_allclose(stars[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
+    np.testing.assert_allclose(stars[1], 0.0, atol=1e-6)  # the same stars: nothing to tell
+
+
+def test_listwise_loss_shares_the_target_among_positives():
+    scores = tf.constant([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    labels = tf.constant([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    log_p = tf.nn.log_softmax(scores).numpy()
+    want = [-(log_p[0, 0] + log_p[0, 1]) / 2, -log_p[1, 2]]
+    np.testing.assert_allclose(reranker.listwise_loss(labels, scores).numpy(), want, rtol=1e-6)
+
+
+def test_pairwise_loss_averages_every_positive_against_every_negative():
+    scores = tf.constant([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    labels = tf.constant([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # the second list: no pair
+    want = [(np.log1p(np.exp(-2.0)) + np.log1p(np.exp(-1.0))) / 2, 0.0]
+    np.testing.assert_allclose(reranker.pairwise_loss(labels, scores).numpy(), want, rtol=1e-6)
+
+
+def test_recent_counts_a_candidates_ratings_around_the_users_time():
+    day = 86400
+    ratings = pd.DataFrame(
+        [("p1", "a", 0), ("p2", "a", 1), ("p3", "a", 30), ("p3", "b", 30), ("p4", "b", 31),
+         ("x", "c", 29), ("x", "e", 30), ("x", "f", 31), ("y", "c", 0)],
+        columns=["user_id", "movie_id", "timestamp"]).assign(timestamp=lambda f: f.timestamp * day)
+    recent = reranker.Recent.build(ratings, window_days=7)  # 7-day bins, one bin either side
+    bins, cumulative = recent.tables(np.asarray(["x", "y", "?"]), np.asarray(["a", "b", "d"]))
+    assert bins.tolist() == [4, 0, 4]  # median days 30 and 0; an unknown user: the last bin
+    counts = reranker.recent_counts(tf.constant(bins), tf.constant(cumulative),
+                                    tf.constant([[0, 1, 2]] * 3), recent.window).numpy()
+    # x (days 21-41): a once (day 30), b twice; y (days 0-13): a twice; d: never rated.
+    assert counts.tolist() == [[1, 2, 0], [2, 0, 0], [1, 2, 0]]
+    # Ten years are at most MAX_RECENT_BINS wider bins (29 days: still one either side).
+    decade = reranker.Recent.build(ratings.assign(timestamp=ratings.timestamp * 118), 14)
+    assert decade.cumulative.shape[1] <= reranker.MAX_RECENT_BINS + 2 and decade.window == 1
+
+
+def test_session_scores_are_ease_fitted_on_sittings():
+    # u1 sits twice (a gap of 61 s > 60), u2 once: sittings {a, b}, {c}, {a, c}.
+    ratings = pd.DataFrame([("u1", "a", 0), ("u1", "b", 60), ("u1", "c", 121),
+                            ("u2", "c", 5), ("u2", "a", 30)],
+                           columns=["user_id", "movie_id", "timestamp"])
+    sittings = reranker.Sittings.build(ratings, gap_seconds=60)
+    assert sittings.movie_ids.tolist() == ["a", "b", "c", "c", "a"]
+    assert sittings.sittings.tolist() == [0, 0, 1, 2, 2]
+    movies, lam = np.asarray(["a", "b", "c", "d"]), 2.0
+    x = np.asarray([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 1, 0]], float)  # sittings x movies
+    p = np.linalg.inv(x.T @ x + lam * np.eye(4))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    history = np.asarray([[1, 1, 1, 0], [1, 0, 1, 0], [0, 0, 0, 0]], float)  # u1, u2, unknown
+    got = reranker.session_scores(ratings, np.asarray(["u1", "u2", "?"]), movies, sittings, lam)
+    np.testing.assert_allclose(got, history @ b, rtol=1e-5, atol=1e-6)
+    assert got[2].tolist() == [0.0] * 4 and got[:, 3].tolist() == [0.0] * 3  # "d": never rated
+    # One sitting per user (every gap within it): the same weights as EASE on users' rows.
+    whole = reranker.Sittings.build(ratings, gap_seconds=10**6)
+    np.testing.assert_allclose(
+        reranker.session_scores(ratings, np.asarray(["u1", "u2"]), movies, whole, lam),
+        reranker.ease_scores(ratings, np.asarray(["u1", "u2"]), movies, lam), rtol=1e-5)
+
+
+def test_session_rows_add_windows_of_consecutive_ratings():
+    # u1 rates a..e one second apart (one sitting), u2 rates c, a an hour apart (two).
+    ratings = pd.DataFrame([("u1", m, t) for t, m in enumerate("abcde")]
+                           + [("u2", "c", 0), ("u2", "a", 3600)],
+                           columns=["user_id", "movie_id", "timestamp"])
+    rows = reranker.Sittings.build(ratings, gap_seconds=60, window=4)
+    got = pd.DataFrame({"row": rows.sittings, "movie": rows.movie_ids}).groupby(
+        "row", sort=True)["movie"].agg("".join).tolist()
+    # Sittings; windows of 4 from each user's first rating; from their third (offset 2).
+    # Windows ignore time: u2's two sittings share one.
+    assert got == ["abcde", "c", "a", "abcd", "e", "ca", "ab", "cde", "ca"]
+    assert rows.sittings.tolist() == sorted(rows.sittings.tolist())
+    # The windows are more rows of one EASE.
+    movies, lam = np.asarray(list("abcde")), 2.0
+    x = np.zeros((len(got), 5))
+    for r, letters in enumerate(got):
+        x[r, ["abcde".index(m) for m in letters]] = 1.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(5))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    history = np.asarray([[1, 1, 1, 1, 1], [1, 0, 1, 0, 0]], float)
+    np.testing.assert_allclose(
+        reranker.session_scores(ratings, np.asarray(["u1", "u2"]), movies, rows, lam),
+        history @ b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="session_window >= 0"):
+        reranker.ReRankerConfig(session_window=-1)
+
+
+def test_a_left_out_family_changes_nothing_the_reranker_scores():
+    model = reranker.build(reranker.ReRankerConfig(without=("item-item",)))
+    x = np.random.default_rng(0).normal(size=(2, 5, len(reranker.FEATURES))).astype(np.float32)
+    other = x.copy()
+    other[..., reranker.FEATURES.index("ease_z")] += 3.0
+    np.testing.assert_array_equal(model(x).numpy(), model(other).numpy())
+    other[..., reranker.FEATURES.index("retrieval_z")] += 3.0
+    assert not np.allclose(model(x).numpy(), model(other).numpy())
+    with pytest.raises(ValueError, match="unknown feature families \\['genre'\\]"):
+        reranker.ReRankerConfig(without=("genre",))

@@ -1,0 +1,89 @@
+"""The re-ranker's settings and its features' names (TensorFlow-free)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tfrs_movies.config import RERANKER_LOSSES, ExportConfig, TrainConfig
+
+FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z", "session_z",
+            "stars_z")
+# Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
+FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
+            "popularity": ("popularity_z",), "recent": ("recent_z",),
+            "session": ("session_z",), "rating": ("stars_z",)}
+# The item-item and session families are used up to this catalogue and [users, catalogue]
+# table (``ease_fits``): EASE inverts a catalogue x catalogue matrix.
+MAX_EASE_MOVIES = 10_000
+MAX_EASE_CELLS = 50_000_000
+
+
+def ease_fits(users: int, movies: int) -> bool:
+    return movies <= MAX_EASE_MOVIES and users * movies <= MAX_EASE_CELLS
+
+
+@dataclasses.dataclass(frozen=True)
+class ReRankerConfig:
+    """How the re-ranker is trained. The head's settings are ``TrainConfig``'s ``reranker_*``
+    fields (what ``train`` uses and ``trainer tune --model reranker`` searches; ``from_train``),
+    the list length the export's candidate count (``ExportConfig.k``).
+
+    Attributes:
+      candidates: list length K it learns on (the export's ``k``).
+      fold_fraction: share of each user's train ratings held out as fold B (the positives).
+      ease_lambda: EASE's L2 weight.
+      hidden: the MLP's hidden sizes.
+      epochs, batch_size, learning_rate: Adam on lists (batch_size lists per step).
+      use_ease: whether the item-item and session families are used (decided from the
+        catalogue's size: ``ease_fits``).
+      without: ``FAMILIES`` whose features are zeroed, in training and serving alike.
+      loss: ``listwise`` (softmax over the list) or ``pairwise`` (logistic loss of every
+        positive against every negative of its list).
+      recent_window_days: the recent family counts a candidate's ratings this many days
+        either side of the user's median rating time (at least one bin either side).
+      session_gap_seconds, session_window, session_lambda: the session family's sittings
+        (no gap between two ratings longer than this), windows (this many consecutive
+        ratings of a user; 0: none) and L2 weight (``item_item.Sittings``).
+    """
+
+    candidates: int = ExportConfig.k
+    fold_fraction: float = 0.25
+    ease_lambda: float = 500.0
+    hidden: tuple[int, ...] = TrainConfig.reranker_hidden
+    epochs: int = TrainConfig.reranker_epochs
+    batch_size: int = 32
+    learning_rate: float = TrainConfig.reranker_learning_rate
+    use_ease: bool = True
+    without: tuple[str, ...] = ()
+    loss: str = TrainConfig.reranker_loss
+    recent_window_days: int = 14
+    session_gap_seconds: int = 60
+    session_window: int = 10
+    session_lambda: float = 100.0
+
+    def __post_init__(self):
+        unknown = sorted(set(self.without) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
+        if self.loss not in RERANKER_LOSSES:
+            raise ValueError(f"loss must be one of {RERANKER_LOSSES}, got {self.loss!r}")
+        if self.recent_window_days < 0:
+            raise ValueError(f"recent_window_days must be >= 0, got {self.recent_window_days}")
+        if self.session_gap_seconds < 0 or self.session_window < 0 or not self.session_lambda > 0:
+            raise ValueError(f"need session_gap_seconds >= 0, session_window >= 0 and "
+                             f"session_lambda > 0, got {self.session_gap_seconds}, "
+                             f"{self.session_window} and {self.session_lambda}")
+
+    @classmethod
+    def from_train(cls, train_config: TrainConfig, **fields) -> "ReRankerConfig":
+        """The re-ranker ``train_config`` asks for (its ``reranker_*`` fields), plus ``fields``."""
+        return cls(hidden=tuple(train_config.reranker_hidden), epochs=train_config.reranker_epochs,
+                   learning_rate=train_config.reranker_learning_rate,
+                   loss=train_config.reranker_loss, **fields)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[F] 1.0 for each used feature of ``FEATURES``, 0.0 for those of ``without``."""
+        off = {name for family in self.without for name in FAMILIES[family]}
+        return np.asarray([name not in off for name in FEATURES], np.float32)

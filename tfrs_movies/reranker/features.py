@@ -1,0 +1,128 @@
+"""The re-ranker's features: one table builder and one TensorFlow path for the training lists
+and the serving graph alike, so what it learns on is what it is served.
+
+Per candidate, each normalised within the user's list (z-scores), so that values computed by
+the fold models it learned on and by the full-train models it serves with are on one scale:
+
+  retrieval   the candidate's retrieval score (z-scored) and its rank in the list
+  item-item   the EASE score of the candidate given the user's history, z-scored
+  popularity  log(1 + known ratings) of the candidate, z-scored
+  recent      log(1 + the candidate's ratings within ``recent_window_days`` of the user's
+              median rating time), z-scored: what was watched when this user was (an unknown
+              user is at the end of the data: what is watched now)
+  session     the session family's EASE score given the user's history (``Sittings``), z-scored
+  rating      the candidate's predicted stars (a rating model's), z-scored
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_movies.index import NEG
+from tfrs_movies.inference import pairs, position_of
+from tfrs_movies.reranker.config import ReRankerConfig
+from tfrs_movies.reranker.item_item import Sittings, ease_scores, session_scores
+from tfrs_movies.reranker.recency import Recent, recent_counts
+
+
+def _zscore(values: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """[B, K] -> z-scores within each row over its ``valid`` slots (0 elsewhere)."""
+    weight = tf.cast(valid, tf.float32)
+    count = tf.maximum(tf.reduce_sum(weight, axis=1, keepdims=True), 1.0)
+    values = tf.where(valid, values, 0.0)
+    mean = tf.reduce_sum(values * weight, axis=1, keepdims=True) / count
+    var = tf.reduce_sum(tf.square(values - mean) * weight, axis=1, keepdims=True) / count
+    return tf.where(valid, (values - mean) / (tf.sqrt(var) + 1e-6), 0.0)
+
+
+def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
+             recent: tf.Tensor, session: tf.Tensor, stars: tf.Tensor) -> tf.Tensor:
+    """The re-ranker's input [B, K, F] (``FEATURES``) of one list per user.
+
+    Args:
+      scores: [B, K] retrieval scores, best first; -inf marks an empty slot.
+      ease: [B, K] EASE scores of the candidates (zeros without the item-item family).
+      popularity: [B, K] known ratings of the candidates.
+      recent: [B, K] the candidates' ratings around the user's time (``recent_counts``).
+      session: [B, K] the candidates' session scores (``session_scores``; zeros without the
+        family).
+      stars: [B, K] the candidates' predicted ratings (zeros without a rating model).
+    """
+    valid = scores > NEG
+    k = tf.shape(scores)[1]
+    rank = tf.math.log1p(tf.cast(tf.range(k), tf.float32)) / tf.math.log1p(
+        tf.cast(k, tf.float32))
+    rank = tf.broadcast_to(rank[None, :], tf.shape(scores))
+    parts = [_zscore(scores, valid), rank, _zscore(ease, valid),
+             _zscore(tf.math.log1p(tf.cast(popularity, tf.float32)), valid),
+             _zscore(tf.math.log1p(tf.cast(recent, tf.float32)), valid),
+             _zscore(session, valid), _zscore(stars, valid)]
+    return tf.stack(parts, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureTables:
+    """What the features read, per user row and per catalogue position, computed once from
+    the ratings a list's models know (the training lists: fold A; the export: train).
+
+    Attributes:
+      popularity: [N] float32 known ratings of each movie (of the rows' users).
+      bins: [U] int32 each user row's time bin, ``cumulative`` [N, T + 1] float32 the movies'
+        cumulative counts per bin and ``window`` the bins either side (``Recent.tables``).
+      ease, session: [U, N] float32 item-item and session scores of each user row, or None
+        when the config leaves them out (``use_ease``).
+    """
+
+    popularity: np.ndarray
+    bins: np.ndarray
+    cumulative: np.ndarray
+    window: int
+    ease: np.ndarray | None
+    session: np.ndarray | None
+
+    @classmethod
+    def build(cls, known: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+              config: ReRankerConfig, recent: Recent,
+              sittings: Sittings | None) -> "FeatureTables":
+        """The tables of the user rows ``user_ids`` and catalogue ``movie_ids``, from ``known``
+        (user_id, movie_id rows: the histories and the popularity), ``recent`` and
+        ``sittings`` (built from the same ratings, or frozen with the re-ranker; only read
+        with ``config.use_ease``)."""
+        _, columns = pairs(known, position_of(user_ids), position_of(movie_ids))
+        popularity = np.bincount(columns, minlength=len(movie_ids)).astype(np.float32)
+        bins, cumulative = recent.tables(user_ids, movie_ids)
+        ease = session = None
+        if config.use_ease:
+            ease = ease_scores(known, user_ids, movie_ids, config.ease_lambda)
+            session = session_scores(known, user_ids, movie_ids, sittings,
+                                     config.session_lambda)
+        return cls(popularity, bins, cumulative, recent.window, ease, session)
+
+
+class FeatureLookup(tf.Module):
+    """``FeatureTables`` in TensorFlow: user rows [B], candidate positions [B, K], their
+    retrieval scores and predicted stars [B, K] -> the features [B, K, F]. The training lists
+    call it eagerly and the serving graph inside its signatures."""
+
+    def __init__(self, tables: FeatureTables):
+        super().__init__()
+        self.popularity = tf.constant(tables.popularity)
+        self.bins = tf.constant(tables.bins)
+        self.recent = tf.Variable(tables.cumulative, trainable=False, name="recent_counts")
+        self.window = tables.window
+        self.ease = self.session = None
+        if tables.ease is not None:
+            self.ease = tf.Variable(tables.ease, trainable=False, name="ease_scores")
+            self.session = tf.Variable(tables.session, trainable=False, name="session_scores")
+
+    def __call__(self, rows: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor,
+                 stars: tf.Tensor) -> tf.Tensor:
+        def per_user(table):
+            return (tf.gather(tf.gather(table, rows), positions, batch_dims=1)
+                    if table is not None else tf.zeros_like(scores))
+        recent = recent_counts(tf.gather(self.bins, rows), self.recent, positions, self.window)
+        return features(scores, per_user(self.ease), tf.gather(self.popularity, positions),
+                        recent, per_user(self.session), stars)

@@ -1,0 +1,92 @@
+"""Item-item scores for the re-ranker: EASE (Steck 2019) fitted on users, and the session
+family's EASE fitted on what was rated together (``Sittings``), as session-aware linear
+item-item models do (SLIST, Choi et al. 2021). Closed form, numpy (float64 inside)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from tfrs_movies.inference import pairs, position_of
+
+
+def interactions(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
+    """[len(user_ids), len(movie_ids)] float64 0/1: which movie each user rated (ids absent
+    from ``ratings`` get zero rows, movies absent from ``movie_ids`` are left out)."""
+    r, c = pairs(ratings, position_of(user_ids), position_of(movie_ids))
+    x = np.zeros((len(user_ids), len(movie_ids)), np.float64)
+    x[r, c] = 1.0
+    return x
+
+
+def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
+    """EASE's item-item weights ``B`` [N, N] (zero diagonal) from the rows' Gram matrix
+    ``X^T X`` [N, N]."""
+    p = np.linalg.inv(gram + lam * np.eye(gram.shape[0]))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def ease_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+                lam: float) -> np.ndarray:
+    """EASE user x movie scores ``X B`` [U, N], float32 (computed in float64), for the rows
+    ``user_ids`` and columns ``movie_ids`` (ids absent from ``ratings`` get zero rows). The
+    quality benchmark's EASE baseline is this function too."""
+    x = interactions(ratings, user_ids, movie_ids)
+    return (x @ ease_from_gram(x.T @ x, lam)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sittings:
+    """What was rated together, the session family's rows: ``movie_ids[i]`` is in row
+    ``sittings[i]``. Rows are each user's sittings (their ratings in time order while no gap
+    between two is longer than ``gap_seconds``), then, with ``window`` > 0, each user's
+    windows of ``window`` consecutive ratings, cut at two offsets (0 and ``window // 2``) so
+    that every rating is in two windows and every pair of neighbours shares one."""
+
+    movie_ids: np.ndarray
+    sittings: np.ndarray
+
+    @classmethod
+    def build(cls, ratings: pd.DataFrame, gap_seconds: int, window: int = 0) -> "Sittings":
+        ordered = ratings.sort_values(["user_id", "timestamp"], kind="stable")
+        by_user = ordered.groupby("user_id", sort=False)
+        gap = by_user["timestamp"].diff()
+        starts = (gap.isna() | (gap > gap_seconds)).to_numpy()
+        movies = ordered["movie_id"].to_numpy(str)
+        groups = [np.cumsum(starts).astype(np.int64) - 1]
+        if window > 0 and len(ordered):
+            user = pd.factorize(ordered["user_id"])[0].astype(np.int64)
+            position = by_user.cumcount().to_numpy(np.int64)
+            for offset in sorted({0, window // 2}):
+                # Row keys (user, window index); numbered after the rows before them.
+                key = user * (len(ordered) // window + 2) + (position + offset) // window
+                groups.append(int(groups[-1].max()) + 1 + pd.factorize(key)[0])
+        return cls(np.tile(movies, len(groups)), np.concatenate(groups))
+
+    def save(self, path: Path) -> None:
+        np.savez(path, movie_ids=self.movie_ids, sittings=self.sittings)
+
+    @classmethod
+    def load(cls, path: Path) -> "Sittings":
+        with np.load(path) as f:
+            return cls(f["movie_ids"], f["sittings"])
+
+
+def session_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+                   sittings: Sittings, lam: float) -> np.ndarray:
+    """The session family's [U, N] float32 scores: each user's ``ratings`` (their history)
+    times EASE weights fitted on ``sittings``' rows instead of users' (ids absent from
+    ``ratings`` get zero rows)."""
+    columns = position_of(movie_ids).reindex(sittings.movie_ids).to_numpy()
+    known = ~np.isnan(columns)
+    rows = sparse.csr_matrix(
+        (np.ones(int(known.sum())), (sittings.sittings[known], columns[known].astype(np.int64))),
+        shape=(int(sittings.sittings.max(initial=-1)) + 1, len(movie_ids)))
+    rows.data[:] = 1.0  # a movie twice in one row counts once
+    b = ease_from_gram((rows.T @ rows).toarray(), lam)
+    return (interactions(ratings, user_ids, movie_ids) @ b).astype(np.float32)

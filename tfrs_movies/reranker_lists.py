@@ -1,0 +1,158 @@
+"""The re-ranker's learning lists, and the re-ranker ``train`` fits on them.
+
+Learning without leaks (``fit``): the train split is cut per user into a fold A (75%) and a
+fold B (25%). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
+A; the movies of B among them are the positives, the rest the hard negatives (what the
+re-ranker sees when serving). The feature tables (EASE, sittings, popularity, recent counts)
+come from A too, through the same ``reranker.FeatureTables`` the export builds from train, and
+the stars from a rating model trained on A (``fold_models``). The loss is a softmax over the
+list with the positives sharing the target mass.
+
+This module sits above ``training`` (it fits the fold models) and below the train job
+(``pipeline``) and tuning, which call it.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_movies import data as data_lib
+from tfrs_movies import reranker
+from tfrs_movies.features import FeatureSpace, Vocabulary
+from tfrs_movies.inference import embed, pairs, position_of, predict_ratings
+from tfrs_movies.reranker import Lists, ReRankerConfig
+from tfrs_movies.training import fit_model
+
+log = logging.getLogger(__name__)
+
+
+def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
+        model_config, train_config, config: ReRankerConfig, seed: int) -> reranker.Bundle | None:
+    """Trains the re-ranker on lists from a retrieval model that never saw their targets, with
+    the ``Recent`` and ``Sittings`` of what it will serve (train and fold-in); None when no
+    list holds a positive (too little data: the recommender then orders by predicted
+    rating)."""
+    start = time.perf_counter()
+    found = lists(train, movies, users, fold_in, model_config, train_config, config, seed)
+    if found is None:
+        return None
+    model = reranker.train_on(found, config, seed)
+    served = pd.concat([train, fold_in])
+    bundle = reranker.Bundle(
+        model, reranker.Recent.build(served, config.recent_window_days),
+        # Only the session family reads them: none beyond EASE's catalogue limits (ML-20M).
+        reranker.Sittings.build(served if config.use_ease else served.iloc[:0],
+                                config.session_gap_seconds, config.session_window))
+    log.info(f"[reranker] trained in {time.perf_counter() - start:.1f}s")
+    return bundle
+
+
+def fold_models(ratings: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
+                fold_in: pd.DataFrame, model_config, train_config):
+    """(retrieval model, rating model, their vocabulary), both trained (``train_config``'s
+    settings) on ``ratings`` only: what gives a list its candidates and their stars."""
+    vocab = Vocabulary.build(ratings, movies, users, fold_in)
+    space = FeatureSpace(vocab, max_history=model_config.max_history)
+    retrieval, _ = fit_model("retrieval", space, model_config, train_config, ratings)
+    rating, _ = fit_model("ranking", space, model_config, train_config, ratings)
+    return retrieval, rating, vocab
+
+
+def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
+          model_config, train_config, config: ReRankerConfig, seed: int) -> Lists | None:
+    """The training lists (see the module docstring): the rows with a positive, or None when
+    none has one."""
+    fold_a, fold_b = data_lib.carve_validation(train, config.fold_fraction, seed)
+    log.info(f"[reranker] training a retrieval and a rating model on fold A ({len(fold_a):,} "
+             f"ratings; the {len(fold_b):,} of fold B are its targets)")
+    retrieval, rating, vocab = fold_models(fold_a, movies, users, fold_in, model_config,
+                                           train_config)
+    user_ids = np.asarray(sorted(set(train["user_id"])), dtype=str)
+    found = candidate_lists(retrieval, fold_a, fold_b, user_ids,
+                            np.asarray(vocab.catalogue_movies, dtype=str), config, rating)
+    keep = found.labels.sum(axis=1) > 0
+    k = found.labels.shape[1]
+    if not keep.any():
+        log.info(f"[reranker] no user's top {k} holds one of their fold B movies: no re-ranker "
+                 f"(the recommender orders by predicted rating)")
+        return None
+    targets = sum(len(t) for t in found.targets)
+    log.info(f"[reranker] {int(keep.sum()):,} lists of {k}, "
+             f"{found.labels[keep].sum(1).mean():.1f} positives each (fold B recall@{k} "
+             f"{found.labels.sum() / max(targets, 1):.3f})")
+    return found.rows(keep)
+
+
+def validation_lists(fit: pd.DataFrame, validation: pd.DataFrame, movies: pd.DataFrame,
+                     users: pd.DataFrame, fold_in: pd.DataFrame, model_config, train_config,
+                     config: ReRankerConfig, seed: int) -> tuple[Lists, Lists] | None:
+    """(lists to learn on, lists to score on) for choosing re-ranker settings without the test
+    split: a train split cut per user into ``fit`` and ``validation``. The first are what
+    ``train`` builds from train (``lists`` on ``fit``: a retriever on its fold A, fold B the
+    positives); the second are the validation users' lists of a retriever trained on all of
+    ``fit``, with the feature tables from ``fit`` and ``validation``'s movies as the labels
+    (what the export does with train). None when no learning list holds a positive."""
+    learn = lists(fit, movies, users, fold_in, model_config, train_config, config, seed)
+    if learn is None:
+        return None
+    retrieval, rating, vocab = fold_models(fit, movies, users, fold_in, model_config,
+                                           train_config)
+    user_ids = np.asarray(sorted(set(fit["user_id"])), dtype=str)
+    scored = candidate_lists(retrieval, fit, validation, user_ids,
+                             np.asarray(vocab.catalogue_movies, dtype=str), config, rating)
+    return learn, scored.rows(np.asarray([len(t) > 0 for t in scored.targets], bool))
+
+
+def _top_unseen(query: np.ndarray, candidates: np.ndarray, seen: np.ndarray, k: int,
+                cells: int = 50_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Per user row, the k best catalogue positions by dot product and their scores, the
+    ``seen`` keys (``row * N + position``) excluded; about ``cells`` scores in memory at once."""
+    n = len(candidates)
+    chunk = max(1, cells // n)
+    tops, scores = [], []
+    for start in range(0, len(query), chunk):
+        block = query[start:start + chunk] @ candidates.T
+        keys = seen[(seen >= start * n) & (seen < (start + len(block)) * n)] - start * n
+        block.flat[keys] = -np.inf
+        top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n else np.tile(
+            np.arange(n), (len(block), 1))
+        order = np.argsort(-np.take_along_axis(block, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        tops.append(top)
+        scores.append(np.take_along_axis(block, top, axis=1))
+    return np.concatenate(tops), np.concatenate(scores)
+
+
+def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
+                    user_ids: np.ndarray, movie_ids: np.ndarray, config: ReRankerConfig,
+                    rating=None) -> Lists:
+    """Each of ``user_ids``' top ``config.candidates`` of ``retrieval`` among ``movie_ids``,
+    the movies of ``known`` excluded, with the features the export computes (its feature
+    tables from ``known``, stars from ``rating``: zeros without one) and ``held_out``'s movies
+    as the labels."""
+    user_pos, movie_pos = position_of(user_ids), position_of(movie_ids)
+    n = len(movie_ids)
+    seen_rows, seen_cols = pairs(known, user_pos, movie_pos)
+    k = min(config.candidates, n)
+    top, scores = _top_unseen(embed(retrieval.user_embedding, user_ids),
+                              embed(retrieval.movie_embedding, movie_ids),
+                              seen_rows * n + seen_cols, k)
+    stars = np.zeros_like(scores) if rating is None else predict_ratings(rating, pd.DataFrame(
+        {"user_id": np.repeat(user_ids, k), "movie_id": movie_ids[top.ravel()]})).reshape(top.shape)
+    tables = reranker.FeatureTables.build(
+        known, user_ids, movie_ids, config,
+        reranker.Recent.build(known, config.recent_window_days),
+        reranker.Sittings.build(known, config.session_gap_seconds, config.session_window)
+        if config.use_ease else None)
+    x = reranker.FeatureLookup(tables)(tf.range(len(user_ids)), tf.constant(top),
+                                       tf.constant(scores), tf.constant(stars)).numpy()
+    b_rows, b_cols = pairs(held_out, user_pos, movie_pos)
+    candidate_keys = np.arange(len(user_ids))[:, None] * n + top
+    labels = np.isin(candidate_keys, b_rows * n + b_cols).astype(np.float32)
+    by_user = pd.Series(b_cols).groupby(b_rows).agg(lambda c: np.unique(c.to_numpy()))
+    targets = [by_user.get(row, np.zeros(0, np.int64)) for row in range(len(user_ids))]
+    return Lists(x, labels, top, targets)

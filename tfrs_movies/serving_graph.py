@@ -1,0 +1,393 @@
+"""The serving modules: one ``tf.Module`` per exported model, built from a trained run.
+
+Signatures are ``tfrs_movies.contract``'s; ``export`` writes these modules to TF Serving's
+layout, and ``evaluation`` and ``recommend`` call them in memory, so a run answers exactly as
+its export would.
+
+    retrieval      user_id [B], exclude_movie_ids [B,E] -> movie_ids, scores [B,K]
+    ranking        user_id [B], movie_id [B] -> rating [B]
+    recommender    as retrieval -> movie_ids, titles, scores, ratings, rank_scores [B,n]
+                   (ordered by the learned re-ranker)
+    similar_movies movie_ids [B,E] ("" pads) -> movie_ids, scores [B,K] (cosine)
+
+Retrieval, the recommender and similar movies also say per row whether it was answered from
+the model or is the popularity fallback (``known`` [B]), and every model has a second
+signature, ``lookup``: a movie id or title -> the catalogue movies it names (``_Catalogue.find``).
+
+Towers are computed once, here: every known user's query embedding and rating representation
+and every catalogue movie's candidate embedding and rating representation are stored as
+non-trainable variables (no 2 GB GraphDef limit at 10^6 movies). Every user the run knows (the
+users table and the train users) has a row; row 0 is the unknown user, whose representation is
+what the towers give an unknown id. A request is id lookups, gathers, one index search, top-k,
+one ``[B, K]`` call of the rating head and one of the re-ranker; no tower runs in a serving
+graph.
+
+Retrieval and the recommender leave out the movies each user rated in the run's train data
+(``exclude_seen``) as well as the ids the client excludes. Unknown users (no row) and rows with
+no known seed movie get the most popular allowed movies. Requests are processed in chunks of
+``contract.MAX_ROWS_PER_CALL`` rows, so one call's memory is bounded by the chunk.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfrs_movies import contract, reranker
+from tfrs_movies.config import ExportConfig
+from tfrs_movies.index import NEG as _NEG
+from tfrs_movies.index import BruteForce, Popular, make_index
+from tfrs_movies.inference import embed, position_of
+
+MODELS = contract.MODELS
+_DTYPES = {"string": tf.string, "float32": tf.float32, "int32": tf.int32, "bool": tf.bool}
+# RE2 metacharacters, escaped so a lookup's query matches as plain text.
+_REGEX_SPECIAL = r"([\\.+*?()|\[\]{}^$])"
+
+
+def input_specs(model: str | contract.Signature) -> list[tf.TensorSpec]:
+    """The contract's inputs of ``model`` as TensorSpecs, every dimension dynamic."""
+    signature = contract.signature(model) if isinstance(model, str) else model
+    return [tf.TensorSpec([None] * len(t.shape), _DTYPES[t.dtype], name=t.name)
+            for t in signature.inputs]
+
+
+def _known() -> tf.TensorSpec:
+    return tf.TensorSpec([None], tf.bool)
+
+
+def _id_table(ids: np.ndarray, first: int = 0) -> tf.lookup.StaticHashTable:
+    """String id -> ``first`` + its position in ``ids``; unknown ids (and "") -> ``first - 1``."""
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(ids, tf.string), tf.range(first, first + len(ids), dtype=tf.int64)),
+        default_value=first - 1)
+
+
+def _chunked(fn, inputs: list[tf.Tensor], outputs: dict[str, tf.TensorSpec],
+             rows: int = contract.MAX_ROWS_PER_CALL) -> dict[str, tf.Tensor]:
+    """``fn(*inputs)`` on at most ``rows`` rows at a time; every input is [B, ...].
+
+    A request of up to ``rows`` rows runs as one call; a larger one is padded to a multiple
+    of ``rows`` (strings with "", an unknown id) and mapped over its chunks one after the
+    other, so its memory is that of one chunk plus the outputs.
+    """
+    b = tf.shape(inputs[0])[0]
+
+    def in_chunks():
+        n = (b + rows - 1) // rows
+        parts = []
+        for t in inputs:
+            padding = [[0, n * rows - b]] + [[0, 0]] * (t.shape.rank - 1)
+            t = tf.pad(t, padding, constant_values="" if t.dtype == tf.string else 0)
+            parts.append(tf.reshape(t, tf.concat([[n, rows], tf.shape(t)[1:]], 0)))
+        out = tf.map_fn(lambda xs: fn(*xs), parts, fn_output_signature=outputs,
+                        parallel_iterations=1)
+        return {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))[:b]
+                for k, v in out.items()}
+
+    return tf.cond(b <= rows, lambda: fn(*inputs), in_chunks)
+
+
+def _same_rows(a: tf.Tensor, b: tf.Tensor, a_name: str, b_name: str):
+    """Asserts that the request's two inputs have as many rows, naming both."""
+    return tf.debugging.assert_equal(
+        tf.shape(a)[0], tf.shape(b)[0],
+        message=f"{a_name} and {b_name} must have the same number of rows (B); got "
+                f"{a_name} rows, {b_name} rows")
+
+
+class _Users(tf.Module):
+    """Every user the run knows -> a row (1..U) of the per-user tables; unknown -> 0."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.ids = np.asarray(sorted(set(vocab.catalogue_users) | set(vocab.user_ids)), dtype=str)
+        self.rows = _id_table(self.ids, first=1)
+        # The towers' input for row 0: "" is unknown everywhere, so row 0 is the OOV user.
+        self.with_unknown = np.concatenate([[""], self.ids])
+
+    def table(self, fn, name: str) -> tf.Variable:
+        """``fn`` ([B] ids -> [B, D]) of every row, as a [U + 1, D] non-trainable variable."""
+        return tf.Variable(embed(fn, self.with_unknown), trainable=False, name=name)
+
+
+class _Catalogue(tf.Module):
+    """Catalogue movies: id -> position (-1 unknown), titles, popularity, seen lists; `find`
+    is the ``lookup`` signature of every model."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.ids_np = np.asarray(vocab.catalogue_movies, dtype=str)
+        self.ids = tf.constant(self.ids_np)
+        self.titles = tf.constant(np.asarray(vocab.catalogue_titles, dtype=str))
+        self.lowered = tf.constant(tf.strings.lower(self.titles, encoding="utf-8").numpy())
+        self.positions = _id_table(self.ids_np)
+        counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
+        self.popularity = np.asarray([counts.get(m, 0) for m in self.ids_np], np.float64)
+        m = min(contract.LOOKUP_MATCHES, len(self.ids_np))
+        self._found = {"movie_ids": tf.TensorSpec([None, m], tf.string),
+                       "titles": tf.TensorSpec([None, m], tf.string),
+                       "match": tf.TensorSpec([None], tf.int32),
+                       "count": tf.TensorSpec([None], tf.int32)}
+
+    def lookup(self, ids: tf.Tensor) -> tf.Tensor:
+        return self.positions.lookup(ids)
+
+    def _find(self, query):
+        """query [B] -> the movies it names (`contract.LOOKUP`): the id, else the titles equal
+        to it ignoring case, else the titles containing it ignoring case."""
+        n = len(self.ids_np)
+        positions = tf.range(n, dtype=tf.int64)
+        by_id = tf.equal(self.lookup(query)[:, None], positions[None, :])
+        lowered = tf.strings.lower(query, encoding="utf-8")
+        whole = tf.equal(lowered[:, None], self.lowered[None, :])
+
+        def has(mask):
+            return tf.reduce_any(mask, axis=1)
+
+        def parts():  # [B, N] regex matches: only when some query is neither an id nor a title
+            patterns = "(?s).*" + tf.strings.regex_replace(lowered, _REGEX_SPECIAL,
+                                                           r"\\\1") + ".*"
+            return tf.map_fn(lambda p: tf.strings.regex_full_match(self.lowered, p), patterns,
+                             fn_output_signature=tf.TensorSpec([n], tf.bool))
+
+        part = tf.cond(tf.reduce_all(has(by_id) | has(whole)),
+                       lambda: tf.zeros_like(whole), parts)
+
+        match = tf.where(has(by_id), 3, tf.where(has(whole), 2, tf.where(has(part), 1, 0)))
+        mask = tf.where((match == 3)[:, None], by_id, tf.where((match == 2)[:, None], whole, part))
+        # The M most rated matches (ties in catalogue order: top_k keeps the first).
+        popularity = tf.constant(self.popularity.astype(np.float32))
+        first = tf.math.top_k(tf.where(mask, popularity[None, :], _NEG),
+                              self._found["titles"].shape[1])
+        return {"movie_ids": self.strings(self.ids, first.indices, first.values),
+                "titles": self.strings(self.titles, first.indices, first.values),
+                "match": tf.cast(match, tf.int32),
+                "count": tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)}
+
+    @tf.function(input_signature=input_specs(contract.LOOKUP))
+    def find(self, query):
+        return _chunked(self._find, [query], self._found)
+
+    def strings(self, table: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor) -> tf.Tensor:
+        """``table[positions]``, "" where the slot is empty (score -inf)."""
+        return tf.where(tf.math.is_inf(scores), "", tf.gather(table, tf.maximum(positions, 0)))
+
+
+def _seen(users: _Users, vocab, catalogue: _Catalogue) -> tf.RaggedTensor:
+    """Per user row, the catalogue positions of the movies they rated (row 0: none)."""
+    position = position_of(catalogue.ids_np).to_dict()
+    history = dict(zip(vocab.catalogue_users, vocab.history))
+    rows = [[]] + [[position[m] for m in history.get(u, []) if m in position] for u in users.ids]
+    return tf.RaggedTensor.from_row_lengths(
+        tf.constant([p for row in rows for p in row], tf.int64),
+        tf.constant([len(row) for row in rows], tf.int64))
+
+
+class _Retriever(tf.Module):
+    """Top-k catalogue positions for user rows, with exclusions and the popularity fallback."""
+
+    def __init__(self, model, users: _Users, catalogue: _Catalogue, config: ExportConfig):
+        super().__init__()
+        self.k = min(config.k, len(catalogue.ids_np))
+        self.queries = users.table(model.user_embedding, "query_embeddings")
+        self.seen = _seen(users, model.space.vocab, catalogue) if config.exclude_seen else None
+        longest = int(tf.reduce_max(self.seen.row_lengths())) if self.seen is not None else 0
+        candidates = embed(model.movie_embedding, catalogue.ids_np)
+        self.index = make_index(config.index, candidates, self.k, longest)
+        self.popular = Popular(catalogue.popularity)
+
+    def __call__(self, rows: tf.Tensor, excluded: tf.Tensor):
+        """rows [B] user rows, excluded [B, E] positions (-1: none) -> (scores, positions)
+        [B, k]; empty slots (fewer than k allowed movies) score -inf."""
+        if self.seen is not None:
+            excluded = tf.concat([excluded, tf.gather(self.seen, rows).to_tensor(-1)], axis=1)
+        scores, positions = self.index(tf.gather(self.queries, rows), excluded, self.k)
+        return _fallback(rows <= 0, self.popular, excluded, scores, positions, self.k)
+
+
+def _fallback(unknown: tf.Tensor, popular: Popular, excluded: tf.Tensor, scores: tf.Tensor,
+              positions: tf.Tensor, k: int):
+    """(scores, positions) with the ``unknown`` rows [B] replaced by the popular movies their
+    exclusions allow; computed for those rows only, and not at all when there are none."""
+    def replace():
+        rows = tf.where(unknown)
+        popular_scores, popular_positions = popular(
+            tf.zeros([tf.shape(rows)[0], 1]), tf.gather_nd(excluded, rows), k)
+        return (tf.tensor_scatter_nd_update(scores, rows, popular_scores),
+                tf.tensor_scatter_nd_update(positions, rows, popular_positions))
+
+    return tf.cond(tf.reduce_any(unknown), replace, lambda: (scores, positions))
+
+
+class _Rating(tf.Module):
+    """The rating head on stored representations: user rows [B] x positions [B, K] -> [B, K]."""
+
+    def __init__(self, model, users: _Users, catalogue: _Catalogue):
+        super().__init__()
+        self.head = model.head
+        self.users = users.table(model.rating_user, "rating_users")
+        # Row 0 is the unknown movie (what the towers give an unknown id), then the catalogue.
+        ids = np.concatenate([[""], catalogue.ids_np])
+        self.movies = tf.Variable(embed(model.rating_movie, ids), trainable=False,
+                                  name="rating_movies")
+
+    def __call__(self, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+        users = tf.gather(self.users, rows)
+        movies = tf.gather(self.movies, positions + 1)
+        return self.head.rating(self.head(users, movies, training=False))
+
+
+class _ReRank(tf.Module):
+    """The re-ranker (``reranker``) on tables frozen here: its ``FeatureTables`` from every
+    user row's train (and fold-in) history, built by the same code as its training lists, and
+    its MLP; user rows [B], candidates [B, K], their retrieval scores and predicted ratings
+    -> [B, K] scores (-inf on empty slots)."""
+
+    def __init__(self, bundle: reranker.Bundle, users: _Users, catalogue: _Catalogue, vocab):
+        super().__init__()
+        self.model = bundle.model
+        known = pd.DataFrame([(u, m) for u, h in zip(vocab.catalogue_users, vocab.history)
+                              for m in h], columns=["user_id", "movie_id"])
+        self.features = reranker.FeatureLookup(reranker.FeatureTables.build(
+            known, users.with_unknown, catalogue.ids_np, bundle.config, bundle.recent,
+            bundle.sittings))
+
+    def __call__(self, rows, positions, scores, ratings):
+        x = self.features(rows, positions, scores, ratings)
+        return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
+
+
+class RetrievalModule(tf.Module):
+    """The contract's ``retrieval`` model: the top k unseen catalogue movies of each user."""
+
+    def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever):
+        super().__init__()
+        self.users, self.catalogue, self.retriever = users, catalogue, retriever
+        k = retriever.k
+        self._outputs = {"movie_ids": tf.TensorSpec([None, k], tf.string),
+                         "scores": tf.TensorSpec([None, k], tf.float32), "known": _known()}
+
+    def _serve(self, user_id, exclude_movie_ids):
+        rows = self.users.rows.lookup(user_id)
+        scores, positions = self.retriever(rows, self.catalogue.lookup(exclude_movie_ids))
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
+                "scores": scores, "known": rows > 0}
+
+    @tf.function(input_signature=input_specs("retrieval"))
+    def serve(self, user_id, exclude_movie_ids):
+        with tf.control_dependencies([_same_rows(user_id, exclude_movie_ids, "user_id",
+                                                 "exclude_movie_ids")]):
+            return _chunked(self._serve, [user_id, exclude_movie_ids], self._outputs)
+
+
+class RatingModule(tf.Module):
+    """The contract's ``ranking`` model: the predicted stars of (user, movie) pairs."""
+
+    def __init__(self, users: _Users, catalogue: _Catalogue, rating: _Rating):
+        super().__init__()
+        self.users, self.catalogue, self.rating = users, catalogue, rating
+
+    def _serve(self, user_id, movie_id):
+        ratings = self.rating(self.users.rows.lookup(user_id),
+                              self.catalogue.lookup(movie_id)[:, None])
+        return {"rating": ratings[:, 0]}
+
+    @tf.function(input_signature=input_specs("ranking"))
+    def serve(self, user_id, movie_id):
+        with tf.control_dependencies([_same_rows(user_id, movie_id, "user_id", "movie_id")]):
+            return _chunked(self._serve, [user_id, movie_id],
+                            {"rating": tf.TensorSpec([None], tf.float32)})
+
+
+class RecommenderModule(tf.Module):
+    """Retrieve k candidates, order them by the learned re-ranker (``rerank``; without one, by
+    predicted rating), return the best n with their predicted ratings."""
+
+    def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever,
+                 rating: _Rating, n: int, rerank: _ReRank | None = None):
+        super().__init__()
+        self.users, self.catalogue = users, catalogue
+        self.retriever, self.rating, self.rerank = retriever, rating, rerank
+        self.n = min(n, retriever.k)
+        self._outputs = {t.name: tf.TensorSpec([None, self.n][:len(t.shape)], _DTYPES[t.dtype])
+                         for t in contract.signature("recommender").outputs}
+
+    def _serve(self, user_id, exclude_movie_ids):
+        rows = self.users.rows.lookup(user_id)
+        scores, positions = self.retriever(rows, self.catalogue.lookup(exclude_movie_ids))
+        ratings = tf.where(tf.math.is_inf(scores), _NEG, self.rating(rows, positions))
+        if self.rerank is not None:  # the predicted ratings are one of its features
+            order, top = tf.math.top_k(self.rerank(rows, positions, scores, ratings), self.n)
+            ratings = tf.gather(ratings, top, batch_dims=1)
+        else:
+            order, top = tf.math.top_k(ratings, self.n)
+            ratings = order
+        positions = tf.gather(positions, top, batch_dims=1)
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, order),
+                "titles": self.catalogue.strings(self.catalogue.titles, positions, order),
+                "scores": tf.gather(scores, top, batch_dims=1), "ratings": ratings,
+                "rank_scores": order, "known": rows > 0}
+
+    @tf.function(input_signature=input_specs("recommender"))
+    def serve(self, user_id, exclude_movie_ids):
+        with tf.control_dependencies([_same_rows(user_id, exclude_movie_ids, "user_id",
+                                                 "exclude_movie_ids")]):
+            return _chunked(self._serve, [user_id, exclude_movie_ids], self._outputs)
+
+
+class SimilarMoviesModule(tf.Module):
+    """Cosine neighbours of the mean of the normalized embeddings of up to E seed movies."""
+
+    def __init__(self, model, catalogue: _Catalogue, k: int):
+        super().__init__()
+        self.catalogue = catalogue
+        self.k = min(k, len(catalogue.ids_np))
+        emb = embed(model.movie_embedding, catalogue.ids_np)
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        self.index = BruteForce(emb, name="normalized_embeddings")
+        self.popular = Popular(catalogue.popularity)
+        self._outputs = {"movie_ids": tf.TensorSpec([None, self.k], tf.string),
+                         "scores": tf.TensorSpec([None, self.k], tf.float32), "known": _known()}
+
+    def _serve(self, movie_ids):
+        seeds = self.catalogue.lookup(movie_ids)
+        valid = tf.cast(seeds >= 0, tf.float32)[:, :, None]
+        vectors = self.index.vectors(tf.maximum(seeds, 0)) * valid
+        query = tf.math.l2_normalize(tf.reduce_sum(vectors, axis=1), axis=1)
+        scores, positions = self.index(query, seeds, self.k)
+        known = tf.reduce_any(seeds >= 0, axis=1)
+        scores, positions = _fallback(~known, self.popular, seeds, scores, positions, self.k)
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
+                "scores": scores, "known": known}
+
+    @tf.function(input_signature=input_specs("similar_movies"))
+    def serve(self, movie_ids):
+        return _chunked(self._serve, [movie_ids], self._outputs)
+
+
+def catalogue_of(vocab) -> _Catalogue:
+    """The serving catalogue of ``vocab`` alone (its ``find`` resolves ids and titles)."""
+    return _Catalogue(vocab)
+
+
+def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
+    """The serving modules ``run`` supports, by contract name (in memory, not saved)."""
+    vocab = run.vocab
+    retrieval, rating_model = run.retrieval_model(), run.rating_model()
+    users, catalogue = _Users(vocab), _Catalogue(vocab)
+    modules = {}
+    rating = _Rating(rating_model, users, catalogue) if rating_model is not None else None
+    if retrieval is not None:
+        retriever = _Retriever(retrieval, users, catalogue, config)
+        modules["retrieval"] = RetrievalModule(users, catalogue, retriever)
+        if rating is not None:
+            rerank = (None if run.reranker is None
+                      else _ReRank(run.reranker, users, catalogue, vocab))
+            modules["recommender"] = RecommenderModule(users, catalogue, retriever, rating,
+                                                       config.n, rerank)
+    if rating is not None:
+        modules["ranking"] = RatingModule(users, catalogue, rating)
+    modules["similar_movies"] = SimilarMoviesModule(run.embedding_model(), catalogue, config.k)
+    return {name: modules[name] for name in MODELS if name in modules}
