@@ -45,13 +45,15 @@ def _loggers() -> list[logging.Logger]:
 
 
 class _Lines(logging.Handler):
-    """Each record's message as one line on the current ``sys.stdout`` (looked up per line,
-    so a caller that swaps it, a test's capture, sees the lines)."""
+    """Each record's message as one line: progress (INFO) on the current ``sys.stdout``,
+    warnings on ``sys.stderr`` (looked up per line, so a caller that swaps them, a test's
+    capture, sees the lines)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stdout.write(self.format(record) + "\n")
-            sys.stdout.flush()
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
         except Exception:  # noqa: BLE001  (logging's own contract: never raise from emit)
             self.handleError(record)
 
@@ -59,8 +61,9 @@ class _Lines(logging.Handler):
 @contextlib.contextmanager
 def progress() -> Iterator[None]:
     """Inside the block, the library's progress (``logging`` under ``tfrs_movies``, level
-    INFO and above) is printed as plain lines on standard output: the library logs, the job
-    layer decides that a person sees it."""
+    INFO) is printed as plain lines on standard output and its warnings on standard error:
+    the library logs, the job layer decides that a person sees it. Details (DEBUG) stay
+    hidden."""
     package = logging.getLogger("tfrs_movies")
     handler = _Lines()
     saved = package.level, package.propagate

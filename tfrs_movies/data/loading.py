@@ -51,7 +51,7 @@ def load(cfg: DataConfig) -> MovieLensData:
     data = validate(data, cfg.rating_scale)
     if cfg.min_movie_ratings > 0:
         data = filter_min_movie_ratings(data, cfg.min_movie_ratings)
-    log.info("%s: %d ratings, %d users, %d movies (%.1fs)", data.name, len(data.ratings),
+    log.debug("%s: %d ratings, %d users, %d movies (%.1fs)", data.name, len(data.ratings),
              len(data.users), len(data.movies), time.perf_counter() - start)
     return data
 
@@ -122,7 +122,7 @@ def _complete_movies(name: str, movies: pd.DataFrame, ratings: pd.DataFrame) -> 
     _unique(name, movies, "movie_id", "movies")
     extra = pd.unique(ratings["movie_id"][~ratings["movie_id"].isin(movies["movie_id"])])
     if len(extra):
-        log.info("%s: %d rated movies have no metadata; titled by their id", name, len(extra))
+        log.debug("%s: %d rated movies have no metadata; titled by their id", name, len(extra))
         movies = pd.concat([movies, conform({"movie_id": extra, "movie_title": extra,
                                              "movie_genres": [[] for _ in extra]},
                                             MOVIE_COLUMNS)], ignore_index=True)
@@ -154,7 +154,7 @@ def filter_min_movie_ratings(data: MovieLensData, minimum: int) -> MovieLensData
                         f"most rated movie has {int(counts.max())})")
     movies = data.movies[data.movies["movie_id"].isin(kept)].reset_index(drop=True)
     users = data.users[data.users["user_id"].isin(pd.unique(ratings["user_id"]))]
-    log.info("%s: min_movie_ratings=%d kept %d of %d movies, %d of %d ratings", data.name,
+    log.debug("%s: min_movie_ratings=%d kept %d of %d movies, %d of %d ratings", data.name,
              minimum, len(movies), len(data.movies), len(ratings), len(data.ratings))
     return MovieLensData(ratings=ratings, movies=movies, users=users.reset_index(drop=True),
                          name=data.name)

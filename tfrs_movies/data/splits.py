@@ -192,7 +192,7 @@ def _explicit_test(ratings: pd.DataFrame, path, rating_scale=None) -> Split:
     unseen = ~test["user_id"].isin(set(train["user_id"])) & ~test["movie_id"].isin(
         set(train["movie_id"]))
     if unseen.any():
-        log.info("%s: %d test ratings have both a user and a movie unseen in train",
+        log.debug("%s: %d test ratings have both a user and a movie unseen in train",
                  path, int(unseen.sum()))
     return Split(train=train, test=conform(test, RATING_COLUMNS))
 

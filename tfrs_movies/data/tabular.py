@@ -174,7 +174,7 @@ def decode_lines(data: bytes, path) -> str:
                   text[start:stop].encode("utf-8", "surrogateescape").decode("latin-1")]
         end = stop
     mixed = not ("".join(parts[0::2]) + text[end:]).isascii()  # UTF-8 text elsewhere
-    (log.warning if mixed else log.info)(
+    (log.warning if mixed else log.debug)(
         "%s: %d line(s) are not valid UTF-8 (first: line %d); read those as Latin-1%s", path,
         len(bad), text.count("\n", 0, bad[0][0]) + 1,
         " and the other lines as UTF-8" if mixed else "")

@@ -49,7 +49,7 @@ def load_tfds(version: str, *, manual_dir: str | None = None,
     movies_builder = _prepared(tfds, version, "movies", manual_dir, data_dir)
     ratings, users = _ratings_and_users(tf, ratings_builder)
     movies = _movies(tf, movies_builder)
-    log.info("movielens/%s from TFDS: %d ratings in %.1fs", version, len(ratings),
+    log.debug("movielens/%s from TFDS: %d ratings in %.1fs", version, len(ratings),
              time.perf_counter() - start)
     return MovieLensData(ratings=ratings, movies=movies, users=users,
                          name=f"movielens/{version} (TFDS)")
