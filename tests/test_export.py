@@ -386,3 +386,21 @@ def test_bad_versions_and_missing_models_are_refused_before_anything_is_built(tr
     assert not (tmp_path / "exp").exists()
     written = export(retrieval_only, tmp_path / "exp", ExportConfig(k=10, n=3, partial=True))
     assert set(written) == {"retrieval", "similar_movies"}
+
+
+def test_stars_from_the_frozen_table_are_the_heads_own(trained, monkeypatch):
+    """The recommender gathers its candidates' stars from a table frozen at export when it
+    fits, else runs the rating head on them: the same answers either way."""
+    from tfrs_movies import serving_graph
+
+    request = (tf.constant(list(trained.vocab.user_ids[:9]) + ["never-seen"]),
+               tf.fill([10, 1], ""))
+    tabled = serving_graph.build_modules(trained, ExportConfig(k=20, n=5))["recommender"]
+    assert tabled.rating.stars is not None
+    monkeypatch.setattr(serving_graph, "MAX_TABLE_CELLS", 0)
+    computed = serving_graph.build_modules(trained, ExportConfig(k=20, n=5))["recommender"]
+    assert computed.rating.stars is None
+    want, got = computed.serve(*request), tabled.serve(*request)
+    np.testing.assert_array_equal(got["movie_ids"].numpy(), want["movie_ids"].numpy())
+    for name in ("ratings", "rank_scores", "scores"):
+        np.testing.assert_allclose(got[name].numpy(), want[name].numpy(), rtol=1e-5, atol=1e-6)

@@ -1,7 +1,8 @@
 """Batched calls of trained models on numpy ids, and the id -> position idiom they share.
 
 ``embed`` and ``predict_ratings`` are what evaluation, the re-ranker's lists and the serving
-graph's tables call: one ``tf.function`` per call, ``_BATCH`` ids at a time.
+graph's tables call: one ``tf.function`` per call, ``_BATCH`` ids at a time; ``gather_cells``
+reads a [user rows, catalogue] table at each user's candidates.
 """
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ def pairs(frame: pd.DataFrame, user_pos: pd.Series, movie_pos: pd.Series
     cols = frame["movie_id"].map(movie_pos)
     keep = rows.notna() & cols.notna()
     return rows[keep].to_numpy(np.int64), cols[keep].to_numpy(np.int64)
+
+
+def gather_cells(table: tf.Tensor, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """``table[rows[b], positions[b, k]]`` -> [B, K] of a [rows, catalogue] table, [B] rows
+    and [B, K] positions: one gather of B K cells, never B whole rows of the catalogue."""
+    rows = tf.broadcast_to(tf.cast(rows, tf.int64)[:, None], tf.shape(positions))
+    return tf.gather_nd(table, tf.stack([rows, tf.cast(positions, tf.int64)], axis=-1))
 
 
 def embed(fn, ids: np.ndarray) -> np.ndarray:

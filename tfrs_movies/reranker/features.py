@@ -22,7 +22,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_movies.index import NEG
-from tfrs_movies.inference import pairs, position_of
+from tfrs_movies.inference import gather_cells, pairs, position_of
 from tfrs_movies.reranker.config import ReRankerConfig
 from tfrs_movies.reranker.item_item import Sittings, ease_scores, session_scores
 from tfrs_movies.reranker.recency import Recent, recent_counts
@@ -121,8 +121,8 @@ class FeatureLookup(tf.Module):
     def __call__(self, rows: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor,
                  stars: tf.Tensor) -> tf.Tensor:
         def per_user(table):
-            return (tf.gather(tf.gather(table, rows), positions, batch_dims=1)
-                    if table is not None else tf.zeros_like(scores))
+            return (gather_cells(table, rows, positions) if table is not None
+                    else tf.zeros_like(scores))
         recent = recent_counts(tf.gather(self.bins, rows), self.recent, positions, self.window)
         return features(scores, per_user(self.ease), tf.gather(self.popularity, positions),
                         recent, per_user(self.session), stars)
