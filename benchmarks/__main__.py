@@ -112,7 +112,14 @@ def table(r: dict) -> str:
         out += ["", f"One recommender call of {memory[0].rsplit('users', 1)[1]} users grows "
                 f"peak memory by {_fmt(r[memory[0]], 0)} MB; batch scoring all "
                 f"{r.get('cost_batch_users')} ML-100K users: "
-                f"{_fmt(r.get('cost_batch_users_per_s'), 0)} users/s.", ""]
+                f"{_fmt(r.get('cost_batch_users_per_s'), 0)} users/s."]
+        if "cost_first_pass_ratio" in r:
+            out[-1] += (f" In a fresh process, `python -m serving batch` reports "
+                        f"{_fmt(r['cost_first_pass_users_per_s.batch'], 0)} users/s where the "
+                        f"bare signature, looped 128 users a call, gives "
+                        f"{_fmt(r['cost_first_pass_users_per_s.signature'], 0)} (first passes, "
+                        f"loading excluded: {_fmt(r['cost_first_pass_ratio'], 2)}).")
+        out.append("")
     labels = sorted({k.split(".", 2)[2].rsplit(".", 1)[0] for k in r
                      if k.startswith("serving_p50_ms.")})
     if labels:

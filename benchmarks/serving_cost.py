@@ -14,6 +14,13 @@ On the ML-100K export of `speed_exports` (brute force; retrieve 100, rank, top 1
                                     the kernel's peak counter reset)
   cost_batch_users_per_s            ``serving.batch.score_users`` over every ML-100K user
                                     (943), top 10, local backend, median of ``repeats``
+  cost_first_pass_users_per_s.signature   a fresh process (a child) loads the recommender
+                                    and calls its signature on every user, 128 at a time:
+                                    users per second of that first pass, loading excluded
+  cost_first_pass_users_per_s.batch the rate ``python -m serving batch`` reports in a fresh
+                                    process (``score_users`` on a new local client: its
+                                    first pass, the model's load reported apart)
+  cost_first_pass_ratio             batch / signature
 """
 from __future__ import annotations
 
@@ -98,6 +105,33 @@ def memory_child(export_dir: str, users: list[str], result: str) -> None:
     write_result(result, {"growth_mb": round((_rss_kb("VmHWM") - before) / 1024, 1)})
 
 
+def first_pass_child(export_dir: str, users: list[str], mode: str, result: str) -> None:
+    """In this fresh process, every user once: through the bare signature (``signature``,
+    128 users a call) or through ``score_users`` as the batch CLI runs it (``batch``)."""
+    import time
+
+    if mode == "signature":
+        import tensorflow as tf
+
+        fn = tf.saved_model.load(str(Path(export_dir) / "recommender" / "1")).signatures[
+            "serving_default"]
+        start = time.perf_counter()
+        for i in range(0, len(users), 128):
+            chunk = users[i:i + 128]
+            fn(user_id=tf.constant(chunk), exclude_movie_ids=tf.fill([len(chunk), 1], ""))[
+                "movie_ids"].numpy()
+        rate = len(users) / (time.perf_counter() - start)
+    else:
+        from serving.batch import score_users
+        from serving.client import make_client
+
+        with tempfile.TemporaryDirectory(prefix="cost-") as tmp:
+            with make_client(model_dir=export_dir) as client:
+                rate = score_users(client, users, Path(tmp) / "recs.parquet", n=10,
+                                   progress=False).users_per_second
+    write_result(result, {"users_per_s": round(rate, 1)})
+
+
 def batch_scoring(export_dir: Path, users: list[str], work: Path, repeats: int) -> float:
     from serving.batch import score_users
     from serving.client import make_client
@@ -125,21 +159,35 @@ def run(data_dir: Path, work: Path, quick: bool) -> dict:
         f.write("\n".join(memory_users))
     child = run_child("benchmarks.serving_cost", ["--export-dir", str(export_dir),
                                                   "--users-file", f.name])
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=work, delete=False) as f:
+        f.write("\n".join(users))
     out[f"cost_memory_growth_mb.users{settings.memory_users}"] = child["growth_mb"]
     out["cost_batch_users_per_s"] = round(batch_scoring(export_dir, users, work,
                                                         settings.repeats), 1)
+    for mode in ("signature", "batch"):
+        out[f"cost_first_pass_users_per_s.{mode}"] = run_child(
+            "benchmarks.serving_cost", ["--export-dir", str(export_dir), "--users-file", f.name,
+                                        "--first-pass", mode])["users_per_s"]
+    out["cost_first_pass_ratio"] = round(out["cost_first_pass_users_per_s.batch"]
+                                         / out["cost_first_pass_users_per_s.signature"], 2)
     out["cost_batch_users"] = len(users)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serving_cost",
-                                description="child: the memory of one recommender call")
+                                description="child: the memory of one recommender call, or "
+                                "a first pass over every user")
     p.add_argument("--export-dir", required=True)
     p.add_argument("--users-file", required=True, help="one user id per line")
+    p.add_argument("--first-pass", choices=("signature", "batch"))
     p.add_argument("--result", required=True)
     args = p.parse_args(argv)
-    memory_child(args.export_dir, Path(args.users_file).read_text().split("\n"), args.result)
+    users = Path(args.users_file).read_text().split("\n")
+    if args.first_pass:
+        first_pass_child(args.export_dir, users, args.first_pass, args.result)
+    else:
+        memory_child(args.export_dir, users, args.result)
     return 0
 
 

@@ -114,6 +114,10 @@ def test_cost_section_compares_the_served_path_with_retrieval(tiny_export, tmp_p
     serving_cost.memory_child(str(export_dir), tiny_export.users * 3, str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text())["growth_mb"] >= 0
     assert serving_cost.batch_scoring(export_dir, tiny_export.users, tmp_path, 1) > 0
+    for mode in ("signature", "batch"):
+        serving_cost.first_pass_child(str(export_dir), tiny_export.users, mode,
+                                      str(tmp_path / f"{mode}.json"))
+        assert json.loads((tmp_path / f"{mode}.json").read_text())["users_per_s"] > 0
 
 
 def test_batch_section_scores_every_user(monkeypatch, tmp_path):
@@ -185,11 +189,15 @@ def test_table_renders_every_section():
               "batch_users_per_s.s": 2000.0, "batch_users_per_s.s.ratio": 20.0})
     r.update({"cost_p50_ms.retrieval.batch64": 6.0, "cost_p50_ms.recommender.batch64": 7.5,
               "cost_ratio.batch64": 1.25, "cost_memory_growth_mb.users2000": 120.0,
-              "cost_batch_users": 943, "cost_batch_users_per_s": 12000.0})
+              "cost_batch_users": 943, "cost_batch_users_per_s": 12000.0,
+              "cost_first_pass_users_per_s.batch": 900.0,
+              "cost_first_pass_users_per_s.signature": 1200.0, "cost_first_pass_ratio": 0.75})
     text = bench.table(r)
     assert "| retrieve 100, re-rank, top 10 | 64 | 6.00 | 7.50 | 1.25 |" in text
     assert "call of 2000 users grows peak memory by 120 MB" in text
     assert "943 ML-100K users: 12,000 users/s" in text
+    assert "reports 900 users/s where the bare signature, looped 128 users a call, gives " \
+           "1,200 (first passes, loading excluded: 0.75)" in text
     assert "| ml100k (80,000 ratings) | retrieval | 9,000 | 3,000 | 3.00 | 900 / 800 |" in text
     assert "| cat.scann | 64 | 1.50 | 2.50 | - |" in text
     assert "| cat | 8 | 800.0 | 5.00 | 9.00 |" in text

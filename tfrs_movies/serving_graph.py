@@ -100,15 +100,34 @@ def _same_rows(a: tf.Tensor, b: tf.Tensor, a_name: str, b_name: str):
                 f"{a_name} rows, {b_name} rows")
 
 
+def user_rows(vocab) -> np.ndarray:
+    """The ids of the per-user tables' rows: "" (row 0: the unknown user; "" is unknown
+    everywhere, so the towers give it the OOV representation), then every user the run knows
+    (the users table and the train users), sorted."""
+    return np.concatenate([[""], sorted(set(vocab.catalogue_users) | set(vocab.user_ids))]
+                          ).astype(str)
+
+
+def rerank_tables(bundle: reranker.Bundle, vocab) -> reranker.FeatureTables:
+    """The re-ranker's ``FeatureTables`` for the serving graph: every user row's, from their
+    train (and fold-in) history; ``bundle.tables`` when they are those."""
+    rows, movies = user_rows(vocab), np.asarray(vocab.catalogue_movies, str)
+    if bundle.tables is not None and bundle.tables.fits(rows, movies):
+        return bundle.tables
+    known = pd.DataFrame([(u, m) for u, h in zip(vocab.catalogue_users, vocab.history)
+                          for m in h], columns=["user_id", "movie_id"])
+    return reranker.FeatureTables.build(known, rows, movies, bundle.config, bundle.recent,
+                                        bundle.sittings)
+
+
 class _Users(tf.Module):
     """Every user the run knows -> a row (1..U) of the per-user tables; unknown -> 0."""
 
     def __init__(self, vocab):
         super().__init__()
-        self.ids = np.asarray(sorted(set(vocab.catalogue_users) | set(vocab.user_ids)), dtype=str)
+        self.with_unknown = user_rows(vocab)
+        self.ids = self.with_unknown[1:]
         self.rows = _id_table(self.ids, first=1)
-        # The towers' input for row 0: "" is unknown everywhere, so row 0 is the OOV user.
-        self.with_unknown = np.concatenate([[""], self.ids])
 
     def table(self, fn, name: str) -> tf.Variable:
         """``fn`` ([B] ids -> [B, D]) of every row, as a [U + 1, D] non-trainable variable."""
@@ -276,14 +295,10 @@ class _ReRank(tf.Module):
     its MLP; user rows [B], candidates [B, K], their retrieval scores and predicted ratings
     -> [B, K] scores (-inf on empty slots)."""
 
-    def __init__(self, bundle: reranker.Bundle, users: _Users, catalogue: _Catalogue, vocab):
+    def __init__(self, bundle: reranker.Bundle, vocab):
         super().__init__()
         self.model = bundle.model
-        known = pd.DataFrame([(u, m) for u, h in zip(vocab.catalogue_users, vocab.history)
-                              for m in h], columns=["user_id", "movie_id"])
-        self.features = reranker.FeatureLookup(reranker.FeatureTables.build(
-            known, users.with_unknown, catalogue.ids_np, bundle.config, bundle.recent,
-            bundle.sittings))
+        self.features = reranker.FeatureLookup(rerank_tables(bundle, vocab))
 
     def __call__(self, rows, positions, scores, ratings):
         x = self.features(rows, positions, scores, ratings)
@@ -420,7 +435,7 @@ def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
         modules["retrieval"] = RetrievalModule(users, catalogue, retriever)
         if rating is not None:
             rerank = (None if run.reranker is None
-                      else _ReRank(run.reranker, users, catalogue, vocab))
+                      else _ReRank(run.reranker, vocab))
             modules["recommender"] = RecommenderModule(users, catalogue, retriever, rating,
                                                        config.n, rerank)
     if rating is not None:

@@ -2,7 +2,10 @@
 
 ``RUN/models/reranker/`` holds ``config.json`` (its ``ReRankerConfig``), ``weights.*``,
 ``recent.npz`` and ``sittings.npz`` (the ``Recent`` and ``Sittings`` of the ratings it
-serves: train and fold-in).
+serves: train and fold-in) and ``tables.npz``: the ``FeatureTables`` the serving graph reads,
+computed once when it is trained (the closed-form EASE and session fits are the slow part of
+an export at 10^4 movies), so export, evaluation and ``trainer recommend`` load them. A run
+without them (trained before they were kept) has them computed where they are needed.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import json
 from pathlib import Path
 
 from tfrs_movies.reranker.config import ReRankerConfig
+from tfrs_movies.reranker.features import FeatureTables
 from tfrs_movies.reranker.item_item import Sittings
 from tfrs_movies.reranker.model import ReRanker, build
 from tfrs_movies.reranker.recency import Recent
@@ -18,12 +22,13 @@ from tfrs_movies.reranker.recency import Recent
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
-    """The re-ranker ``model`` and the ``recent`` and ``sittings`` tables of the data it
-    serves (the serving graph's feature tables are built from them)."""
+    """The re-ranker ``model``, the ``recent`` and ``sittings`` of the data it serves, and
+    (once computed from them) the serving graph's feature ``tables``."""
 
     model: ReRanker
     recent: Recent
     sittings: Sittings
+    tables: FeatureTables | None = None
 
     @property
     def config(self) -> ReRankerConfig:
@@ -40,6 +45,8 @@ def save(bundle: Bundle, run_dir: Path) -> None:
     (path.parent / "config.json").write_text(json.dumps(dataclasses.asdict(bundle.config)))
     bundle.recent.save(path.parent / "recent.npz")
     bundle.sittings.save(path.parent / "sittings.npz")
+    if bundle.tables is not None:
+        bundle.tables.save(path.parent / "tables.npz")
     bundle.model.save_weights(str(path))
 
 
@@ -53,5 +60,7 @@ def load(run_dir: Path) -> Bundle | None:
                                for k, v in values.items()})
     model = build(config)
     model.load_weights(str(path)).expect_partial()
+    tables = path.parent / "tables.npz"
     return Bundle(model, Recent.load(path.parent / "recent.npz"),
-                  Sittings.load(path.parent / "sittings.npz"))
+                  Sittings.load(path.parent / "sittings.npz"),
+                  FeatureTables.load(tables) if tables.exists() else None)

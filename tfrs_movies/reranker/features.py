@@ -74,6 +74,7 @@ class FeatureTables:
         cumulative counts per bin and ``window`` the bins either side (``Recent.tables``).
       ease, session: [U, N] float32 item-item and session scores of each user row, or None
         when the config leaves them out (``use_ease``).
+      user_ids, movie_ids: the [U] user rows and [N] catalogue movies they were built for.
     """
 
     popularity: np.ndarray
@@ -82,6 +83,28 @@ class FeatureTables:
     window: int
     ease: np.ndarray | None
     session: np.ndarray | None
+    user_ids: np.ndarray
+    movie_ids: np.ndarray
+
+    def fits(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> bool:
+        """Whether these are the tables of exactly these user rows and catalogue."""
+        return (np.array_equal(self.user_ids, np.asarray(user_ids, str))
+                and np.array_equal(self.movie_ids, np.asarray(movie_ids, str)))
+
+    def save(self, path) -> None:
+        optional = {name: table for name, table in (("ease", self.ease),
+                                                    ("session", self.session))
+                    if table is not None}
+        np.savez(path, popularity=self.popularity, bins=self.bins, cumulative=self.cumulative,
+                 window=self.window, user_ids=self.user_ids, movie_ids=self.movie_ids,
+                 **optional)
+
+    @classmethod
+    def load(cls, path) -> "FeatureTables":
+        with np.load(path) as f:
+            return cls(f["popularity"], f["bins"], f["cumulative"], int(f["window"]),
+                       f["ease"] if "ease" in f else None,
+                       f["session"] if "session" in f else None, f["user_ids"], f["movie_ids"])
 
     @classmethod
     def build(cls, known: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
@@ -99,7 +122,8 @@ class FeatureTables:
             ease = ease_scores(known, user_ids, movie_ids, config.ease_lambda)
             session = session_scores(known, user_ids, movie_ids, sittings,
                                      config.session_lambda)
-        return cls(popularity, bins, cumulative, recent.window, ease, session)
+        return cls(popularity, bins, cumulative, recent.window, ease, session,
+                   np.asarray(user_ids, str), np.asarray(movie_ids, str))
 
 
 class FeatureLookup(tf.Module):

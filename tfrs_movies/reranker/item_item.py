@@ -24,11 +24,14 @@ def interactions(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndar
 
 def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item weights ``B`` [N, N] (zero diagonal) from the rows' Gram matrix
-    ``X^T X`` [N, N]."""
-    p = np.linalg.inv(gram + lam * np.eye(gram.shape[0]))
-    b = -p / np.diag(p)
-    np.fill_diagonal(b, 0.0)
-    return b
+    ``X^T X`` [N, N], which it overwrites: two [N, N] float64 matrices at a time (1.5 GB at
+    ML-latest-small's 9.7k movies), not five."""
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    del gram
+    p /= -np.diag(p).copy()
+    np.fill_diagonal(p, 0.0)
+    return p
 
 
 def ease_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
