@@ -150,7 +150,8 @@ def reranker_ablations(trained, work: Path) -> dict:
             config = dataclasses.replace(base, **change) if change is not None else None
             trained.reranker = None
             if config is not None and found is not None:
-                # The served re-ranker's tables (recent counts, sittings) are the run's data.
+                # The served re-ranker's tables (recent counts, sittings, EASE) are the run's
+                # data: an ablation changes the head, not them.
                 trained.reranker = dataclasses.replace(
                     served, model=reranker.train_on(found, config, seed))
             target = work / f"reranker-ablation-{len(out)}"

@@ -7,9 +7,9 @@ The stages are those of ``serving_graph.RecommenderModule._serve`` on the run's 
 modules (built in memory, as ``export`` builds them): ids -> rows and positions, the index
 search with its exclusions (``_Retriever``), the candidates' predicted stars (gathered from
 the table the export freezes when it fits, else the rating head run on them; both are
-timed), the re-ranker's features (``reranker.FeatureLookup``), its MLP, and the top n with its gathers and
-strings. Each is called on the previous stage's outputs for the same requests of B known users
-(median of ``--calls`` after a warm-up). Writes ``stages.json`` and ``stages.md``.
+timed), the re-ranker's features (``reranker.FeatureLookup``), its MLP, and the top n with
+its gathers and strings. Each is called on the previous stage's outputs for the same requests
+of B known users (median of ``--calls`` after a warm-up). Writes ``stages.json`` and ``stages.md``.
 """
 from __future__ import annotations
 

@@ -13,8 +13,10 @@
 The query subcommands take exactly one backend: ``--model-dir DIR`` (load the SavedModels
 here), ``--url URL`` (TF Serving REST) or ``--grpc HOST:PORT`` (TF Serving gRPC), and optionally
 ``--version N`` or ``--label NAME`` (a version label of the export's models.config). Mistakes a
-user can fix print one line on stderr and exit 2; a server that fails or cannot be reached
-exits 1. A movie is named by its id or its title (whole or a part, ignoring case; resolved by
+user can fix print one line on stderr and exit 2; a server that fails or cannot be reached,
+or a file that cannot be read or written (a full disk, a read-only folder), exits 1 in one line;
+Ctrl-C exits 130. No output may be an input, or part of the export (``tfrs_movies.paths``). A
+movie is named by its id or its title (whole or a part, ignoring case; resolved by
 the model's ``lookup`` signature); an unknown user, or seeds none of which is known, get the
 popular movies and a one-line notice on stderr.
 TensorFlow's log noise (``--model-dir``) is hidden unless ``--verbose``.
@@ -36,7 +38,7 @@ from typing import Any, TextIO
 
 from serving.backends import check_choice
 from serving.client import RecommenderClient, ServingError, make_client
-from tfrs_movies import cli, contract, movie_names, quiet
+from tfrs_movies import cli, contract, movie_names, paths, quiet
 from tfrs_movies.errors import UserError
 
 MODELS = ("retrieval", "ranking", "recommender", "similar_movies")
@@ -66,8 +68,9 @@ def command(name: str, help: str, *arguments, needs_client: bool = True,
 
 _USERS = arg("--user", dest="users", action="append", required=True, metavar="ID",
              help="user id (repeat for several users)")
-_TOP_N = arg("-n", type=int, default=None, metavar="N",
-             help="show at most N movies per query (default: all the export returns)")
+_TOP_N = arg("-n", "-k", dest="n", type=int, default=None, metavar="N", action=cli.AtLeastOne,
+             help="show at most N movies per query (default: all the export returns, the -n "
+                  "it was exported with; -k: the same, as python -m trainer once named it)")
 _REQUEST_LOG = arg("--request-log", metavar="FILE",
                    help="append what was shown to this JSONL request log (one record per user, "
                         "rotated at 64 MiB; see serving/request_log.py)")
@@ -80,6 +83,7 @@ _REQUEST_LOG = arg("--request-log", metavar="FILE",
 def _recommend(args, client, out) -> None:
     exclude = _movie_ids(client, args.exclude, "recommender") if args.exclude else []
     results = client.recommend(args.users, [exclude] * len(args.users), n=args.n)
+    _notice_limit(args, results, "recommender", "user")
     _notice_unknown("user", [u for u, known in zip(args.users, results.known, strict=True)
                              if known is False])
     per_user = list(zip(args.users, results, results.known, strict=True))
@@ -97,6 +101,7 @@ def _recommend(args, client, out) -> None:
 def _similar(args, client, out) -> None:
     seeds = _movie_ids(client, args.movies, "similar_movies")
     results = client.similar([seeds], n=args.n)
+    _notice_limit(args, results, "similar_movies", "query")
     if results.known[0] is False:
         _notice_unknown("movie", seeds)
     (found,) = results
@@ -125,7 +130,7 @@ def _rank(args, client, out) -> None:
              help="CSV/TSV/Parquet file with a user_id column"),
          arg("--out", required=True, metavar="FILE",
              help="output: *.parquet, or *.csv; bad ids go to FILE.errors.csv"),
-         arg("-n", type=int, default=None, metavar="N",
+         arg("-n", "-k", dest="n", type=int, default=None, metavar="N", action=cli.AtLeastOne,
              help="recommendations per user (default: all the export returns)"),
          arg("--exclude-seen", metavar="RATINGS_FILE",
              help="never recommend a movie the user rated in this file (CSV, Parquet, u.data)"),
@@ -134,12 +139,18 @@ def _rank(args, client, out) -> None:
          arg("--concurrency", type=int, default=2, metavar="C",
              help="requests in flight at once (default 2)"),
          arg("--resume", action="store_true",
-             help="continue an interrupted run with the same inputs instead of starting over"),
+             help="continue an interrupted run with the same inputs"),
+         arg("--overwrite", action="store_true",
+             help="replace an existing --out, or start an interrupted run over (without it, "
+                  "either is refused)"),
          arg("--no-progress", dest="progress", action="store_false",
              help="no progress line on stderr"))
 def _batch(args, client, out) -> None:
-    from serving.batch import score_users
+    from serving.batch import check_existing, check_outputs, score_users
 
+    check_outputs(args.out, {"users file": args.users,
+                             "exclude file (--exclude-seen)": args.exclude_seen})
+    check_existing(args.out, resume=args.resume, overwrite=args.overwrite)
     try:
         report = score_users(client, args.users, args.out, n=args.n, exclude=args.exclude_seen,
                              batch_size=args.batch_size, resume=args.resume,
@@ -183,7 +194,8 @@ def _promote(args, client, out) -> None:
                   "the test ratings file itself)"),
          arg("--model", choices=("recommender", "retrieval"), default="recommender",
              help="which model's lists (default: recommender)"),
-         arg("-n", type=int, default=10, metavar="N", help="list length (default 10)"),
+         arg("-n", "-k", dest="n", type=int, default=10, metavar="N", action=cli.AtLeastOne,
+             help="list length (default 10)"),
          arg("--resamples", type=int, default=1000,
              help="paired bootstrap resamples over users (default 1000)"),
          arg("--seed", type=int, default=0, help="bootstrap seed (default 0)"),
@@ -192,8 +204,12 @@ def _promote(args, client, out) -> None:
 def _compare(args, client, out) -> None:
     from serving.compare import compare, format_report
 
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise UserError(f"output folder of {args.output!r} does not exist")
+    if args.output:
+        paths.check_parent(args.output, "--output")
+        paths.check_outputs([paths.Output("--output", args.output)], [
+            paths.Input("the --test-ratings file", args.test_ratings),
+            paths.Input("the --train-ratings file", args.train_ratings),
+            paths.Input("the export (--model-dir)", args.model_dir, paths.EXPORT_FILES)])
     result = compare(args.model_dir, args.a, args.b, args.test_ratings, model=args.model,
                      n=args.n, train_ratings=args.train_ratings, resamples=args.resamples,
                      seed=args.seed)
@@ -258,6 +274,9 @@ def _make_client(args: argparse.Namespace) -> RecommenderClient:
     pins = {"versions": {m: args.version for m in MODELS} if args.version else None,
             "labels": {m: args.label for m in MODELS} if args.label else None}
     log = getattr(args, "request_log", None)
+    if log:
+        paths.check_outputs([paths.Output("--request-log", log)], [
+            paths.Input("the export (--model-dir)", args.model_dir, paths.EXPORT_FILES)])
     pins["request_log"] = RequestLog(log) if log else None
     if args.model_dir:
         return make_client(model_dir=args.model_dir, **pins)
@@ -291,6 +310,15 @@ def _titles(client: RecommenderClient, ids: list[str]) -> dict[str, str]:
     return {f.query: f.titles[0] for f in found if f.match == movie_names.ID and f.titles}
 
 
+def _notice_limit(args, results, model: str, per: str) -> None:
+    """A notice when ``-n`` asks for more movies than the export lists per query."""
+    if args.n is not None and results.limit is not None and args.n > results.limit:
+        flag = getattr(args, "n_flag", None) or "-n"
+        print(f"notice: {flag} {args.n}: this {model} export lists at most {results.limit} "
+              f"movies per {per} (it was exported with -n {results.limit}); showing up to "
+              f"{results.limit} (export again with a larger -n for more)", file=sys.stderr)
+
+
 def _notice_unknown(what: str, ids: list[str]) -> None:
     if ids:
         print(contract.fallback_notice(what, ids), file=sys.stderr)
@@ -302,10 +330,12 @@ def _emit(args, out: TextIO, headers: tuple[str, ...], rows: list[tuple], payloa
         out.write("\n")
         return
     cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    # Padded by terminal columns: CJK titles and emoji take two each (cli.width).
+    widths = [max([cli.width(h)] + [cli.width(row[i]) for row in cells])
+              for i, h in enumerate(headers)]
     numeric = [bool(rows) and isinstance(rows[0][i], (int, float)) for i in range(len(headers))]
     for line in [list(headers)] + cells:
-        padded = (c.rjust(w) if num else c.ljust(w)
+        padded = (cli.pad(c, w, right=num)
                   for c, w, num in zip(line, widths, numeric, strict=True))
         out.write("  ".join(padded).rstrip() + "\n")
     if not rows:
@@ -333,6 +363,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         return 2
     except ServingError as err:
         print(f"serving error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a file it could not read or write: one line, exit 1
+        failure = paths.io_error(err)
+        if failure is None:
+            raise
+        print(f"error: {paths.os_error_line(failure)}", file=sys.stderr)
         return 1
     return 0
 

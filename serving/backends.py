@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from tfrs_movies import contract, tf_serving_config
+from tfrs_movies import contract, paths, tf_serving_config
 from tfrs_movies.errors import UserError
 
 SIGNATURE = contract.SIGNATURE
@@ -162,6 +162,12 @@ class LocalBackend:
         self.export_dir = os.fspath(export_dir)
         if not os.path.isdir(self.export_dir):
             raise UserError(f"export dir {self.export_dir!r} does not exist or is not a directory")
+        if paths.kind_of_dir(self.export_dir) == "run":
+            raise UserError(f"{self.export_dir} is a run directory (`trainer train` wrote it), "
+                            f"not an export: export it with `python -m trainer export --run "
+                            f"{self.export_dir} --export-dir exports/NAME` and pass that, or ask "
+                            f"the run itself with `python -m trainer recommend --run "
+                            f"{self.export_dir} --user ID`")
         self.versions = dict(versions or {})
         self._signatures: dict[tuple[str, int], Any] = {}
         self._lock = threading.Lock()  # batch scorers may call from several threads
@@ -198,19 +204,30 @@ class LocalBackend:
                                f"(available: {available})", code="NOT_FOUND", model=model)
         return os.path.join(model_dir, str(int(version)))
 
-    def _signature(self, model: str, version: int | None, label: str | None = None,
-                   signature: str = SIGNATURE):
-        """(the signature's function, the version it belongs to)."""
+    def load(self, model: str, version: int | None = None, label: str | None = None) -> int:
+        """Loads ``model`` (the version a request with these pins would get) unless it is
+        loaded already; returns its version. A request loads it too: this lets a job load
+        it first, apart from the time it measures."""
+        return self._loaded(model, version, label)[1]
+
+    def _loaded(self, model: str, version: int | None, label: str | None):
+        """(the loaded SavedModel, its version)."""
         path = self.model_path(model, version, label)
         key = (model, int(os.path.basename(path)))
         with self._lock:
             if key not in self._signatures:
                 self._signatures[key] = self._load(path, model)
-        loaded = self._signatures[key]
+        return self._signatures[key], key[1]
+
+    def _signature(self, model: str, version: int | None, label: str | None = None,
+                   signature: str = SIGNATURE):
+        """(the signature's function, the version it belongs to)."""
+        loaded, version = self._loaded(model, version, label)
         if signature not in loaded.signatures:
-            raise ServingError(f"{path!r} has no {signature!r} signature (has: "
-                               f"{sorted(loaded.signatures)})", code="NOT_FOUND", model=model)
-        return loaded.signatures[signature], key[1]
+            raise ServingError(f"{self.model_path(model, version)!r} has no {signature!r} "
+                               f"signature (has: {sorted(loaded.signatures)})", code="NOT_FOUND",
+                               model=model)
+        return loaded.signatures[signature], version
 
     def _load(self, path: str, model: str):
         import tensorflow as tf

@@ -21,6 +21,8 @@ How a run is made safe to kill:
   is sent as requests of ``batch_size`` users (TF Serving here batches at most 128 rows, see
   ``serving/batching_parameters.txt``) and written as ``.OUT.parts/part-000123.parquet``
   (written under another name, then renamed: a part file is either complete or absent).
+- The CLI refuses an existing ``OUT`` without ``--overwrite``, and an interrupted run's parts
+  without ``--resume`` (continue) or ``--overwrite`` (start over): `check_existing`.
 - ``resume=True`` keeps the parts already written and scores only the others. The work dir's
   ``manifest.json`` records the ids' fingerprint, ``n``, batch and part sizes, the exclusions'
   fingerprint and the local model version; resuming with any of them changed is refused.
@@ -28,7 +30,9 @@ How a run is made safe to kill:
   ``OUT`` (atomic on one filesystem) and the work dir is deleted.
 - Nothing the job reads is written: ``OUT``, ``OUT.errors.csv``, the work dir and the temp
   files are refused (`check_outputs`, on resolved paths) when one of them is the users file or
-  the ``exclude`` file.
+  the ``exclude`` file, or part of a local export.
+- A full disk or a read-only folder stops the run with an `OSError` noting what is kept (the
+  parts written so far) and that ``resume`` continues it.
 
 Bad ids never stop a run: missing, blank, control-character or non-UTF-8 ids, and ids the
 server rejects (HTTP 400 / INVALID_ARGUMENT; the batch is split in halves until the culprits
@@ -62,11 +66,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serving.backends import LocalBackend, ServingError
-from tfrs_movies import contract
+from tfrs_movies import contract, paths
 from tfrs_movies.errors import DataError, UserError, shown
 
-__all__ = ["SCHEMA", "BatchReport", "UserIds", "check_outputs", "format_rate", "normalize_ids",
-           "output_format", "read_user_ids", "recommend_table", "score_users", "seen_movies"]
+__all__ = ["SCHEMA", "BatchReport", "UserIds", "check_existing", "check_outputs", "format_rate",
+           "normalize_ids", "output_format", "read_user_ids", "recommend_table", "score_users",
+           "seen_movies"]
 
 MODEL = "recommender"  # a model of the serving contract (``tfrs_movies.contract``)
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int64()), ("movie_id", pa.string()),
@@ -97,7 +102,9 @@ class BatchReport:
       resumed_users: users whose parts an earlier, interrupted run had written.
       seconds: wall time of this run: reading input, loading the model, scoring, writing.
       users_per_second: users scored by this run (not resumed ones) per second of ``seconds``
-        (0.0 when this run scored none).
+        less ``load_seconds`` (0.0 when this run scored none): the first requests included.
+      load_seconds: the part of ``seconds`` spent loading a local model (TensorFlow's import
+        and the SavedModel's load, once per process; 0 for a server).
     """
 
     out_path: str
@@ -109,6 +116,7 @@ class BatchReport:
     resumed_users: int
     seconds: float
     users_per_second: float
+    load_seconds: float = 0.0
 
     def summary(self) -> str:
         """One line; the rate only when the run took at least a second (below that, or for a
@@ -116,7 +124,9 @@ class BatchReport:
         text = (f"wrote {self.rows:,} recommendations for {self.users:,} users to "
                 f"{self.out_path} in {self.seconds:.1f}s")
         if self.seconds >= 1 and self.users_per_second > 0:
-            text += f" ({format_rate(self.users_per_second)} users/s)"
+            loaded = (f" after loading the model in {self.load_seconds:.1f}s"
+                      if self.load_seconds >= 0.05 else "")
+            text += f" ({format_rate(self.users_per_second)} users/s{loaded})"
         if self.resumed_users:
             text += f"; {self.resumed_users:,} users kept from the interrupted run"
         if self.duplicates:
@@ -363,9 +373,10 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
             raise UserError(f"{name} must be an int >= 1, got {value!r}")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise UserError(f"n must be an int >= 1, got {n!r}")
-    if not out.parent.is_dir():
-        raise UserError(f"output folder {str(out.parent)!r} does not exist")
-    check_outputs(out, {"users file": user_ids, "exclude file (--exclude-seen)": exclude})
+    paths.check_parent(out, "--out")
+    paths.check_writable(out.parent)
+    check_outputs(out, {"users file": user_ids, "exclude file (--exclude-seen)": exclude,
+                        "export": _export_input(client)})
     users = read_user_ids(user_ids)
     seen = seen_movies(exclude) if exclude is not None else {}
     manifest = {"ids": _digest("\x00".join(users.ids)), "users": len(users.ids), "n": n,
@@ -378,6 +389,12 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
     def predict(inputs):
         return client.backend.predict(MODEL, inputs, **pin)
 
+    # A local model is loaded before the clock of the rate starts: TensorFlow's import and the
+    # SavedModel's load are paid once per process, not per user (reported apart).
+    loading = time.perf_counter()
+    if isinstance(client.backend, LocalBackend):
+        client.backend.load(MODEL, **pin)
+    load_seconds = time.perf_counter() - loading
     starts = range(0, len(users.ids), part_size)
     resumed = sum(min(part_size, len(users.ids) - s) for i, s in enumerate(starts) if i in done)
     bar = _Progress(len(users.ids), resumed, stream or sys.stderr, enabled=progress)
@@ -405,18 +422,29 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
             raise
         raise ServingError(f"{err} ({hint})", status=err.status, code=err.code,
                            model=err.model) from err
+    except OSError as err:  # a full disk, a read-only folder: the parts written are kept
+        bar.close()
+        err.add_note(f"writing {work}: {bar.done:,}/{len(users.ids):,} users are saved there; "
+                     f"free space and run again with resume (--resume) to continue")
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     bar.close()
-    rows, errors = _merge(work, len(starts), out, fmt)
-    errors_path = _write_errors(out, users.errors + errors)
+    try:
+        rows, errors = _merge(work, len(starts), out, fmt)
+        errors_path = _write_errors(out, users.errors + errors)
+    except OSError as err:
+        err.add_note(f"writing {out}: every user is scored and saved in {work}; free space and "
+                     f"run again with resume (--resume) to write it")
+        raise
     shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - start
     scored = len(users.ids) - resumed
+    scoring = seconds - load_seconds
     return BatchReport(str(out), len(users.ids) - len(errors), rows,
                        len(users.errors) + len(errors), errors_path, users.duplicates, resumed,
-                       seconds, scored / seconds if seconds > 0 else 0.0)
+                       seconds, scored / scoring if scoring > 0 else 0.0, load_seconds)
 
 
 def output_format(out: str | os.PathLike) -> str:
@@ -435,31 +463,62 @@ def check_outputs(out: str | os.PathLike, inputs: Mapping[str, object]) -> None:
 
     Written: ``out``, ``out.errors.csv``, the work dir ``.OUT.parts/`` (and anything in it)
     and the temp files ``.OUT.tmp-*`` / ``.OUT.errors.csv.tmp-*`` beside ``out``. ``inputs``
-    maps a name for the message to a path; other values (id lists, mappings, None) are
-    skipped. Paths are compared resolved (symlinks, ``..``, relative paths), and existing
-    files also by inode (hard links).
+    maps a name for the message to a path (or to a `tfrs_movies.paths.Input`, e.g. the export
+    with its own files); other values (id lists, mappings, None) are skipped. Paths are
+    compared resolved (symlinks, ``..``, relative paths), and existing files also by inode
+    (hard links): `tfrs_movies.paths.check_outputs`, the check of every command.
     """
     out = Path(out).resolve()
     errors = out.with_name(f"{out.name}.errors.csv")
-    written = {out: "--out", errors: f"the bad-id file {errors.name} of --out"}
     work = out.with_name(f".{out.name}.parts")
+    reads = [value if isinstance(value, paths.Input) else paths.Input(f"the {role}", value)
+             for role, value in inputs.items()]
+    paths.check_outputs([
+        paths.Output("--out", out),
+        paths.Output("--out", errors, f"the bad-id file {errors.name} of --out"),
+        paths.Output("--out", work, f"the work dir {work.name} of --out", tree=True)], reads)
     temp_prefixes = (f".{out.name}.tmp-", f".{errors.name}.tmp-")
-    for role, value in inputs.items():
-        if not isinstance(value, (str, os.PathLike)):
+    for read in reads:
+        if not isinstance(read.path, (str, os.PathLike)):
             continue
-        path = Path(value).resolve()
-        hit = written.get(path)
-        if hit is None:
-            for target, what in written.items():
-                if path.exists() and target.exists() and os.path.samefile(path, target):
-                    hit = what
-        if hit is None and (path == work or work in path.parents):
-            hit = f"the work dir {work.name} of --out"
-        if hit is None and path.parent == out.parent and path.name.startswith(temp_prefixes):
-            hit = "a temporary file of --out"
-        if hit is not None:
-            raise UserError(f"refusing to write {hit}: it is the {role} {str(value)!r}, an input "
-                            f"of this job; choose another --out")
+        path = Path(read.path).resolve()
+        if path.parent == out.parent and path.name.startswith(temp_prefixes):
+            raise UserError(f"refusing to write a temporary file of --out: it is {read.what} "
+                            f"{str(read.path)!r}, an input of this job; choose another --out")
+
+
+def _export_input(client) -> paths.Input | None:
+    """The export a local client reads, with its own files (models.config, model folders)."""
+    backend = getattr(client, "backend", None)
+    if not isinstance(backend, LocalBackend):
+        return None
+    return paths.Input("the export (--model-dir)", backend.export_dir, paths.EXPORT_FILES)
+
+
+def check_existing(out: str | os.PathLike, *, resume: bool, overwrite: bool) -> None:
+    """The CLI's guard against losing work, before anything is read: `UserError` when both
+    ``resume`` and ``overwrite`` are asked; when an interrupted run of ``out`` left its parts
+    (``.OUT.parts/``) and neither is; when ``out`` exists without ``overwrite`` (with
+    ``resume`` and nothing to resume, too). `score_users` itself starts over unless resumed."""
+    if resume and overwrite:
+        raise UserError("give --resume (continue an interrupted run) or --overwrite (start "
+                        "over), not both")
+    if overwrite:
+        return
+    out = Path(out)
+    work = out.with_name(f".{out.name}.parts")
+    if (work / _MANIFEST).is_file():
+        if not resume:
+            raise UserError(f"an interrupted run of --out {str(out)!r} left its parts in "
+                            f"{str(work)!r}: pass --resume to continue it, or --overwrite to "
+                            f"start over")
+        return
+    if out.exists():
+        if resume:
+            raise UserError(f"nothing to resume: no interrupted run in {str(work)!r}, and --out "
+                            f"{str(out)!r} is already written; pass --overwrite to score again")
+        raise UserError(f"--out {str(out)!r} exists: pass --overwrite to replace it (or "
+                        f"choose another --out)")
 
 
 def _digest(text: str) -> str:

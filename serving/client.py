@@ -80,11 +80,14 @@ class Results(list):
     """One list per query, as a plain list, plus ``known``: per query, True when the model
     answered it (a known user; a query with at least one known seed), False when the list is
     the popularity fallback (scores then ``log(1 + train ratings)``), None when the export is
-    older than the ``known`` output and cannot say."""
+    older than the ``known`` output and cannot say; and ``limit``: the most movies the model
+    returns per query (the export's list length, fixed at export; None when unknown), so a
+    caller asking for more can say why it got fewer."""
 
-    def __init__(self, rows, known):
+    def __init__(self, rows, known, limit: int | None = None):
         super().__init__(rows)
         self.known: list[bool | None] = list(known)
+        self.limit = limit
 
 
 class RecommenderClient:
@@ -149,7 +152,7 @@ class RecommenderClient:
         results = Results((
             [Recommendation(m, t, float(s), float(r), float(o)) for m, t, s, r, o in row]
             for row in _rows(n, out["movie_ids"], out["titles"], out["scores"], out["ratings"],
-                             out["rank_scores"])), _known(out, len(user_ids)))
+                             out["rank_scores"])), _known(out, len(user_ids)), _limit(out))
         self._log("recommender", inputs["user_id"], [[r.movie_id for r in row]
                                                       for row in results], version)
         return results, version
@@ -163,7 +166,7 @@ class RecommenderClient:
         out, version = self._call("retrieval", inputs, with_version=self.request_log is not None)
         results = Results(([(m, float(s)) for m, s in row]
                            for row in _rows(n, out["movie_ids"], out["scores"])),
-                          _known(out, len(user_ids)))
+                          _known(out, len(user_ids)), _limit(out))
         self._log("retrieval", inputs["user_id"], [[m for m, _ in row] for row in results],
                   version)
         return results
@@ -209,7 +212,7 @@ class RecommenderClient:
                                   with_version=self.request_log is not None)
         results = Results(([(m, float(s)) for m, s in row]
                            for row in _rows(n, out["movie_ids"], out["scores"])),
-                          _known(out, len(rows)))
+                          _known(out, len(rows)), _limit(out))
         self._log("similar_movies", [None] * len(rows), [[m for m, _ in row] for row in results],
                   version, seed_ids=rows)
         return results
@@ -309,6 +312,12 @@ def _known(out: Mapping[str, np.ndarray], b: int) -> list[bool | None]:
     if "known" not in out:
         return [None] * b
     return [bool(v) for v in np.asarray(out["known"]).reshape(b)]
+
+
+def _limit(out: Mapping[str, np.ndarray]) -> int | None:
+    """The model's list length: the width of its ``movie_ids`` output ``[B, N]``."""
+    ids = np.asarray(out["movie_ids"])
+    return int(ids.shape[-1]) if ids.ndim == 2 else None
 
 
 def _check_n(n: int | None) -> None:

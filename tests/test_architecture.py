@@ -12,7 +12,7 @@ PACKAGE = ROOT / "tfrs_movies"
 # draws the same list. A module absent from this list fails the test: give it a layer.
 LAYERS = [
     {"errors", "quiet", "contract", "cli", "movie_names", "kinds", "tf_serving_config",
-     "config"},
+     "config", "paths"},
     {"data"},
     {"metrics", "index", "inference", "distribute", "lazy_adam", "features"},
     {"towers", "models", "paper_models"},

@@ -189,3 +189,23 @@ def test_evaluate_counts_test_ratings_that_were_trained_on(quiet_run, tmp_path, 
     assert err.startswith("warning: 30 of the 40 ratings") and "(75.0%)" in err
     assert "\n" not in err
     assert json.loads(out.read_text())["test_ratings_in_train"] == 30
+
+
+def test_evaluate_on_another_file_keeps_the_runs_own_metrics(quiet_run, tmp_path, capsys):
+    """Without --output, another file's metrics go beside the run's (named after that file,
+    which they record); the run's own metrics.json is never replaced by them."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(quiet_run[0], run)
+    own = (run / "metrics.json").read_text()
+    test = pd.read_parquet(run / "split" / "test.parquet").head(20)
+    path = tmp_path / "u1.test.csv"
+    test.rename(columns={"user_rating": "rating"})[
+        ["user_id", "movie_id", "rating", "timestamp"]].to_csv(path, index=False)
+    assert main(["evaluate", "--run", str(run), "--test-ratings", str(path)]) == 0
+    beside = run / "metrics-u1.test.csv.json"
+    assert f"Metrics written to {beside}" in capsys.readouterr().out
+    assert (run / "metrics.json").read_text() == own
+    metrics = json.loads(beside.read_text())
+    assert metrics["test_ratings"] == 20 and metrics["test_ratings_file"] == str(path.resolve())

@@ -1,7 +1,10 @@
 """Export: the serving contract, reloaded with TensorFlow (the graph TF Serving runs)."""
 from __future__ import annotations
 
+import errno
+import os
 import types
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,7 +63,7 @@ def exported(trained, tmp_path_factory):
 
 
 def _strings(tensor) -> np.ndarray:
-    return tensor.numpy().astype(str)
+    return contract.decode(tensor.numpy())
 
 
 def test_signatures_match_the_contract(exported):
@@ -404,3 +407,66 @@ def test_stars_from_the_frozen_table_are_the_heads_own(trained, monkeypatch):
     np.testing.assert_array_equal(got["movie_ids"].numpy(), want["movie_ids"].numpy())
     for name in ("ratings", "rank_scores", "scores"):
         np.testing.assert_allclose(got[name].numpy(), want[name].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def _fake_save(module, path, **kwargs):
+    """A SavedModel's folder without the seconds a real save takes."""
+    os.makedirs(path)
+    (Path(path) / "saved_model.pb").write_bytes(b"ours")
+
+
+def test_one_export_is_one_version_for_all_models(trained, tmp_path, monkeypatch):
+    monkeypatch.setattr(tf.saved_model, "save", _fake_save)
+    (tmp_path / "ranking" / "4").mkdir(parents=True)  # e.g. partial exports of one model
+    (tmp_path / "retrieval" / "2").mkdir(parents=True)
+    written = export(trained, tmp_path, ExportConfig(k=10, n=3))
+    assert set(written) == set(contract.MODELS)
+    assert {path.name for path in written.values()} == {"5"}
+    assert all((tmp_path / name / "5" / "saved_model.pb").exists() for name in contract.MODELS)
+    assert not list(tmp_path.glob("*/.tmp-*"))
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     KeyboardInterrupt()], ids=["disk full", "ctrl-c"])
+def test_a_failed_export_publishes_nothing_and_leaves_nothing(trained, tmp_path, monkeypatch,
+                                                              failure):
+    saves = []
+
+    def fails_on_the_third(module, path, **kwargs):
+        saves.append(path)
+        if len(saves) == 3:
+            raise failure
+        _fake_save(module, path)
+
+    monkeypatch.setattr(tf.saved_model, "save", fails_on_the_third)
+    with pytest.raises(type(failure)):
+        export(trained, tmp_path / "new" / "export", ExportConfig(k=10, n=3))
+    assert len(saves) == 3 and not (tmp_path / "new").exists()  # the folders it made, too
+    # Into an existing export: its versions and models.config stay as they were.
+    monkeypatch.setattr(tf.saved_model, "save", _fake_save)
+    export(trained, tmp_path / "export", ExportConfig(k=10, n=3))
+    before = sorted((tmp_path / "export").rglob("*"))
+    config = (tmp_path / "export" / "models.config").read_text()
+    saves.clear()
+    monkeypatch.setattr(tf.saved_model, "save", fails_on_the_third)
+    with pytest.raises(type(failure)):
+        export(trained, tmp_path / "export", ExportConfig(k=10, n=3))
+    assert sorted((tmp_path / "export").rglob("*")) == before
+    assert (tmp_path / "export" / "models.config").read_text() == config
+
+
+def test_a_version_another_export_takes_meanwhile_publishes_nothing(trained, tmp_path,
+                                                                   monkeypatch):
+    def another_writer_meanwhile(module, path, **kwargs):
+        _fake_save(module, path)
+        if Path(path).parent.name == "similar_movies":  # the last save: ranking/1 appears
+            (tmp_path / "ranking" / "1").mkdir()
+            (tmp_path / "ranking" / "1" / "saved_model.pb").write_bytes(b"theirs")
+
+    monkeypatch.setattr(tf.saved_model, "save", another_writer_meanwhile)
+    with pytest.raises(UserError, match="another export wrote it meanwhile.*nothing was "
+                                        "published"):
+        export(trained, tmp_path, ExportConfig(k=10, n=3))
+    assert (tmp_path / "ranking" / "1" / "saved_model.pb").read_bytes() == b"theirs"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [
+        Path("ranking"), Path("ranking/1"), Path("ranking/1/saved_model.pb")]

@@ -1,5 +1,6 @@
 """What ``python -m trainer`` and ``python -m serving`` share: help that states each flag's real
-default, descriptions from docstrings without reStructuredText markup, and ``--verbose``.
+default, descriptions from docstrings without reStructuredText markup, ``--verbose``, the list
+length flag (``-n``, alias ``-k``) and table cells padded to a terminal's columns.
 
 A flag whose parsed default is ``argparse.SUPPRESS`` (absent from the namespace unless given,
 so that explicit flags can be told from defaults) shows the default it stands for through
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import re
 import textwrap
+import unicodedata
 
 
 def set_shown_default(action: argparse.Action, value) -> argparse.Action:
@@ -91,3 +93,36 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", dest="verbose_logs", action="store_true",
                         help="show TensorFlow's log lines and library warnings (hidden "
                         "otherwise)")
+
+
+class AtLeastOne(argparse.Action):
+    """An int flag that must be >= 1; the error names the flag as it was typed (``-k`` or
+    ``-n``), and ``args.<dest>_flag`` keeps that name for later messages."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values < 1:
+            parser.error(f"argument {option_string}: must be at least 1, got {values}")
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
+
+
+def add_list_length_flag(parser: argparse.ArgumentParser, default: int | None, help: str
+                         ) -> argparse.Action:
+    """``-n N`` (alias ``-k``, the trainer's older name): how many movies a list shows, the
+    same flag on every subcommand of both CLIs that prints a list (``args.n``)."""
+    return parser.add_argument("-n", "-k", dest="n", type=int, default=default, metavar="N",
+                               action=AtLeastOne, help=f"{help} (-k: its older name)")
+
+
+def width(text: str) -> int:
+    """The terminal columns ``text`` takes: East Asian wide and fullwidth characters (CJK,
+    most emoji) two, combining marks none, others one."""
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def pad(text: str, columns: int, right: bool = False) -> str:
+    """``text`` padded with spaces to ``columns`` terminal columns (on the left if
+    ``right``), as ``ljust``/``rjust`` would for text of one column per character."""
+    fill = " " * max(0, columns - width(text))
+    return fill + text if right else text + fill

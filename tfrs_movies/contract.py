@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 SIGNATURE = "serving_default"
 PAD = ""  # pads ragged id lists to a rectangle; never a valid id
 MAX_ROWS_PER_CALL = 256
@@ -147,3 +149,14 @@ def fallback_notice(what: str, ids: list[str]) -> str:
     subject = f"{what} {shown} is" if len(ids) == 1 else f"{what}s {shown} are"
     return (f"notice: {subject} unknown to the model (not in its run's data): showing the most "
             "popular movies instead (score: log(1 + train ratings))")
+
+
+def decode(values) -> np.ndarray:
+    """A model's string output (bytes, as TensorFlow returns them, or str) -> a same-shape
+    ``object`` array of ``str``. The contract's strings are UTF-8; numpy's ``astype(str)``
+    would read bytes as ASCII and fail on the first accented title."""
+    array = np.asarray(values, dtype=object)
+    return np.asarray(_DECODE(array), dtype=object).reshape(array.shape)
+
+
+_DECODE = np.frompyfunc(lambda v: v.decode("utf-8") if isinstance(v, bytes) else str(v), 1, 1)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tfrs_movies import contract
 from tfrs_movies import metrics as M
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.inference import embed, pairs, position_of, predict_ratings
@@ -67,8 +68,8 @@ def evaluate_served(run, seen: pd.DataFrame, test: pd.DataFrame, k: int = 10) ->
         for row, ids in enumerate(excluded):
             pad[row, 1:1 + len(ids)] = ids
         out = recommender.serve(tf.constant(batch), tf.constant(pad.astype(str)))
-        rows.append(out["movie_ids"].numpy().astype(str))
-    ids = np.concatenate(rows) if rows else np.zeros((0, k), str)
+        rows.append(contract.decode(out["movie_ids"].numpy()))
+    ids = np.concatenate(rows) if rows else np.zeros((0, k), object)
     topk = movie_pos.reindex(ids.ravel()).fillna(-1).to_numpy(np.int64).reshape(ids.shape)
     relevant = test.groupby("user_id")["movie_id"].agg(
         lambda s: movie_pos[s].to_numpy(np.int64))

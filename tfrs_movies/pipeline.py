@@ -17,7 +17,8 @@ import pandas as pd
 
 from tfrs_movies import config as cfg
 from tfrs_movies import data as data_lib
-from tfrs_movies import distribute, kinds, reranker, reranker_lists, runs, training
+from tfrs_movies import (distribute, kinds, paths, reranker, reranker_lists, runs,
+                         serving_graph, training)
 from tfrs_movies.errors import UserError
 from tfrs_movies.evaluation import evaluate
 from tfrs_movies.features import FeatureSpace, Vocabulary
@@ -93,6 +94,8 @@ def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.Mod
     strategy, role = distribute.make_strategy(train_config.strategy)
     log.info(f"Strategy {train_config.strategy}: {distribute.describe(strategy, role)}")
     run_dir = Path(output)
+    if role.chief:
+        paths.check_writable(run_dir)
     split, fit, validation, vocab = _prepare(run_dir, data_config, model_config, train_config,
                                              write=role.chief)
     if not len(fit):
@@ -105,7 +108,9 @@ def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.Mod
             log.info(f"[{kind}] already trained, loading {runs.weights_prefix(run_dir, kind)}")
             models[kind] = runs.build_trained(kind, space, model_config, run_dir)
             continue
-        log.info(f"[{kind}] training on {len(fit):,} ratings for {train_config.epochs} epochs")
+        epochs = train_config.epochs
+        log.info(f"[{kind}] training on {len(fit):,} ratings for {epochs} "
+                 f"epoch{'' if epochs == 1 else 's'}")
         model, _ = training.fit_model(kind, space, model_config, train_config, fit, validation,
                                       run_dir, strategy=strategy)
         _save_weights(model, runs.weights_prefix(run_dir, kind), role)
@@ -138,6 +143,8 @@ def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
         dataclasses.replace(train_config, strategy="default", verbose=0), config,
         train_config.seed)
     if bundle is not None:
+        # The serving graph's tables, computed once: export, evaluation and recommend load them.
+        bundle = dataclasses.replace(bundle, tables=serving_graph.rerank_tables(bundle, run.vocab))
         reranker.save(bundle, run.path)
     return bundle
 

@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfrs_movies import contract, movie_names
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
+from tfrs_movies.runs import resume_hint
 from tfrs_movies.serving_graph import build_modules, catalogue_of
 
 
@@ -26,16 +27,17 @@ def _modules(run, k: int, candidates: int):
 
 
 def _table(ids, titles, **columns) -> pd.DataFrame:
-    keep = ids != b""
-    table = pd.DataFrame({"movie_id": ids[keep].astype(str), "title": titles[keep].astype(str),
+    ids, titles = contract.decode(ids), contract.decode(titles)
+    keep = ids != contract.PAD
+    table = pd.DataFrame({"movie_id": ids[keep], "title": titles[keep],
                           **{name: values[keep] for name, values in columns.items()}})
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     return table
 
 
 def recommend(run, user_id: str, k: int = 10, candidates: int = ExportConfig.k
-              ) -> tuple[pd.DataFrame, str | None]:
-    """Top ``k`` unseen catalogue movies for ``user_id``: (table, notice or None).
+              ) -> tuple[pd.DataFrame, list[str]]:
+    """Top ``k`` unseen catalogue movies for ``user_id``: (table, notices: one line each).
 
     What the run's exported ``recommender`` answers (``retrieval`` when the run has no rating
     model): the ``candidates`` best unseen movies by retrieval score, ordered by the learned
@@ -43,48 +45,55 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = ExportConfig.k
     (retrieval score; for an unknown user ``log(1 + train ratings)`` of the popular movies),
     rating (predicted stars) and rank_score (the served order's score). A ranking-only run
     orders every unseen movie by predicted rating. A user the run has never seen gets the
-    popular movies and a notice saying so.
+    popular movies and a notice saying so; a run whose training stopped before its rating
+    model or re-ranker answers with what it has, and a notice says what it lacks.
     """
     if k < 1:
-        raise UserError(f"-k must be >= 1, got {k}")
+        raise UserError(f"the list length must be >= 1, got {k}")
     vocab = run.vocab
-    notice = None
+    notices = []
     retrieves, rates = run.retrieval_model() is not None, run.rating_model() is not None
+    unfinished = run.unfinished()
+    if unfinished and retrieves:
+        answer = ("from retrieval alone (retrieval scores; no predicted stars, no re-ranking)"
+                  if not rates else "ordered by predicted rating (no re-ranker)")
+        notices.append(f"notice: {run.path} is unfinished (no {' or '.join(unfinished)} yet): "
+                       f"answering {answer}; {resume_hint(run.path)}")
     modules = _modules(run, k, candidates if rates else k)
     if retrieves:
         name = "recommender" if rates else "retrieval"
         request = tf.constant([user_id]), tf.constant([[""]])
         out = {key: v.numpy()[0] for key, v in modules[name].serve(*request).items()}
         if not out["known"]:  # the export's own answer: its popularity fallback
-            notice = contract.fallback_notice("user", [user_id])
+            notices.append(contract.fallback_notice("user", [user_id]))
         columns = {"score": out["scores"]}
         if rates:
             columns["rating"] = out["ratings"]
             columns["rank_score"] = out["rank_scores"]
         titles = out["titles"] if rates else _titles(run, out["movie_ids"])
-        return _table(out["movie_ids"], titles, **columns), notice
+        return _table(out["movie_ids"], titles, **columns), notices
     # A ranking-only run: every unseen catalogue movie, ordered by predicted rating.
     if user_id not in set(vocab.user_ids) | set(vocab.catalogue_users):
-        notice = (f"notice: user {user_id!r} is unknown to the model (not in its run's data): "
-                  "its ratings are those of an unknown user")
+        notices.append(f"notice: user {user_id!r} is unknown to the model (not in its run's "
+                       "data): its ratings are those of an unknown user")
     seen = set(pd.concat([run.split.train, run.split.fold_in]).query("user_id == @user_id")[
         "movie_id"])
     catalogue = _catalogue(run)
     catalogue = catalogue[~catalogue["movie_id"].isin(seen)]
     ids = catalogue["movie_id"].to_numpy(dtype=str)
     if not len(ids):
-        return _table(np.zeros(0, object), np.zeros(0, object), rating=np.zeros(0)), notice
+        return _table(np.zeros(0, object), np.zeros(0, object), rating=np.zeros(0)), notices
     ratings = modules["ranking"].serve(tf.constant([user_id] * len(ids)),
                                        tf.constant(ids))["rating"].numpy()
     top = np.argsort(-ratings, kind="stable")[:k]
-    return _table(np.char.encode(ids[top]), np.char.encode(
-        catalogue["title"].to_numpy(dtype=str)[top]), rating=ratings[top]), notice
+    return _table(ids[top], catalogue["title"].to_numpy(dtype=object)[top],
+                  rating=ratings[top]), notices
 
 
 def _titles(run, ids: np.ndarray) -> np.ndarray:
-    """Titles (bytes, as the serving modules return them) of [n] byte-string movie ids."""
+    """Titles of [n] movie ids (bytes, as the serving modules return them, or str)."""
     titles = dict(zip(run.vocab.catalogue_movies, run.vocab.catalogue_titles))
-    return np.asarray([titles.get(m.decode(), "").encode() for m in ids], dtype=object)
+    return np.asarray([titles.get(m, "") for m in contract.decode(ids)], dtype=object)
 
 
 def resolve_movies(catalogue, queries: list[str]) -> list[str]:
@@ -109,6 +118,8 @@ def similar(run, queries: list[str], k: int = 10) -> tuple[pd.DataFrame, list[st
     """
     if not queries:
         raise UserError("give at least one --movie")
+    if k < 1:
+        raise UserError(f"the list length must be >= 1, got {k}")
     module = _modules(run, k, k)["similar_movies"]  # held: tf.function keeps only a weak ref
     seeds = resolve_movies(module.catalogue, list(queries))
     out = module.serve(tf.constant([seeds]))

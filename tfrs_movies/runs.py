@@ -23,7 +23,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_movies import config as cfg
-from tfrs_movies import kinds, reranker
+from tfrs_movies import kinds, paths, reranker
 from tfrs_movies.data import Split, load_split
 from tfrs_movies.errors import UserError
 from tfrs_movies.features import FeatureSpace, Vocabulary
@@ -57,6 +57,24 @@ class Run:
     def embedding_model(self):
         """The model whose movie tower gives the movie embeddings for similarity."""
         return self.retrieval_model() or self.rating_model()
+
+    def unfinished(self) -> list[str]:
+        """What ``train`` has yet to write into this run (it was stopped): the models of its
+        ``--model`` not trained yet, then ``re-ranker`` for ``--model all`` stopped before it
+        (a finished run writes ``metrics.json`` last; it may have no re-ranker when no list
+        had a positive). Empty for a finished run."""
+        missing = [f"{kind} model" for kind in kinds.trained_by(self.train.model)
+                   if kind not in self.models]
+        if (self.train.model == "all" and self.reranker is None
+                and not (self.path / "metrics.json").exists()):
+            missing.append("re-ranker")
+        return missing
+
+
+def resume_hint(run_dir: str | Path) -> str:
+    """How to finish a stopped run: the command that resumes it."""
+    return (f"rerun `python -m trainer train --output {run_dir}` with the flags it was started "
+            f"with (saved in {Path(run_dir) / 'config.json'}) to resume it")
 
 
 # 2: tensor-shaped tasks and listwise rating heads (weights of format 1, unmarked, differ).
@@ -120,6 +138,17 @@ def load_run(run_dir: str | Path, require_trained: bool = True) -> Run:
     """Loads a run directory written by ``training.train``, with its trained models."""
     path = Path(run_dir)
     if not (path / "config.json").exists():
+        if not path.exists():
+            raise UserError(f"{path}: no such run directory; train one with "
+                            f"`python -m trainer train --output {path}`")
+        if not path.is_dir():
+            raise UserError(f"{path} is a file, not a run directory (the folder `python -m "
+                            f"trainer train --output DIR` wrote)")
+        if paths.kind_of_dir(path) == "export":
+            raise UserError(f"{path} is an export (TF Serving models written by `trainer "
+                            f"export`), not a run directory: give the run it was exported "
+                            f"from (the --output of `trainer train`), or query the export with "
+                            f"`python -m serving recommend --model-dir {path} --user ID`")
         raise UserError(f"{path}: not a run directory (no config.json); train one with "
                         f"`python -m trainer train --output {path}`")
     check_format(path)
@@ -129,8 +158,8 @@ def load_run(run_dir: str | Path, require_trained: bool = True) -> Run:
     models = {kind: build_trained(kind, space, configs["model"], path)
               for kind in kinds.trained_by(configs["train"].model) if is_trained(path, kind)}
     if require_trained and not models:
-        raise UserError(f"{path}: no trained model yet (training did not finish); rerun "
-                        f"`python -m trainer train --output {path}` to resume it")
+        raise UserError(f"{path} is unfinished: no model was trained yet (training stopped); "
+                        f"{resume_hint(path)}")
     return Run(path=path, data=configs["data"], model=configs["model"], train=configs["train"],
                movies=pd.read_parquet(path / "catalog" / "movies.parquet"),
                users=pd.read_parquet(path / "catalog" / "users.parquet"),

@@ -219,7 +219,8 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_histor
     found = None
     if kind == RERANKER:
         log.info(f"[reranker] building the lists every trial learns on and is scored on "
-                 f"(retrieval models of {train_config.epochs} epochs on the fit part)")
+                 f"(retrieval models of {train_config.epochs} "
+                 f"epoch{'' if train_config.epochs == 1 else 's'} on the fit part)")
         found = reranker_lists.validation_lists(
             fit, validation, dataset.movies, dataset.users, split.fold_in, model_config,
             train_config, reranker.ReRankerConfig.from_train(train_config), data_config.seed)
@@ -475,8 +476,9 @@ def tune(output: str | Path, data_config: cfg.DataConfig, kind: str, tuner: str 
                          train_config=train_config, directory=str(out), project_name=_PROJECT,
                          overwrite=False)
     search.oracle.verbose = 0  # one line per trial is printed by ConfigTuner instead
-    log.info(f"Tuning {kind} ({tuner}, {goal.name} {goal.direction}imized, up to {epochs} epochs "
-             f"per trial): {len(search.oracle.trials)} of {max_trials} trials already in {out}")
+    log.info(f"Tuning {kind} ({tuner}, {goal.name} {goal.direction}imized, up to {epochs} "
+             f"epoch{'' if epochs == 1 else 's'} per trial): {len(search.oracle.trials)} of "
+             f"{max_trials} trials already in {out}")
     try:
         search.search()
     except RuntimeError as e:
@@ -537,7 +539,8 @@ def _defaults(search: ConfigTuner, out: Path, goal: Objective, model_config: cfg
     path = out / "defaults.json"
     if path.exists():
         return json.loads(path.read_text())
-    what = ("" if search.kind == RERANKER else f" ({train_config.epochs} epochs)")
+    epochs = train_config.epochs
+    what = "" if search.kind == RERANKER else f" ({epochs} epoch{'' if epochs == 1 else 's'})"
     log.info(f"Measuring the default configuration{what}...")
     result = run_config(search.kind, model_config, train_config, search.data, goal)
     write_json(path, result)

@@ -10,19 +10,21 @@ Writes ``report.md``, ``neighbours.png``, ``norm_popularity.png``, ``tsne.png``,
 """
 from __future__ import annotations
 
-from tfrs_movies import cli
+from tfrs_movies import cli, paths
 from trainer import flags
 
 
 def _analyze(args, argv) -> None:
     output = flags.output_dir(args.output)
+    paths.check_outputs([paths.Output("--output", output)],
+                        [paths.Input("the run (--run)", args.run, paths.RUN_FILES)])
     from tfrs_movies.analysis import analyze
     from tfrs_movies.runs import load_run
 
     print(f"Loading the run in {args.run}", flush=True)
-    paths = analyze(load_run(args.run), output, movies=args.movie, user=args.user,
-                    kind=args.kind, k=args.k, progress=lambda line: print(line, flush=True))
-    print(f"Wrote {len(paths)} files to {args.output} (start with {paths['report']})")
+    written = analyze(load_run(args.run), output, movies=args.movie, user=args.user,
+                      kind=args.kind, k=args.n, progress=lambda line: print(line, flush=True))
+    print(f"Wrote {len(written)} files to {args.output} (start with {written['report']})")
 
 
 def register(subparsers) -> None:
@@ -38,5 +40,5 @@ def register(subparsers) -> None:
                    "of median activity)")
     p.add_argument("--kind", help="which of the run's models (default: the retrieval one, "
                    "else the rating one)")
-    p.add_argument("-k", type=int, default=10, help="neighbours and recommendations listed")
+    cli.add_list_length_flag(p, 10, "neighbours and recommendations listed")
     p.set_defaults(func=_analyze)

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tfrs_movies import cli
+from tfrs_movies import cli, paths
 from tfrs_movies import config as cfg
 from tfrs_movies.errors import UserError
 
@@ -235,13 +235,24 @@ def output_dir(path: str, flag: str = "--output") -> Path:
     return out
 
 
-def output_file(path: str, flag: str = "--output") -> Path:
+def output_file(path: str, flag: str = "--output", create: bool = True) -> Path:
     """``path`` as a file to (over)write: refused if it is a directory or below a file; its
-    parent directories are created."""
+    parent directories are created (unless not ``create``)."""
     out = Path(path)
     if out.is_dir():
         raise UserError(f"{flag} {path} is a directory: give a file name, e.g. "
                         f"{out / 'metrics.json'}")
     output_dir(str(out.parent), flag=f"{flag} {path}: its folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.parent.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def data_inputs(data: cfg.DataConfig, hparams: str | None = None) -> list[paths.Input]:
+    """The files and folders a train or tune job reads (for `paths.check_outputs`)."""
+    named = [("--data-dir", data.data_dir), ("--tfds-manual-dir", data.tfds_manual_dir),
+             ("--test-ratings", data.test_ratings), ("--hparams", hparams)]
+    if data.dataset != "synthetic":  # there --ratings, --movies, --users are counts
+        named += [("--ratings", data.ratings), ("--movies", data.movies),
+                  ("--users", data.users)]
+    return [paths.Input(f"the {flag} input", path) for flag, path in named if path]

@@ -18,7 +18,7 @@ MLP, epochs, learning rate and loss), scored by the top-N order it gives the val
 """
 from __future__ import annotations
 
-from tfrs_movies import cli
+from tfrs_movies import cli, paths
 from tfrs_movies import config as cfg
 from tfrs_movies import kinds
 from trainer import flags
@@ -32,6 +32,7 @@ def _tune(args, argv) -> None:
     output = flags.output_dir(args.output)
     values = vars(args)
     data = flags.data_config(values)
+    paths.check_outputs([paths.Output("--output", output, tree=True)], flags.data_inputs(data))
     from tfrs_movies.tuning import tune
 
     train = cfg.TrainConfig(batch_size=args.batch_size, seed=data.seed)
