@@ -38,6 +38,7 @@ import pandas as pd
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks import one_line_errors
+from tfrs_movies import contract
 from tfrs_movies import metrics as M
 from tfrs_movies.config import DataConfig, ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.reranker import FAMILIES, ease_scores
@@ -108,7 +109,7 @@ def exported_topn(export_dir: Path, train, test, movies, k=10) -> dict:
         for i in range(0, len(ids), 512):
             batch = tf.constant(ids[i:i + 512])
             got = fn(user_id=batch, exclude_movie_ids=tf.fill([len(ids[i:i + 512]), 1], ""))
-            rows.append(got["movie_ids"].numpy().astype(str))
+            rows.append(contract.decode(got["movie_ids"].numpy()))
         listed = np.vectorize(lambda m: movie_pos.get(m, -1))(np.concatenate(rows))
         topk = listed[:, :k]
         ceiling = {}
