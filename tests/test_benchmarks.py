@@ -17,6 +17,7 @@ from benchmarks import (batch_speed, scann_speed, scann_trained, serving_cost, s
                         speed_exports, train_speed)
 from benchmarks.timing import median, percentile_ms, time_calls
 from tfrs_movies.data.synthetic import synthetic
+from tfrs_movies.errors import UserError
 
 
 def test_examples_in_counts_the_partial_last_batch():
@@ -289,3 +290,17 @@ def test_train_section_makes_each_datasets_measurements_only(monkeypatch, tmp_pa
     assert len(calls) == 2 and all("ours" in a and "retrieval" in a for a in calls)
     assert got["train_large_tables_slowdown"] == 1.25
     assert got["train_target.large_tables_slowdown.met"] is True
+
+
+def test_job_scale_needs_a_catalogue_and_tabulates_the_ratio(tmp_path):
+    from benchmarks import job_scale
+
+    with pytest.raises(UserError, match="neither ml-100k/ nor ml-latest-small.zip"):
+        job_scale.catalogues(tmp_path, tmp_path)
+    jobs = {"train": {"seconds": 100.0, "peak_mb": 1300}, "export": {"seconds": 20.0,
+                                                                     "peak_mb": 1000},
+            "recommend": {"seconds": 10.0, "peak_mb": 900}}
+    bigger = {**jobs, "train": {"seconds": 220.0, "peak_mb": 2500}}
+    text = job_scale.table({"a": jobs, "b": bigger})
+    assert "| a | 100 | 20 | 1.00 | 10 | 1,300 / 1,000 / 900 |" in text
+    assert "| b | 220 | 20 | 2.00 | 10 | 2,500 / 1,000 / 900 |" in text
