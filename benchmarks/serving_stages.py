@@ -58,9 +58,9 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
 
     ids = tf.function(lambda u, e: (rec.users.rows.lookup(u), rec.catalogue.lookup(e)))
     search = tf.function(lambda r, x: rec.retriever(r, x))
-    head = tf.function(lambda r, p, s: tf.where(tf.math.is_inf(s), NEG, rec.rating(r, p)))
+    head = tf.function(lambda r, p, s: tf.where(tf.math.is_inf(s), NEG, rec.stars.rating(r, p)))
     rating = tf.function(lambda r, p, s: tf.where(tf.math.is_inf(s), NEG,
-                                                  rec.rating.candidates(r, p)))
+                                                  rec.stars.candidates(r, p)))
     features = tf.function(lambda r, p, s, st: rec.rerank.features(r, p, s, st))
     mlp = tf.function(lambda x, s: tf.where(s > NEG, rec.rerank.model(x, training=False), NEG))
 

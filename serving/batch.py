@@ -119,11 +119,11 @@ class BatchReport:
     load_seconds: float = 0.0
 
     def summary(self) -> str:
-        """One line; the rate only when the run took at least a second (below that, or for a
-        handful of users, the rate is mostly model loading and says nothing)."""
+        """One line; the rate only when the scoring (``seconds`` less ``load_seconds``) took at
+        least a quarter of a second (below that, for a handful of users, it says nothing)."""
         text = (f"wrote {self.rows:,} recommendations for {self.users:,} users to "
                 f"{self.out_path} in {self.seconds:.1f}s")
-        if self.seconds >= 1 and self.users_per_second > 0:
+        if self.seconds - self.load_seconds >= 0.25 and self.users_per_second > 0:
             loaded = (f" after loading the model in {self.load_seconds:.1f}s"
                       if self.load_seconds >= 0.05 else "")
             text += f" ({format_rate(self.users_per_second)} users/s{loaded})"
@@ -389,17 +389,18 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
     def predict(inputs):
         return client.backend.predict(MODEL, inputs, **pin)
 
-    # A local model is loaded before the clock of the rate starts: TensorFlow's import and the
-    # SavedModel's load are paid once per process, not per user (reported apart).
-    loading = time.perf_counter()
-    if isinstance(client.backend, LocalBackend):
-        client.backend.load(MODEL, **pin)
-    load_seconds = time.perf_counter() - loading
     starts = range(0, len(users.ids), part_size)
     resumed = sum(min(part_size, len(users.ids) - s) for i, s in enumerate(starts) if i in done)
     bar = _Progress(len(users.ids), resumed, stream or sys.stderr, enabled=progress)
     pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+    load_seconds = 0.0
     try:
+        # A local model is loaded before the rate's clock: TensorFlow's import and the
+        # SavedModel's load are paid once per process, not per user (reported apart).
+        if isinstance(client.backend, LocalBackend) and len(done) < len(starts):
+            loading = time.perf_counter()
+            client.backend.load(MODEL, **pin)
+            load_seconds = time.perf_counter() - loading
         for i, first in enumerate(starts):
             if i in done:
                 continue

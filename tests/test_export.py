@@ -399,10 +399,10 @@ def test_stars_from_the_frozen_table_are_the_heads_own(trained, monkeypatch):
     request = (tf.constant(list(trained.vocab.user_ids[:9]) + ["never-seen"]),
                tf.fill([10, 1], ""))
     tabled = serving_graph.build_modules(trained, ExportConfig(k=20, n=5))["recommender"]
-    assert tabled.rating.stars is not None
+    assert tabled.stars.table is not None
     monkeypatch.setattr(serving_graph, "MAX_TABLE_CELLS", 0)
     computed = serving_graph.build_modules(trained, ExportConfig(k=20, n=5))["recommender"]
-    assert computed.rating.stars is None
+    assert computed.stars.table is None
     want, got = computed.serve(*request), tabled.serve(*request)
     np.testing.assert_array_equal(got["movie_ids"].numpy(), want["movie_ids"].numpy())
     for name in ("ratings", "rank_scores", "scores"):
@@ -470,3 +470,14 @@ def test_a_version_another_export_takes_meanwhile_publishes_nothing(trained, tmp
     assert (tmp_path / "ranking" / "1" / "saved_model.pb").read_bytes() == b"theirs"
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [
         Path("ranking"), Path("ranking/1"), Path("ranking/1/saved_model.pb")]
+
+
+def test_the_ranking_export_carries_no_stars_table(exported):
+    """The [users, catalogue] stars table is the recommender's alone: the ranking model (one
+    pair a row) runs the head and its SavedModel holds no such variable."""
+    def saved(model):  # the checkpoint keys of a SavedModel's variables
+        path = exported[0] / "bf" / model / "1" / "variables" / "variables"
+        return [name for name, _ in tf.train.list_variables(str(path))]
+
+    assert any(name.startswith("stars/table/") for name in saved("recommender"))
+    assert not any("stars" in name for name in saved("ranking"))

@@ -244,16 +244,9 @@ def _fallback(unknown: tf.Tensor, popular: Popular, excluded: tf.Tensor, scores:
 
 
 class _Rating(tf.Module):
-    """The rating head on stored representations: user rows [B] x positions [B, K] -> [B, K].
+    """The rating head on stored representations: user rows [B] x positions [B, K] -> [B, K]."""
 
-    With ``table`` (a catalogue and user count within ``MAX_TABLE_CELLS``), every user row's
-    predicted stars for every catalogue movie are computed once, here, and ``candidates``
-    gathers them: the recommender's K candidates then cost a gather, not K runs of the head's
-    MLP (about 16k multiply-adds each at ML-100K's defaults, 15 times retrieval's work per
-    user). The values are the head's own, computed in chunks of user rows.
-    """
-
-    def __init__(self, model, users: _Users, catalogue: _Catalogue, table: bool = False):
+    def __init__(self, model, users: _Users, catalogue: _Catalogue):
         super().__init__()
         self.head = model.head
         self.users = users.table(model.rating_user, "rating_users")
@@ -261,28 +254,45 @@ class _Rating(tf.Module):
         ids = np.concatenate([[""], catalogue.ids_np])
         self.movies = tf.Variable(embed(model.rating_movie, ids), trainable=False,
                                   name="rating_movies")
-        self.stars = None
-        if table:
-            self.stars = tf.Variable(self._every_pair(len(users.with_unknown),
-                                                      len(catalogue.ids_np)),
-                                     trainable=False, name="predicted_stars")
 
     def __call__(self, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
         users = tf.gather(self.users, rows)
         movies = tf.gather(self.movies, positions + 1)
         return self.head.rating(self.head(users, movies, training=False))
 
+
+class _Stars(tf.Module):
+    """The recommender's candidates' predicted stars: ``candidates(rows [B], positions [B, K])
+    -> [B, K]``.
+
+    With ``table`` (a catalogue and user count within ``MAX_TABLE_CELLS``), every user row's
+    stars for every catalogue movie are computed once, here, and gathered: the K candidates
+    then cost a gather, not K runs of the head's MLP (about 16k multiply-adds each at ML-100K's
+    defaults, 15 times retrieval's work per user). The values are the head's own, computed in
+    chunks of user rows. Only the recommender holds this module, so the ``ranking`` export
+    (one pair a row) carries no table.
+    """
+
+    def __init__(self, rating: _Rating, users: int, movies: int, table: bool):
+        super().__init__()
+        self.rating = rating
+        self.table = None
+        if table:
+            self.table = tf.Variable(self._every_pair(users, movies), trainable=False,
+                                     name="predicted_stars")
+
     def candidates(self, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
         """The stars of the candidates ``positions`` [B, K] (>= 0) of ``rows`` [B]."""
-        if self.stars is None:
-            return self(rows, positions)
-        return gather_cells(self.stars, rows, positions)
+        if self.table is None:
+            return self.rating(rows, positions)
+        return gather_cells(self.table, rows, positions)
 
     def _every_pair(self, users: int, movies: int, cells: int = 1 << 17) -> np.ndarray:
         """[users, movies] float32: the head on every (user row, catalogue position)."""
         chunk = max(1, cells // max(movies, 1))
         every = tf.range(movies, dtype=tf.int64)
-        call = tf.function(lambda rows: self(rows, tf.tile(every[None], [tf.size(rows), 1])))
+        call = tf.function(lambda rows: self.rating(rows, tf.tile(every[None],
+                                                                  [tf.size(rows), 1])))
         return np.concatenate([call(tf.range(start, min(start + chunk, users), dtype=tf.int64))
                                .numpy() for start in range(0, users, chunk)])
 
@@ -352,10 +362,10 @@ class RecommenderModule(tf.Module):
     predicted rating), return the best n with their predicted ratings."""
 
     def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever,
-                 rating: _Rating, n: int, rerank: _ReRank | None = None):
+                 stars: _Stars, n: int, rerank: _ReRank | None = None):
         super().__init__()
         self.users, self.catalogue = users, catalogue
-        self.retriever, self.rating, self.rerank = retriever, rating, rerank
+        self.retriever, self.stars, self.rerank = retriever, stars, rerank
         self.n = min(n, retriever.k)
         self._outputs = {t.name: tf.TensorSpec([None, self.n][:len(t.shape)], _DTYPES[t.dtype])
                          for t in contract.signature("recommender").outputs}
@@ -364,7 +374,7 @@ class RecommenderModule(tf.Module):
         rows = self.users.rows.lookup(user_id)
         scores, positions = self.retriever(rows, self.catalogue.lookup(exclude_movie_ids))
         ratings = tf.where(tf.math.is_inf(scores), _NEG,
-                           self.rating.candidates(rows, tf.maximum(positions, 0)))
+                           self.stars.candidates(rows, tf.maximum(positions, 0)))
         if self.rerank is not None:  # the predicted ratings are one of its features
             order, top = tf.math.top_k(self.rerank(rows, positions, scores, ratings), self.n)
             ratings = tf.gather(ratings, top, batch_dims=1)
@@ -425,18 +435,15 @@ def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
     retrieval, rating_model = run.retrieval_model(), run.rating_model()
     users, catalogue = _Users(vocab), _Catalogue(vocab)
     modules = {}
-    rating = None
-    if rating_model is not None:
-        cells = len(users.with_unknown) * len(catalogue.ids_np)
-        rating = _Rating(rating_model, users, catalogue,
-                         table=retrieval is not None and cells <= MAX_TABLE_CELLS)
+    rating = _Rating(rating_model, users, catalogue) if rating_model is not None else None
     if retrieval is not None:
         retriever = _Retriever(retrieval, users, catalogue, config)
         modules["retrieval"] = RetrievalModule(users, catalogue, retriever)
         if rating is not None:
-            rerank = (None if run.reranker is None
-                      else _ReRank(run.reranker, vocab))
-            modules["recommender"] = RecommenderModule(users, catalogue, retriever, rating,
+            rows, movies = len(users.with_unknown), len(catalogue.ids_np)
+            stars = _Stars(rating, rows, movies, table=rows * movies <= MAX_TABLE_CELLS)
+            rerank = None if run.reranker is None else _ReRank(run.reranker, vocab)
+            modules["recommender"] = RecommenderModule(users, catalogue, retriever, stars,
                                                        config.n, rerank)
     if rating is not None:
         modules["ranking"] = RatingModule(users, catalogue, rating)

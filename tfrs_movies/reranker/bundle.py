@@ -45,8 +45,11 @@ def save(bundle: Bundle, run_dir: Path) -> None:
     (path.parent / "config.json").write_text(json.dumps(dataclasses.asdict(bundle.config)))
     bundle.recent.save(path.parent / "recent.npz")
     bundle.sittings.save(path.parent / "sittings.npz")
+    tables = path.parent / "tables.npz"
     if bundle.tables is not None:
-        bundle.tables.save(path.parent / "tables.npz")
+        bundle.tables.save(tables)
+    else:  # an earlier re-ranker's tables are not this one's
+        tables.unlink(missing_ok=True)
     bundle.model.save_weights(str(path))
 
 
