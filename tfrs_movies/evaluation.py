@@ -51,7 +51,7 @@ def evaluate_served(run, seen: pd.DataFrame, test: pd.DataFrame, k: int = 10) ->
     built in memory, asked for every test user (their seen movies are excluded in-graph)."""
     movies = np.asarray(run.vocab.catalogue_movies, dtype=str)
     k = min(k, len(movies))
-    modules = build_modules(run, ExportConfig(k=max(ExportConfig.k, k), n=k))
+    modules = build_modules(run, ExportConfig(k=max(ExportConfig.k, k), n=k), freeze_stars=False)
     recommender = modules["recommender"]
     movie_pos = position_of(movies)
     test = test[test["movie_id"].isin(movie_pos.index)]

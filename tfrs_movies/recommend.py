@@ -23,7 +23,7 @@ def _catalogue(run) -> pd.DataFrame:
 
 
 def _modules(run, k: int, candidates: int):
-    return build_modules(run, ExportConfig(k=max(k, candidates), n=k))
+    return build_modules(run, ExportConfig(k=max(k, candidates), n=k), freeze_stars=False)
 
 
 def _table(ids, titles, **columns) -> pd.DataFrame:

@@ -429,8 +429,14 @@ def catalogue_of(vocab) -> _Catalogue:
     return _Catalogue(vocab)
 
 
-def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
-    """The serving modules ``run`` supports, by contract name (in memory, not saved)."""
+def build_modules(run, config: ExportConfig, freeze_stars: bool = True) -> dict[str, tf.Module]:
+    """The serving modules ``run`` supports, by contract name (in memory, not saved).
+
+    ``freeze_stars`` computes the recommender's [user rows, catalogue] stars table (`_Stars`)
+    where it fits: worth it for an export that answers many requests, not for one pass over
+    the users (evaluation: 17 times more pairs than the candidates at ML-100K) or one user
+    (``trainer recommend``), which run the head on their candidates and get the same answers.
+    """
     vocab = run.vocab
     retrieval, rating_model = run.retrieval_model(), run.rating_model()
     users, catalogue = _Users(vocab), _Catalogue(vocab)
@@ -441,7 +447,8 @@ def build_modules(run, config: ExportConfig) -> dict[str, tf.Module]:
         modules["retrieval"] = RetrievalModule(users, catalogue, retriever)
         if rating is not None:
             rows, movies = len(users.with_unknown), len(catalogue.ids_np)
-            stars = _Stars(rating, rows, movies, table=rows * movies <= MAX_TABLE_CELLS)
+            stars = _Stars(rating, rows, movies,
+                           table=freeze_stars and rows * movies <= MAX_TABLE_CELLS)
             rerank = None if run.reranker is None else _ReRank(run.reranker, vocab)
             modules["recommender"] = RecommenderModule(users, catalogue, retriever, stars,
                                                        config.n, rerank)

@@ -24,8 +24,9 @@ def interactions(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndar
 
 def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item weights ``B`` [N, N] (zero diagonal) from the rows' Gram matrix
-    ``X^T X`` [N, N], which it overwrites: two [N, N] float64 matrices at a time (1.5 GB at
-    ML-latest-small's 9.7k movies), not five."""
+    ``X^T X`` [N, N], which it overwrites (the diagonal in place, the weights in the inverse's
+    own array): two fewer [N, N] float64 temporaries than ``inv(gram + lam * eye)``, 760 MB
+    each at ml-latest-small's 9.7k movies."""
     gram[np.diag_indices_from(gram)] += lam
     p = np.linalg.inv(gram)
     del gram
