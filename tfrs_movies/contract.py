@@ -13,6 +13,12 @@ memory does not grow with its batch.
 Every model also has a second signature, `LOOKUP` (``lookup``): a movie id or title -> the
 catalogue movies it names, so a client can accept titles wherever a movie is named and catch
 unknown ids before asking for anything (``tfrs_movies.movie_names`` reads its answer).
+
+``retrieval`` and ``recommender`` have a third, `WITH_HISTORY` (``with_history``): the same
+answers computed from the user's history as the request brings it (``H`` movies, oldest first),
+so a user the export has never seen, or a known user who rated movies since, is answered from
+what they did (`HISTORY_SIGNATURES`). A history longer than the export's maximum (the run's
+``max_history``, 200 by default) keeps its most recent movies.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import dataclasses
 import numpy as np
 
 SIGNATURE = "serving_default"
+WITH_HISTORY = "with_history"
 PAD = ""  # pads ragged id lists to a rectangle; never a valid id
 MAX_ROWS_PER_CALL = 256
 LOOKUP_MATCHES = 8  # M: the movies a lookup lists (it counts them all)
@@ -118,6 +125,31 @@ SIGNATURES: dict[str, Signature] = {s.model: s for s in (
 )}
 MODELS = tuple(SIGNATURES)
 
+_HISTORY = Tensor("history_movie_ids", "string", ("B", "H"),
+                  'the movies the user rated, oldest first ("" pads at the end); unknown ids '
+                  "are ignored; the most recent are kept when longer than the export's maximum")
+_KNOWN_HISTORY = Tensor("known", "bool", ("B",),
+                        "false only where the answer is the popularity fallback: an id the "
+                        "export does not know and no catalogue movie in its history")
+
+
+def _with_history(model: str) -> Signature:
+    """``model``'s ``serving_default`` answered from the request's history as well."""
+    base = SIGNATURES[model]
+    return Signature(
+        model, f"{base.doc}, from the user's history as the request brings it: an unseen id's "
+        "answer comes from its history alone, a known user's from what the export knows plus "
+        "the history (a movie in both counts once); the history's movies are never returned",
+        (_USER, _HISTORY, _EXCLUDE),
+        tuple(_KNOWN_HISTORY if t.name == "known" else t for t in base.outputs),
+        name=WITH_HISTORY)
+
+
+# The models that answer from a history, by model name (inputs user_id, history_movie_ids,
+# exclude_movie_ids; outputs exactly serving_default's).
+HISTORY_SIGNATURES: dict[str, Signature] = {m: _with_history(m)
+                                            for m in ("retrieval", "recommender")}
+
 # On every model (each holds the catalogue), so a client resolves a movie with the model, and
 # the version, that then answers.
 LOOKUP = Signature(
@@ -133,13 +165,18 @@ LOOKUP = Signature(
     name="lookup")
 
 
-def signature(model: str) -> Signature:
-    """The signature of ``model``; KeyError names the known ones."""
-    try:
-        return SIGNATURES[model]
-    except KeyError:
+def signature(model: str, name: str = SIGNATURE) -> Signature:
+    """The signature ``name`` (``serving_default`` or ``with_history``) of ``model``; KeyError
+    names the known ones."""
+    if model not in SIGNATURES:
         raise KeyError(f"no model {model!r} in the serving contract "
-                       f"(models: {', '.join(MODELS)})") from None
+                       f"(models: {', '.join(MODELS)})")
+    if name == SIGNATURE:
+        return SIGNATURES[model]
+    if name == WITH_HISTORY and model in HISTORY_SIGNATURES:
+        return HISTORY_SIGNATURES[model]
+    raise KeyError(f"model {model!r} has no signature {name!r} (models with "
+                   f"{WITH_HISTORY!r}: {', '.join(HISTORY_SIGNATURES)})")
 
 
 def fallback_notice(what: str, ids: list[str]) -> str:
