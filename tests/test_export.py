@@ -62,16 +62,26 @@ def exported(trained, tmp_path_factory):
     return root, load, load_scann, lookups
 
 
+@pytest.fixture(scope="module")
+def with_history(exported):
+    """The brute-force export's ``with_history`` signatures, by model."""
+    root = exported[0]
+    return {name: tf.saved_model.load(str(root / "bf" / name / "1")).signatures[
+        contract.WITH_HISTORY] for name in contract.HISTORY_SIGNATURES}
+
+
 def _strings(tensor) -> np.ndarray:
     return contract.decode(tensor.numpy())
 
 
-def test_signatures_match_the_contract(exported):
+def test_signatures_match_the_contract(exported, with_history):
     root, models, _, lookups = exported
     assert set(models) == set(lookups) == set(contract.MODELS)
     for name, signature in [*contract.SIGNATURES.items(),
-                            *((f"{n}:lookup", contract.LOOKUP) for n in contract.MODELS)]:
-        fn = models[name] if ":" not in name else lookups[name.split(":")[0]]
+                            *((f"{n}:lookup", contract.LOOKUP) for n in contract.MODELS),
+                            *((f"{n}:history", s) for n, s in contract.HISTORY_SIGNATURES.items())]:
+        model, _, kind = name.partition(":")
+        fn = {"": models, "lookup": lookups, "history": with_history}[kind][model]
         specs = fn.structured_input_signature[1]
         assert set(specs) == set(signature.input_names)
         for t in signature.inputs:
@@ -351,6 +361,95 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
         pairs = tf.constant(users), tf.constant(list(catalogue[:7]) + ["?"])
         np.testing.assert_allclose(models["ranking"](user_id=pairs[0], movie_id=pairs[1])[
             "rating"].numpy(), ranking.predict_rating(*pairs).numpy(), rtol=1e-5)
+
+
+def test_with_history_answers_what_the_towers_answer(exported, with_history, trained):
+    """``with_history``: the towers run on the stored history followed by the request's, the
+    re-ranker's item-item and session scores read the combined history, and the history's
+    movies are never served. An unseen id, a known user with new and old movies in the
+    request, and a known user with none (then the answer is serving_default's)."""
+    _, models, _ = exported[:3]
+    vocab = trained.vocab
+    retrieval, ranking = trained.retrieval_model(), trained.rating_model()
+    catalogue = np.asarray(vocab.catalogue_movies)
+    stored = {u: list(h) for u, h in zip(vocab.catalogue_users, vocab.history)}
+    known_user = vocab.user_ids[3]
+    fresh = [m for m in catalogue if m not in stored[known_user]][:3]
+    requests = [("never-seen", [catalogue[5], "not-a-movie", catalogue[9], catalogue[5]]),
+                (known_user, [stored[known_user][0], *fresh]),
+                (vocab.user_ids[4], [])]
+    width = max(len(h) for _, h in requests)
+    users = tf.constant([u for u, _ in requests])
+    history = tf.constant([h + [""] * (width - len(h)) for _, h in requests])
+    got = {name: fn(user_id=users, history_movie_ids=history,
+                    exclude_movie_ids=tf.constant([[""], [fresh[0]], [""]]))
+           for name, fn in with_history.items()}
+    assert got["recommender"]["known"].numpy().tolist() == [True, True, True]
+
+    known_users = sorted(set(vocab.catalogue_users) | set(vocab.user_ids))
+    pairs = pd.DataFrame([(u, m) for u, h in stored.items() for m in h],
+                         columns=["user_id", "movie_id"])
+    _, ease = reranker.ease_fit(pairs, np.asarray(known_users), catalogue, 500.0)
+    _, session = reranker.session_fit(pairs, np.asarray(known_users), catalogue,
+                                      trained.reranker.sittings,
+                                      trained.reranker.config.session_lambda)
+    counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
+    popularity = np.asarray([counts.get(m, 0) for m in catalogue], np.float32)
+    bins, cumulative = trained.reranker.recent.tables(np.asarray([""] + known_users), catalogue)
+    candidates = retrieval.movie_embedding(tf.constant(catalogue)).numpy()
+    for row, (user, extra) in enumerate(requests):
+        request = tf.constant([extra + [""] * (width - len(extra))])
+        query = retrieval.user_embedding(tf.constant([user]), history_movie_ids=request).numpy()
+        both = set(stored.get(user, [])) | {m for m in extra if m in set(catalogue)}
+        excluded = np.asarray([i for i, m in enumerate(catalogue) if m in both
+                               or (row == 1 and m == fresh[0])])
+        want_scores, want = _exact(candidates, query, excluded[None], 20)
+        out = got["retrieval"]
+        np.testing.assert_allclose(out["scores"].numpy()[row], want_scores[0], rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_array_equal(_strings(out["movie_ids"])[row], catalogue[want[0]])
+
+        picked = want[0]
+        multi_hot = np.isin(catalogue, list(both)).astype(np.float64)
+        users_in = ranking.rating_user(tf.constant([user]), history_movie_ids=request)
+        stars = ranking.rate(users_in, ranking.rating_movie(tf.constant(catalogue[picked]))[None])
+        bin_row = known_users.index(user) + 1 if user in known_users else 0
+        x = reranker.features(
+            tf.constant(want_scores), tf.constant((multi_hot @ ease)[picked][None], tf.float32),
+            tf.constant(popularity[picked][None]),
+            reranker.recent_counts(tf.constant(bins[bin_row])[None], tf.constant(cumulative),
+                                   tf.constant(picked[None]), trained.reranker.recent.window),
+            tf.constant((multi_hot @ session)[picked][None], tf.float32), stars)
+        learned = trained.reranker.model(x).numpy()[0]
+        order = np.argsort(-learned, kind="stable")[:5]
+        rec = got["recommender"]
+        assert list(_strings(rec["movie_ids"])[row]) == list(catalogue[picked[order]])
+        np.testing.assert_allclose(rec["rank_scores"].numpy()[row], learned[order], rtol=1e-4,
+                                   atol=1e-4)
+        np.testing.assert_allclose(rec["ratings"].numpy()[row], stars.numpy()[0][order],
+                                   rtol=1e-5)
+    # No history: the answer serving_default gives.
+    plain = models["recommender"](user_id=users[2:], exclude_movie_ids=tf.constant([[""]]))
+    np.testing.assert_array_equal(_strings(plain["movie_ids"]),
+                                  _strings(got["recommender"]["movie_ids"])[2:])
+    np.testing.assert_allclose(plain["rank_scores"].numpy(),
+                               got["recommender"]["rank_scores"].numpy()[2:], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_with_history_falls_back_only_without_a_known_movie(with_history, trained):
+    """An unseen id whose history names no catalogue movie gets the popularity fallback with
+    ``known`` false; row counts must agree."""
+    catalogue = trained.vocab.catalogue_movies
+    fn = with_history["recommender"]
+    out = fn(user_id=tf.constant(["new-1", "new-2", ""]),
+             history_movie_ids=tf.constant([["?", ""], ["", ""], [catalogue[2], ""]]),
+             exclude_movie_ids=tf.constant([[""], [""], [""]]))
+    assert out["known"].numpy().tolist() == [False, False, True]
+    assert catalogue[2] not in set(_strings(out["movie_ids"])[2])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="user_id and history_movie_ids"):
+        fn(user_id=tf.constant(["u1", "u2"]), history_movie_ids=tf.constant([[""]]),
+           exclude_movie_ids=tf.constant([[""], [""]]))
 
 
 def test_requests_larger_than_a_chunk_and_mismatched_inputs(exported, trained):

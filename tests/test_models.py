@@ -45,6 +45,24 @@ def test_feature_lookup_shapes_and_unknown_ids(space):
     assert space.titles_of(tf.constant(["m1", "nothing"])).numpy()[1] == b""
 
 
+def test_a_requests_history_follows_the_stored_one(space):
+    """``history_movie_ids``: the stored history, then the request's movies not already in it
+    (each once, at its latest place; unknown ids and "" left out), the latest max_history."""
+    vocab = space.vocab
+    stored = vocab.history[vocab.catalogue_users.index("u1")]
+    fresh = [m for m in vocab.movie_ids if m not in stored][:3]
+    index = {m: i + 1 for i, m in enumerate(vocab.movie_ids)}
+    request = tf.constant([[fresh[0], stored[0], "nothing", fresh[1], fresh[0], ""],
+                           [fresh[2], "", "", "", "", ""]])
+    got = space.user_features(tf.constant(["u1", "nobody"]), history_movie_ids=request)
+    want = [index[m] for m in stored[1:]] + [index[stored[0]], index[fresh[1]], index[fresh[0]]]
+    assert got["history"][0].numpy().tolist() == want
+    assert got["history"][1].numpy().tolist() == [index[fresh[2]]]
+    short = FeatureSpace(vocab, max_history=2).user_features(tf.constant(["u1"]),
+                                                             history_movie_ids=request[:1])
+    assert short["history"][0].numpy().tolist() == [index[fresh[1]], index[fresh[0]]]
+
+
 def test_history_excludes_the_target(space):
     history = space.vocab.history[space.vocab.catalogue_users.index("u1")]
     target, stranger = history[0], "nothing"

@@ -72,9 +72,11 @@ def _save(module: tf.Module, tmp: Path, scann: bool) -> None:
     """Saves ``module`` as a SavedModel into ``tmp`` (a hidden folder beside the versions);
     TensorFlow's errors for a file it cannot write become `OSError` naming ``tmp``."""
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if scann else None)
+    signatures = {contract.SIGNATURE: module.serve, contract.LOOKUP.name: module.catalogue.find}
+    if hasattr(module, "serve_with_history"):
+        signatures[contract.WITH_HISTORY] = module.serve_with_history
     try:
-        tf.saved_model.save(module, str(tmp), options=options, signatures={
-            contract.SIGNATURE: module.serve, contract.LOOKUP.name: module.catalogue.find})
+        tf.saved_model.save(module, str(tmp), options=options, signatures=signatures)
     except (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError) as err:
         failure = paths.io_error(err)
         if failure is None:

@@ -24,6 +24,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfrs_movies.data.schema import GENRES
+from tfrs_movies.inference import latest_distinct
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 _TOKEN = re.compile(r"[a-z0-9']+")
@@ -154,7 +155,10 @@ class FeatureSpace(tf.keras.layers.Layer):
       most recent kept). With ``exclude_movie_ids`` (the training targets) it adds
       ``history_exclude`` [B] int64: the target's movie index where that history holds it,
       else 0; the user tower leaves it out of the bag, so the model never learns to retrieve
-      what it was shown as input.
+      what it was shown as input. With ``history_movie_ids`` [B, H] (a request's history,
+      oldest first, "" pads) those movies follow the stored history (a movie in both counts
+      once, at its later place; unknown ids are left out), the most recent ``max_history``
+      kept: what the serving graph's ``with_history`` signatures feed the towers.
     ``movie_features(movie_ids [B])`` returns ``movie_index`` [B], ``genres`` [B, 21] float32
       multi-hot, ``title`` [B, None] ragged int64 token ids, ``year`` [B] int32.
     """
@@ -217,12 +221,15 @@ class FeatureSpace(tf.keras.layers.Layer):
     def num_years(self) -> int:
         return len(self.vocab.years) + 1
 
-    def user_features(self, user_ids: tf.Tensor, exclude_movie_ids: tf.Tensor | None = None):
+    def user_features(self, user_ids: tf.Tensor, exclude_movie_ids: tf.Tensor | None = None,
+                      history_movie_ids: tf.Tensor | None = None):
         row = self.catalogue_user_lookup(user_ids)
         features = {"user_index": self.user_lookup(user_ids)}
         for name, column in self.user_columns.items():
             features[name] = tf.gather(column, row)
         history = _gather_rows(self.history, row)
+        if history_movie_ids is not None:
+            history = self._followed_by(history, history_movie_ids)
         features["history"] = history
         if exclude_movie_ids is not None:
             # The target's index where the history holds it, else 0 (no history holds row 0).
@@ -233,6 +240,16 @@ class FeatureSpace(tf.keras.layers.Layer):
             features["history_exclude"] = tf.maximum(
                 tf.math.unsorted_segment_max(hits, rows, history.nrows()), 0)
         return features
+
+    def _followed_by(self, history: tf.RaggedTensor, movie_ids: tf.Tensor) -> tf.RaggedTensor:
+        """Stored histories [B, None] then the request's movies [B, H] (``user_features``)."""
+        extra = latest_distinct(self.movie_lookup(movie_ids), self.max_history, 0)
+        stored = history.to_tensor(0)
+        again = tf.reduce_any(stored[:, :, None] == extra[:, None, :], axis=2)
+        both = tf.concat([tf.where(again, tf.zeros_like(stored), stored), extra], axis=1)
+        keep = both > 0
+        keep &= tf.cumsum(tf.cast(keep, tf.int32), axis=1, reverse=True) <= self.max_history
+        return tf.ragged.boolean_mask(both, keep)
 
     def movie_features(self, movie_ids: tf.Tensor):
         row = self.catalogue_movie_lookup(movie_ids)

@@ -35,6 +35,26 @@ def gather_cells(table: tf.Tensor, rows: tf.Tensor, positions: tf.Tensor) -> tf.
     return tf.gather_nd(table, tf.stack([rows, tf.cast(positions, tf.int64)], axis=-1))
 
 
+def latest_distinct(ids: tf.Tensor, limit: int, empty: int) -> tf.Tensor:
+    """[B, H] int64 ids, oldest first, ``empty`` (or less) where a slot holds none -> [B, L]
+    (L <= ``limit``): each row's ids once (where one repeats, its latest place counts), the
+    latest ``limit`` of them, oldest first, padded with ``empty`` at the end. A sort per row,
+    not an [H, H] comparison, so a long history costs H log H."""
+    ids = tf.cast(ids, tf.int64)
+    width = tf.cast(tf.maximum(tf.shape(ids)[1], 1), tf.int64)
+    places = tf.broadcast_to(tf.range(tf.shape(ids, out_type=tf.int64)[1])[None], tf.shape(ids))
+    order = tf.argsort(ids * width + places, axis=1, stable=True)
+    ordered = tf.gather(ids, order, batch_dims=1)
+    # In id order, an entry followed by the same id is an earlier place of that id.
+    repeated = tf.concat([ordered[:, :-1] == ordered[:, 1:],
+                          tf.zeros_like(ordered[:, :1], tf.bool)], axis=1)
+    repeated = tf.gather(repeated, tf.argsort(order, axis=1), batch_dims=1)
+    keep = (ids > empty) & ~repeated
+    from_end = tf.cumsum(tf.cast(keep, tf.int32), axis=1, reverse=True)
+    keep &= from_end <= limit
+    return tf.ragged.boolean_mask(ids, keep).to_tensor(default_value=tf.cast(empty, tf.int64))
+
+
 def embed(fn, ids: np.ndarray) -> np.ndarray:
     """Applies ``fn`` ([B] string ids -> [B, D]) in batches: [N] ids -> [N, D] numpy."""
     call = tf.function(fn, reduce_retracing=True)

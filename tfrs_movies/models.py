@@ -54,10 +54,13 @@ class TwoTowers(tfrs.Model):
         self.movie_tower = MovieTower(space, movie_config or config, name="movie_tower")
 
     # -- towers: features in, [B, D] out -------------------------------------------------
-    def user_tower_of(self, user_ids, exclude_movie_ids=None, training=False, l2_rows=None):
+    def user_tower_of(self, user_ids, exclude_movie_ids=None, training=False, l2_rows=None,
+                      history_movie_ids=None):
         """([B, D] user tower output, the user feature dict); ``l2_rows``: the tower adds the
-        L2 of the first ``l2_rows`` users' looked-up rows to ``losses`` (training)."""
-        features = self.space.user_features(user_ids, exclude_movie_ids)
+        L2 of the first ``l2_rows`` users' looked-up rows to ``losses`` (training);
+        ``history_movie_ids`` [B, H]: a request's history, added to the stored one
+        (``FeatureSpace.user_features``)."""
+        features = self.space.user_features(user_ids, exclude_movie_ids, history_movie_ids)
         return self.user_tower(features, training=training, l2_rows=l2_rows), features
 
     def movie_tower_of(self, movie_ids, training=False, l2_rows=None):
@@ -74,18 +77,23 @@ class TwoTowers(tfrs.Model):
         """Movie tower output -> candidate embedding (identity; mf appends the movie bias)."""
         return movie
 
-    def user_embedding(self, user_ids, exclude_movie_ids=None, training=False):
-        """[B] string user ids -> [B, D] query embeddings (unknown ids use the OOV row)."""
-        return self.query(*self.user_tower_of(user_ids, exclude_movie_ids, training))
+    def user_embedding(self, user_ids, exclude_movie_ids=None, training=False,
+                       history_movie_ids=None):
+        """[B] string user ids -> [B, D] query embeddings (unknown ids use the OOV row);
+        ``history_movie_ids`` [B, H]: with a request's history as well."""
+        return self.query(*self.user_tower_of(user_ids, exclude_movie_ids, training,
+                                              history_movie_ids=history_movie_ids))
 
     def movie_embedding(self, movie_ids, training=False):
         """[N] string movie ids -> [N, D] candidate embeddings."""
         return self.candidate(*self.movie_tower_of(movie_ids, training))
 
     # -- rating ------------------------------------------------------------------------
-    def rating_user(self, user_ids, training=False):
-        """[B] user ids -> [B, Du]: what ``rate`` needs of each user (export: a table)."""
-        return self.head.user_inputs(*self.user_tower_of(user_ids, training=training))
+    def rating_user(self, user_ids, training=False, history_movie_ids=None):
+        """[B] user ids -> [B, Du]: what ``rate`` needs of each user (export: a table);
+        ``history_movie_ids`` [B, H]: with a request's history as well."""
+        return self.head.user_inputs(*self.user_tower_of(
+            user_ids, training=training, history_movie_ids=history_movie_ids))
 
     def rating_movie(self, movie_ids, training=False):
         """[N] movie ids -> [N, Dm]: what ``rate`` needs of each movie (export: a table)."""

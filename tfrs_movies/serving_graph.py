@@ -14,13 +14,19 @@ Retrieval, the recommender and similar movies also say per row whether it was an
 the model or is the popularity fallback (``known`` [B]), and every model has a second
 signature, ``lookup``: a movie id or title -> the catalogue movies it names (``_Catalogue.find``).
 
+Retrieval and the recommender have a third, ``with_history`` (``serve_with_history``): the same
+answer from the history the request brings (``_History``). There the user towers run in the
+graph on the stored history followed by the request's (``FeatureSpace.user_features``), the
+rating head runs on the K candidates, and the re-ranker's item-item and session scores add the
+request's new movies times the EASE weights (``FeatureLookup``).
+
 Towers are computed once, here: every known user's query embedding and rating representation
 and every catalogue movie's candidate embedding and rating representation are stored as
 non-trainable variables (no 2 GB GraphDef limit at 10^6 movies). Every user the run knows (the
 users table and the train users) has a row; row 0 is the unknown user, whose representation is
-what the towers give an unknown id. A request is id lookups, gathers, one index search, top-k,
-one ``[B, K]`` call of the rating head and one of the re-ranker; no tower runs in a serving
-graph.
+what the towers give an unknown id. A ``serving_default`` request is id lookups, gathers, one
+index search, top-k, one ``[B, K]`` call of the rating head and one of the re-ranker; no tower
+runs in it.
 
 Retrieval and the recommender leave out the movies each user rated in the run's train data
 (``exclude_seen``) as well as the ids the client excludes. Unknown users (no row) and rows with
@@ -37,7 +43,7 @@ from tfrs_movies import contract, reranker
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.index import NEG as _NEG
 from tfrs_movies.index import BruteForce, Popular, make_index
-from tfrs_movies.inference import embed, gather_cells, position_of
+from tfrs_movies.inference import embed, gather_cells, latest_distinct, position_of
 
 MODELS = contract.MODELS
 # The largest [user rows, catalogue] table the export freezes (the re-ranker's EASE and
@@ -98,6 +104,12 @@ def _same_rows(a: tf.Tensor, b: tf.Tensor, a_name: str, b_name: str):
         tf.shape(a)[0], tf.shape(b)[0],
         message=f"{a_name} and {b_name} must have the same number of rows (B); got "
                 f"{a_name} rows, {b_name} rows")
+
+
+def _history_rows(user_id, history_movie_ids, exclude_movie_ids):
+    """The row checks of a ``with_history`` request: each input against ``user_id``."""
+    return [_same_rows(user_id, history_movie_ids, "user_id", "history_movie_ids"),
+            _same_rows(user_id, exclude_movie_ids, "user_id", "exclude_movie_ids")]
 
 
 def user_rows(vocab) -> np.ndarray:
@@ -207,6 +219,33 @@ def _seen(users: _Users, vocab, catalogue: _Catalogue) -> tf.RaggedTensor:
         tf.constant([len(row) for row in rows], tf.int64))
 
 
+class _History(tf.Module):
+    """A request's history (``with_history``) in catalogue positions: ``positions(ids [B, H])
+    -> [B, L]`` keeps each known movie once, the latest ``limit`` (the towers' ``max_history``),
+    -1 pads; ``new(rows, positions)`` leaves out (-1) the movies a user row's stored history
+    already holds, which the frozen tables count."""
+
+    def __init__(self, users: _Users, vocab, catalogue: _Catalogue, limit: int):
+        super().__init__()
+        self.limit = limit
+        self.n = len(catalogue.ids_np)
+        position = position_of(catalogue.ids_np).to_dict()
+        row = position_of(users.with_unknown).to_dict()
+        keys = [row[u] * self.n + position[m] for u, h in zip(vocab.catalogue_users, vocab.history)
+                for m in h if m in position and u in row]
+        keys = np.asarray(keys or [-1], np.int64)
+        self.stored = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int64)), 0)
+
+    def positions(self, catalogue: _Catalogue, history_movie_ids: tf.Tensor) -> tf.Tensor:
+        return latest_distinct(catalogue.lookup(history_movie_ids), self.limit, -1)
+
+    def new(self, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+        keys = tf.cast(rows, tf.int64)[:, None] * self.n + positions
+        stored = self.stored.lookup(keys) > 0
+        return tf.where(stored | (positions < 0), tf.constant(-1, tf.int64), positions)
+
+
 class _Retriever(tf.Module):
     """Top-k catalogue positions for user rows, with exclusions and the popularity fallback."""
 
@@ -219,14 +258,28 @@ class _Retriever(tf.Module):
         candidates = embed(model.movie_embedding, catalogue.ids_np)
         self.index = make_index(config.index, candidates, self.k, longest)
         self.popular = Popular(catalogue.popularity)
+        # What a with_history request runs: the user tower and its feature tables (tracked
+        # here, so the export saves them; not the whole model: a bound method is not tracked).
+        self.user_tower, self.space = model.user_tower, model.space
+        self._embed = model.user_embedding
 
-    def __call__(self, rows: tf.Tensor, excluded: tf.Tensor):
+    def query(self, user_id: tf.Tensor, history_movie_ids: tf.Tensor) -> tf.Tensor:
+        """[B] ids, [B, H] a request's history -> [B, D] query embeddings (the tower runs)."""
+        return self._embed(user_id, history_movie_ids=history_movie_ids)
+
+    def __call__(self, rows: tf.Tensor, excluded: tf.Tensor, queries: tf.Tensor | None = None,
+                 unknown: tf.Tensor | None = None):
         """rows [B] user rows, excluded [B, E] positions (-1: none) -> (scores, positions)
-        [B, k]; empty slots (fewer than k allowed movies) score -inf."""
+        [B, k]; empty slots (fewer than k allowed movies) score -inf. ``queries`` [B, D]
+        (default: the rows' stored ones) and ``unknown`` [B] (default: rows 0), the rows
+        answered by the popularity fallback."""
         if self.seen is not None:
             excluded = tf.concat([excluded, tf.gather(self.seen, rows).to_tensor(-1)], axis=1)
-        scores, positions = self.index(tf.gather(self.queries, rows), excluded, self.k)
-        return _fallback(rows <= 0, self.popular, excluded, scores, positions, self.k)
+        if queries is None:
+            queries = tf.gather(self.queries, rows)
+        scores, positions = self.index(queries, excluded, self.k)
+        unknown = rows <= 0 if unknown is None else unknown
+        return _fallback(unknown, self.popular, excluded, scores, positions, self.k)
 
 
 def _fallback(unknown: tf.Tensor, popular: Popular, excluded: tf.Tensor, scores: tf.Tensor,
@@ -254,11 +307,21 @@ class _Rating(tf.Module):
         ids = np.concatenate([[""], catalogue.ids_np])
         self.movies = tf.Variable(embed(model.rating_movie, ids), trainable=False,
                                   name="rating_movies")
+        # What a with_history request runs: the rating model's user tower and its tables.
+        self.user_tower, self.space = model.user_tower, model.space
+        self._user_of = model.rating_user
 
     def __call__(self, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
-        users = tf.gather(self.users, rows)
+        return self.of_users(tf.gather(self.users, rows), positions)
+
+    def of_users(self, users: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+        """[B, Du] user representations, [B, K] positions -> [B, K] predicted stars."""
         movies = tf.gather(self.movies, positions + 1)
         return self.head.rating(self.head(users, movies, training=False))
+
+    def user_of(self, user_id: tf.Tensor, history_movie_ids: tf.Tensor) -> tf.Tensor:
+        """[B] ids, [B, H] a request's history -> [B, Du] (the tower runs)."""
+        return self._user_of(user_id, history_movie_ids=history_movie_ids)
 
 
 class _Stars(tf.Module):
@@ -310,17 +373,25 @@ class _ReRank(tf.Module):
         self.model = bundle.model
         self.features = reranker.FeatureLookup(rerank_tables(bundle, vocab))
 
-    def __call__(self, rows, positions, scores, ratings):
-        x = self.features(rows, positions, scores, ratings)
+    def __call__(self, rows, positions, scores, ratings, history=None):
+        """``history`` [B, L]: a request's movies the rows' tables do not hold (``_History``)."""
+        x = self.features(rows, positions, scores, ratings, history)
         return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
+
+
+def _known_from(rows: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
+    """A with_history row is answered by the model when its user or a history movie is known."""
+    return (rows > 0) | tf.reduce_any(history >= 0, axis=1)
 
 
 class RetrievalModule(tf.Module):
     """The contract's ``retrieval`` model: the top k unseen catalogue movies of each user."""
 
-    def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever):
+    def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever,
+                 history: _History):
         super().__init__()
         self.users, self.catalogue, self.retriever = users, catalogue, retriever
+        self.history = history
         k = retriever.k
         self._outputs = {"movie_ids": tf.TensorSpec([None, k], tf.string),
                          "scores": tf.TensorSpec([None, k], tf.float32), "known": _known()}
@@ -336,6 +407,25 @@ class RetrievalModule(tf.Module):
         with tf.control_dependencies([_same_rows(user_id, exclude_movie_ids, "user_id",
                                                  "exclude_movie_ids")]):
             return _chunked(self._serve, [user_id, exclude_movie_ids], self._outputs)
+
+    def _serve_history(self, user_id, history_movie_ids, exclude_movie_ids):
+        rows = self.users.rows.lookup(user_id)
+        history = self.history.positions(self.catalogue, history_movie_ids)
+        known = _known_from(rows, history)
+        excluded = tf.concat([self.catalogue.lookup(exclude_movie_ids), history], axis=1)
+        scores, positions = self.retriever(rows, excluded,
+                                           self.retriever.query(user_id, history_movie_ids),
+                                           ~known)
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
+                "scores": scores, "known": known}
+
+    @tf.function(input_signature=input_specs(contract.signature("retrieval",
+                                                                contract.WITH_HISTORY)))
+    def serve_with_history(self, user_id, history_movie_ids, exclude_movie_ids):
+        with tf.control_dependencies(_history_rows(user_id, history_movie_ids,
+                                                   exclude_movie_ids)):
+            return _chunked(self._serve_history,
+                            [user_id, history_movie_ids, exclude_movie_ids], self._outputs)
 
 
 class RatingModule(tf.Module):
@@ -362,10 +452,11 @@ class RecommenderModule(tf.Module):
     predicted rating), return the best n with their predicted ratings."""
 
     def __init__(self, users: _Users, catalogue: _Catalogue, retriever: _Retriever,
-                 stars: _Stars, n: int, rerank: _ReRank | None = None):
+                 stars: _Stars, history: _History, n: int, rerank: _ReRank | None = None):
         super().__init__()
         self.users, self.catalogue = users, catalogue
         self.retriever, self.stars, self.rerank = retriever, stars, rerank
+        self.history = history
         self.n = min(n, retriever.k)
         self._outputs = {t.name: tf.TensorSpec([None, self.n][:len(t.shape)], _DTYPES[t.dtype])
                          for t in contract.signature("recommender").outputs}
@@ -375,8 +466,28 @@ class RecommenderModule(tf.Module):
         scores, positions = self.retriever(rows, self.catalogue.lookup(exclude_movie_ids))
         ratings = tf.where(tf.math.is_inf(scores), _NEG,
                            self.stars.candidates(rows, tf.maximum(positions, 0)))
+        return self._best(rows, scores, positions, ratings, rows > 0)
+
+    def _serve_history(self, user_id, history_movie_ids, exclude_movie_ids):
+        rows = self.users.rows.lookup(user_id)
+        history = self.history.positions(self.catalogue, history_movie_ids)
+        known = _known_from(rows, history)
+        excluded = tf.concat([self.catalogue.lookup(exclude_movie_ids), history], axis=1)
+        scores, positions = self.retriever(rows, excluded,
+                                           self.retriever.query(user_id, history_movie_ids),
+                                           ~known)
+        users = self.stars.rating.user_of(user_id, history_movie_ids)
+        ratings = tf.where(tf.math.is_inf(scores), _NEG,
+                           self.stars.rating.of_users(users, tf.maximum(positions, 0)))
+        return self._best(rows, scores, positions, ratings, known,
+                          self.history.new(rows, history))
+
+    def _best(self, rows, scores, positions, ratings, known, history=None):
+        """The best n of the candidates, by the re-ranker (``history``: a request's new
+        movies, for its item-item features) or by predicted rating."""
         if self.rerank is not None:  # the predicted ratings are one of its features
-            order, top = tf.math.top_k(self.rerank(rows, positions, scores, ratings), self.n)
+            order, top = tf.math.top_k(self.rerank(rows, positions, scores, ratings, history),
+                                       self.n)
             ratings = tf.gather(ratings, top, batch_dims=1)
         else:
             order, top = tf.math.top_k(ratings, self.n)
@@ -385,13 +496,21 @@ class RecommenderModule(tf.Module):
         return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, order),
                 "titles": self.catalogue.strings(self.catalogue.titles, positions, order),
                 "scores": tf.gather(scores, top, batch_dims=1), "ratings": ratings,
-                "rank_scores": order, "known": rows > 0}
+                "rank_scores": order, "known": known}
 
     @tf.function(input_signature=input_specs("recommender"))
     def serve(self, user_id, exclude_movie_ids):
         with tf.control_dependencies([_same_rows(user_id, exclude_movie_ids, "user_id",
                                                  "exclude_movie_ids")]):
             return _chunked(self._serve, [user_id, exclude_movie_ids], self._outputs)
+
+    @tf.function(input_signature=input_specs(contract.signature("recommender",
+                                                                contract.WITH_HISTORY)))
+    def serve_with_history(self, user_id, history_movie_ids, exclude_movie_ids):
+        with tf.control_dependencies(_history_rows(user_id, history_movie_ids,
+                                                   exclude_movie_ids)):
+            return _chunked(self._serve_history,
+                            [user_id, history_movie_ids, exclude_movie_ids], self._outputs)
 
 
 class SimilarMoviesModule(tf.Module):
@@ -444,14 +563,15 @@ def build_modules(run, config: ExportConfig, freeze_stars: bool = True) -> dict[
     rating = _Rating(rating_model, users, catalogue) if rating_model is not None else None
     if retrieval is not None:
         retriever = _Retriever(retrieval, users, catalogue, config)
-        modules["retrieval"] = RetrievalModule(users, catalogue, retriever)
+        history = _History(users, vocab, catalogue, retrieval.space.max_history)
+        modules["retrieval"] = RetrievalModule(users, catalogue, retriever, history)
         if rating is not None:
             rows, movies = len(users.with_unknown), len(catalogue.ids_np)
             stars = _Stars(rating, rows, movies,
                            table=freeze_stars and rows * movies <= MAX_TABLE_CELLS)
             rerank = None if run.reranker is None else _ReRank(run.reranker, vocab)
             modules["recommender"] = RecommenderModule(users, catalogue, retriever, stars,
-                                                       config.n, rerank)
+                                                       history, config.n, rerank)
     if rating is not None:
         modules["ranking"] = RatingModule(users, catalogue, rating)
     modules["similar_movies"] = SimilarMoviesModule(run.embedding_model(), catalogue, config.k)

@@ -22,7 +22,8 @@ from tfrs_movies.reranker.bundle import Bundle, load, save, weights_path
 from tfrs_movies.reranker.config import (FAMILIES, FEATURES, MAX_EASE_CELLS, MAX_EASE_MOVIES,
                                          ReRankerConfig, ease_fits)
 from tfrs_movies.reranker.features import FeatureLookup, FeatureTables, features
-from tfrs_movies.reranker.item_item import Sittings, ease_scores, session_scores
+from tfrs_movies.reranker.item_item import (Sittings, ease_fit, ease_scores, session_fit,
+                                            session_scores)
 from tfrs_movies.reranker.model import (LOSSES, Lists, ReRanker, build, listwise_loss,
                                         pairwise_loss, top_n, train_on)
 from tfrs_movies.reranker.recency import MAX_RECENT_BINS, RECENT_BIN_DAYS, Recent, recent_counts
@@ -30,5 +31,5 @@ from tfrs_movies.reranker.recency import MAX_RECENT_BINS, RECENT_BIN_DAYS, Recen
 __all__ = ["Bundle", "FAMILIES", "FEATURES", "FeatureLookup", "FeatureTables", "LOSSES",
            "Lists", "MAX_EASE_CELLS", "MAX_EASE_MOVIES", "MAX_RECENT_BINS",
            "RECENT_BIN_DAYS", "ReRanker", "ReRankerConfig", "Recent", "Sittings", "build",
-           "ease_fits", "ease_scores", "features", "listwise_loss", "load", "pairwise_loss",
+           "ease_fit", "ease_fits", "ease_scores", "session_fit", "features", "listwise_loss", "load", "pairwise_loss",
            "recent_counts", "save", "session_scores", "top_n", "train_on", "weights_path"]

@@ -23,8 +23,8 @@ import tensorflow as tf
 
 from tfrs_movies.index import NEG
 from tfrs_movies.inference import gather_cells, pairs, position_of
-from tfrs_movies.reranker.config import ReRankerConfig
-from tfrs_movies.reranker.item_item import Sittings, ease_scores, session_scores
+from tfrs_movies.reranker.config import MAX_EASE_CELLS, ReRankerConfig
+from tfrs_movies.reranker.item_item import Sittings, ease_fit, session_fit
 from tfrs_movies.reranker.recency import Recent, recent_counts
 
 
@@ -75,6 +75,9 @@ class FeatureTables:
       ease, session: [U, N] float32 item-item and session scores of each user row, or None
         when the config leaves them out (``use_ease``).
       user_ids, movie_ids: the [U] user rows and [N] catalogue movies they were built for.
+      ease_weights, session_weights: [N, N] float32, the two EASE fits' weights, so that a
+        history a request brings scores as ``history @ weights`` (``FeatureLookup``); None
+        without the families or where N^2 exceeds ``MAX_EASE_CELLS`` (``history_fits``).
     """
 
     popularity: np.ndarray
@@ -85,16 +88,20 @@ class FeatureTables:
     session: np.ndarray | None
     user_ids: np.ndarray
     movie_ids: np.ndarray
+    ease_weights: np.ndarray | None = None
+    session_weights: np.ndarray | None = None
 
     def fits(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> bool:
-        """Whether these are the tables of exactly these user rows and catalogue."""
-        return (np.array_equal(self.user_ids, np.asarray(user_ids, str))
+        """Whether these are the tables of exactly these user rows and catalogue, with the
+        weights a request's history needs (tables saved before them lack them)."""
+        complete = (self.ease is None or self.ease_weights is not None
+                    or not history_fits(len(self.movie_ids)))
+        return (complete and np.array_equal(self.user_ids, np.asarray(user_ids, str))
                 and np.array_equal(self.movie_ids, np.asarray(movie_ids, str)))
 
     def save(self, path) -> None:
-        optional = {name: table for name, table in (("ease", self.ease),
-                                                    ("session", self.session))
-                    if table is not None}
+        optional = {name: getattr(self, name) for name in _OPTIONAL
+                    if getattr(self, name) is not None}
         np.savez(path, popularity=self.popularity, bins=self.bins, cumulative=self.cumulative,
                  window=self.window, user_ids=self.user_ids, movie_ids=self.movie_ids,
                  **optional)
@@ -102,9 +109,9 @@ class FeatureTables:
     @classmethod
     def load(cls, path) -> "FeatureTables":
         with np.load(path) as f:
+            optional = {name: f[name] if name in f else None for name in _OPTIONAL}
             return cls(f["popularity"], f["bins"], f["cumulative"], int(f["window"]),
-                       f["ease"] if "ease" in f else None,
-                       f["session"] if "session" in f else None, f["user_ids"], f["movie_ids"])
+                       user_ids=f["user_ids"], movie_ids=f["movie_ids"], **optional)
 
     @classmethod
     def build(cls, known: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
@@ -117,13 +124,38 @@ class FeatureTables:
         _, columns = pairs(known, position_of(user_ids), position_of(movie_ids))
         popularity = np.bincount(columns, minlength=len(movie_ids)).astype(np.float32)
         bins, cumulative = recent.tables(user_ids, movie_ids)
-        ease = session = None
+        ease = session = ease_weights = session_weights = None
         if config.use_ease:
-            ease = ease_scores(known, user_ids, movie_ids, config.ease_lambda)
-            session = session_scores(known, user_ids, movie_ids, sittings,
-                                     config.session_lambda)
+            ease, ease_weights = ease_fit(known, user_ids, movie_ids, config.ease_lambda)
+            session, session_weights = session_fit(known, user_ids, movie_ids, sittings,
+                                                   config.session_lambda)
+            if history_fits(len(movie_ids)):
+                ease_weights = ease_weights.astype(np.float32)
+                session_weights = session_weights.astype(np.float32)
+            else:
+                ease_weights = session_weights = None
         return cls(popularity, bins, cumulative, recent.window, ease, session,
-                   np.asarray(user_ids, str), np.asarray(movie_ids, str))
+                   np.asarray(user_ids, str), np.asarray(movie_ids, str), ease_weights,
+                   session_weights)
+
+
+_OPTIONAL = ("ease", "session", "ease_weights", "session_weights")
+
+
+def history_fits(movies: int) -> bool:
+    """Whether the EASE weights of ``movies`` movies are kept for requests' histories."""
+    return movies * movies <= MAX_EASE_CELLS
+
+
+def _history_scores(weights: tf.Tensor, history: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """[N, N] weights, [B, L] history positions (-1: none), [B, K] candidates -> [B, K]: each
+    candidate's summed weight from the history's movies (``history @ weights``, read at the
+    candidates only: B L K cells)."""
+    n = tf.shape(weights, out_type=tf.int64)[1]
+    cells = (tf.maximum(history, 0)[:, :, None] * n
+             + tf.maximum(tf.cast(positions, tf.int64), 0)[:, None, :])
+    found = tf.gather(tf.reshape(weights, [-1]), cells)
+    return tf.reduce_sum(tf.where((history >= 0)[:, :, None], found, 0.0), axis=1)
 
 
 class FeatureLookup(tf.Module):
@@ -137,16 +169,34 @@ class FeatureLookup(tf.Module):
         self.bins = tf.constant(tables.bins)
         self.recent = tf.Variable(tables.cumulative, trainable=False, name="recent_counts")
         self.window = tables.window
-        self.ease = self.session = None
+        self.ease = self.session = self.ease_weights = self.session_weights = None
         if tables.ease is not None:
             self.ease = tf.Variable(tables.ease, trainable=False, name="ease_scores")
             self.session = tf.Variable(tables.session, trainable=False, name="session_scores")
+        if tables.ease_weights is not None:
+            self.ease_weights = tf.Variable(tables.ease_weights, trainable=False,
+                                            name="ease_weights")
+            self.session_weights = tf.Variable(tables.session_weights, trainable=False,
+                                               name="session_weights")
+
+    @property
+    def reads_history(self) -> bool:
+        """Whether a request's history moves the item-item and session features (``history``
+        of ``__call__``): the weights were kept (``history_fits``)."""
+        return self.ease is None or self.ease_weights is not None
 
     def __call__(self, rows: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor,
-                 stars: tf.Tensor) -> tf.Tensor:
-        def per_user(table):
-            return (gather_cells(table, rows, positions) if table is not None
-                    else tf.zeros_like(scores))
+                 stars: tf.Tensor, history: tf.Tensor | None = None) -> tf.Tensor:
+        """``history`` [B, L]: catalogue positions of a request's movies not already in the
+        row's tables (-1: none), added to the item-item and session scores."""
+        def per_user(table, weights):
+            if table is None:
+                return tf.zeros_like(scores)
+            found = gather_cells(table, rows, positions)
+            if history is not None and weights is not None:
+                found += _history_scores(weights, history, positions)
+            return found
         recent = recent_counts(tf.gather(self.bins, rows), self.recent, positions, self.window)
-        return features(scores, per_user(self.ease), tf.gather(self.popularity, positions),
-                        recent, per_user(self.session), stars)
+        return features(scores, per_user(self.ease, self.ease_weights),
+                        tf.gather(self.popularity, positions), recent,
+                        per_user(self.session, self.session_weights), stars)

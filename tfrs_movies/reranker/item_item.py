@@ -35,13 +35,22 @@ def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
     return p
 
 
+def ease_fit(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+             lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """EASE fitted on the rows ``user_ids`` of ``ratings`` (ids absent get zero rows) over the
+    columns ``movie_ids``: (their scores ``X B`` [U, N] float32, the weights ``B`` [N, N]
+    float64), so a history that arrives later scores as ``history @ B``."""
+    x = interactions(ratings, user_ids, movie_ids)
+    b = ease_from_gram(x.T @ x, lam)
+    return (x @ b).astype(np.float32), b
+
+
 def ease_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
                 lam: float) -> np.ndarray:
     """EASE user x movie scores ``X B`` [U, N], float32 (computed in float64), for the rows
-    ``user_ids`` and columns ``movie_ids`` (ids absent from ``ratings`` get zero rows). The
-    quality benchmark's EASE baseline is this function too."""
-    x = interactions(ratings, user_ids, movie_ids)
-    return (x @ ease_from_gram(x.T @ x, lam)).astype(np.float32)
+    ``user_ids`` and columns ``movie_ids`` (``ease_fit``). The quality benchmark's EASE
+    baseline is this function too."""
+    return ease_fit(ratings, user_ids, movie_ids, lam)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +94,13 @@ def session_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.nd
                    sittings: Sittings, lam: float) -> np.ndarray:
     """The session family's [U, N] float32 scores: each user's ``ratings`` (their history)
     times EASE weights fitted on ``sittings``' rows instead of users' (ids absent from
-    ``ratings`` get zero rows)."""
+    ``ratings`` get zero rows; ``session_fit``)."""
+    return session_fit(ratings, user_ids, movie_ids, sittings, lam)[0]
+
+
+def session_fit(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+                sittings: Sittings, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """(``session_scores``, the session family's weights [N, N] float64)."""
     columns = position_of(movie_ids).reindex(sittings.movie_ids).to_numpy()
     known = ~np.isnan(columns)
     rows = sparse.csr_matrix(
@@ -93,4 +108,4 @@ def session_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.nd
         shape=(int(sittings.sittings.max(initial=-1)) + 1, len(movie_ids)))
     rows.data[:] = 1.0  # a movie twice in one row counts once
     b = ease_from_gram((rows.T @ rows).toarray(), lam)
-    return (interactions(ratings, user_ids, movie_ids) @ b).astype(np.float32)
+    return (interactions(ratings, user_ids, movie_ids) @ b).astype(np.float32), b
