@@ -102,15 +102,21 @@ def table(r: dict) -> str:
     batches = sorted(int(k.rsplit("batch", 1)[1]) for k in r if k.startswith("cost_ratio."))
     if batches:
         out += ["| ML-100K, brute force: the served path vs retrieval | batch | retrieval p50 ms "
-                "| recommender p50 ms | recommender / retrieval |", "|---|---:|---:|---:|---:|"]
+                "| recommender p50 ms | recommender / retrieval | with_history (H = 50) p50 ms "
+                "| with_history / recommender |", "|---|---:|---:|---:|---:|---:|---:|"]
         for b in batches:
             out.append(f"| retrieve 100, re-rank, top 10 | {b} | "
                        f"{_fmt(r[f'cost_p50_ms.retrieval.batch{b}'], 2)} | "
                        f"{_fmt(r[f'cost_p50_ms.recommender.batch{b}'], 2)} | "
-                       f"{_fmt(r[f'cost_ratio.batch{b}'], 2)} |")
-        memory = [k for k in r if k.startswith("cost_memory_growth_mb.")]
+                       f"{_fmt(r[f'cost_ratio.batch{b}'], 2)} | "
+                       f"{_fmt(r.get(f'cost_p50_ms.recommender_with_history.batch{b}'), 2)} | "
+                       f"{_fmt(r.get(f'cost_history_ratio.batch{b}'), 2)} |")
+        memory = [k for k in r if k.startswith("cost_memory_growth_mb.users")]
+        history = [k for k in r if k.startswith("cost_memory_growth_mb.history.")]
         out += ["", f"One recommender call of {memory[0].rsplit('users', 1)[1]} users grows "
-                f"peak memory by {_fmt(r[memory[0]], 0)} MB; batch scoring all "
+                f"peak memory by {_fmt(r[memory[0]], 0)} MB"
+                + (f" ({_fmt(r[history[0]], 0)} MB through with_history, H = 50)" if history
+                   else "") + "; batch scoring all "
                 f"{r.get('cost_batch_users')} ML-100K users: "
                 f"{_fmt(r.get('cost_batch_users_per_s'), 0)} users/s."]
         if "cost_first_pass_ratio" in r:

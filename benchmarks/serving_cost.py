@@ -8,6 +8,12 @@ On the ML-100K export of `speed_exports` (brute force; retrieve 100, rank, top 1
                                     or ``recommender``) for B known users; the two models'
                                     calls alternate, so drift of the machine hits both alike
   cost_ratio.batchB                 recommender / retrieval of those medians
+  cost_p50_ms.recommender_with_history.batchB   the recommender's ``with_history`` signature
+                                    for the same B known users, each bringing ``history``
+                                    (50) movies they have not rated (alternating with the two
+                                    above)
+  cost_history_ratio.batchB         with_history / the recommender's serving_default
+  cost_memory_growth_mb.history.usersU   as below, for one with_history call of U users
   cost_memory_growth_mb.usersU      peak resident memory during one recommender call of U
                                     users, minus the resident memory before it (a fresh child
                                     process: the model loaded and warmed up on one user, then
@@ -36,8 +42,24 @@ import pandas as pd
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks import speed_exports
 from benchmarks.timing import median, run_child, write_result
+from benchmarks.train_speed import Target, targets
+from tfrs_movies import contract
 
 MODELS = ("retrieval", "recommender")
+HISTORY = "recommender_with_history"
+
+TARGETS = (
+    *(Target(f"recommender_vs_retrieval.batch{b}", f"cost_ratio.batch{b}", "<=", goal,
+             f"recommender / retrieval p50, batch {b}")
+      for b, goal in ((1, 1.6), (64, 1.5), (256, 1.5))),
+    *(Target(f"history_vs_known.batch{b}", f"cost_history_ratio.batch{b}", "<=", 1.5,
+             f"recommender with_history (H = 50) / serving_default p50, batch {b}")
+      for b in (64, 256)),
+    Target("memory.users2000", "cost_memory_growth_mb.users2000", "<=", 400,
+           "peak memory growth of one 2,000-user recommender call (MB)"),
+    Target("history_memory.users2000", "cost_memory_growth_mb.history.users2000", "<=", 400,
+           "peak memory growth of one 2,000-user with_history call, H = 50 (MB)"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,37 +72,64 @@ class Plan:
     batches: tuple[int, ...] = (1, 64, 256)
     memory_users: int = 2000
     repeats: int = 3
+    history: int = 50
 
 
 def plan(quick: bool) -> Plan:
     return Plan(calls=30, repeats=2) if quick else Plan()
 
 
-def latencies(export_dir: Path, users: list[str], settings: Plan) -> dict:
-    """p50 per model and batch, the two models' calls alternating; plus their ratios."""
+def histories(vocab, users: list[str], length: int, seed: int = 0) -> np.ndarray:
+    """[len(users), length] str: for each user, ``length`` catalogue movies they have not rated
+    (drawn at random; the rated ones the export already knows)."""
+    catalogue = np.asarray(vocab.catalogue_movies, dtype=object)
+    stored = dict(zip(vocab.catalogue_users, vocab.history))
+    rng = np.random.default_rng(seed)
+    out = np.full((len(users), length), "", dtype=object)
+    for row, user in enumerate(users):
+        seen = set(stored.get(user, []))
+        picks = [m for m in rng.permutation(catalogue)[:length + len(seen)] if m not in seen]
+        out[row, :min(length, len(picks))] = picks[:length]
+    return out.astype(str)
+
+
+def latencies(export_dir: Path, users: list[str], settings: Plan, history: dict) -> dict:
+    """p50 per model and batch, the models' calls alternating; plus their ratios. ``history``:
+    user -> the movies their with_history requests bring."""
     import time
 
     import tensorflow as tf
 
-    fns = {m: tf.saved_model.load(str(export_dir / m / "1")).signatures["serving_default"]
-           for m in MODELS}
+    loaded = {m: tf.saved_model.load(str(export_dir / m / "1")) for m in MODELS}
+    fns = {m: loaded[m].signatures[contract.SIGNATURE] for m in MODELS}
+    with_history = loaded["recommender"].signatures[contract.WITH_HISTORY]
     rng = np.random.default_rng(0)
     out = {}
     for batch in settings.batches:
-        seconds = {m: [] for m in MODELS}
+        seconds = {m: [] for m in (*MODELS, HISTORY)}
         empty = tf.fill([batch, 1], "")
         for i in range(settings.warmup + settings.calls):
-            request = tf.constant(list(rng.choice(users, batch)))
-            for m in MODELS:
+            picked = list(rng.choice(users, batch))
+            request = tf.constant(picked)
+            movies = tf.constant(np.stack([history[u] for u in picked]))
+            for m in (*MODELS, HISTORY):
                 start = time.perf_counter()
-                fns[m](user_id=request, exclude_movie_ids=empty)["movie_ids"].numpy()
+                if m == HISTORY:
+                    got = with_history(user_id=request, history_movie_ids=movies,
+                                       exclude_movie_ids=empty)
+                else:
+                    got = fns[m](user_id=request, exclude_movie_ids=empty)
+                got["movie_ids"].numpy()
                 if i >= settings.warmup:
                     seconds[m].append(time.perf_counter() - start)
-        for m in MODELS:
+        for m in (*MODELS, HISTORY):
             out[f"cost_p50_ms.{m}.batch{batch}"] = round(median(seconds[m]) * 1000, 3)
         out[f"cost_ratio.batch{batch}"] = round(
             out[f"cost_p50_ms.recommender.batch{batch}"]
             / out[f"cost_p50_ms.retrieval.batch{batch}"], 2)
+        out[f"cost_history_ratio.batch{batch}"] = round(
+            out[f"cost_p50_ms.{HISTORY}.batch{batch}"]
+            / out[f"cost_p50_ms.recommender.batch{batch}"], 2)
     return out
 
 
@@ -91,17 +140,29 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def memory_child(export_dir: str, users: list[str], result: str) -> None:
-    """One recommender call of ``len(users)`` users; writes the peak growth in MB."""
+def memory_child(export_dir: str, users: list[str], result: str,
+                 history: str | None = None) -> None:
+    """One recommender call of ``len(users)`` users (``history``: a .npy of their [U, H]
+    movies, through ``with_history``); writes the peak growth in MB."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(Path(export_dir) / "recommender" / "1")).signatures[
-        "serving_default"]
-    fn(user_id=tf.constant(users[:1]), exclude_movie_ids=tf.fill([1, 1], ""))
+    loaded = tf.saved_model.load(str(Path(export_dir) / "recommender" / "1"))
+    if history:
+        fn = loaded.signatures[contract.WITH_HISTORY]
+        movies = np.load(history)
+
+        def call(n):
+            return fn(user_id=tf.constant(users[:n]), history_movie_ids=tf.constant(movies[:n]),
+                      exclude_movie_ids=tf.fill([n, 1], ""))
+    else:
+        fn = loaded.signatures[contract.SIGNATURE]
+
+        def call(n):
+            return fn(user_id=tf.constant(users[:n]), exclude_movie_ids=tf.fill([n, 1], ""))
+    call(1)
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
     before = _rss_kb("VmRSS")
-    fn(user_id=tf.constant(users), exclude_movie_ids=tf.fill([len(users), 1], ""))[
-        "movie_ids"].numpy()
+    call(len(users))["movie_ids"].numpy()
     write_result(result, {"growth_mb": round((_rss_kb("VmHWM") - before) / 1024, 1)})
 
 
@@ -153,15 +214,19 @@ def run(data_dir: Path, work: Path, quick: bool) -> dict:
     exported = speed_exports.build(speed_exports.Catalogue("ml100k"), data_dir, work)
     export_dir = exported.dirs["brute-force"]
     users = sorted(exported.users)
-    out = latencies(export_dir, users, settings)
+    history = dict(zip(users, histories(exported.vocab, users, settings.history)))
+    out = latencies(export_dir, users, settings, history)
     memory_users = [users[i % len(users)] for i in range(settings.memory_users)]
+    movies = work / "cost-histories.npy"
+    np.save(movies, np.stack([history[u] for u in memory_users]))
     with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=work, delete=False) as f:
         f.write("\n".join(memory_users))
-    child = run_child("benchmarks.serving_cost", ["--export-dir", str(export_dir),
-                                                  "--users-file", f.name])
+    for key, extra in (("", []), ("history.", ["--history", str(movies)])):
+        out[f"cost_memory_growth_mb.{key}users{settings.memory_users}"] = run_child(
+            "benchmarks.serving_cost", ["--export-dir", str(export_dir), "--users-file", f.name,
+                                        *extra])["growth_mb"]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=work, delete=False) as f:
         f.write("\n".join(users))
-    out[f"cost_memory_growth_mb.users{settings.memory_users}"] = child["growth_mb"]
     out["cost_batch_users_per_s"] = round(batch_scoring(export_dir, users, work,
                                                         settings.repeats), 1)
     for mode in ("signature", "batch"):
@@ -171,6 +236,7 @@ def run(data_dir: Path, work: Path, quick: bool) -> dict:
     out["cost_first_pass_ratio"] = round(out["cost_first_pass_users_per_s.batch"]
                                          / out["cost_first_pass_users_per_s.signature"], 2)
     out["cost_batch_users"] = len(users)
+    out.update(targets(out, TARGETS, prefix="cost_target"))
     return out
 
 
@@ -181,13 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export-dir", required=True)
     p.add_argument("--users-file", required=True, help="one user id per line")
     p.add_argument("--first-pass", choices=("signature", "batch"))
+    p.add_argument("--history", help="the memory of a with_history call: a .npy of the "
+                   "users' [U, H] movies")
     p.add_argument("--result", required=True)
     args = p.parse_args(argv)
     users = Path(args.users_file).read_text().split("\n")
     if args.first_pass:
         first_pass_child(args.export_dir, users, args.first_pass, args.result)
     else:
-        memory_child(args.export_dir, users, args.result)
+        memory_child(args.export_dir, users, args.result, args.history)
     return 0
 
 

@@ -46,11 +46,13 @@ class Catalogue:
 
 @dataclasses.dataclass
 class Exported:
-    """An export directory per index, the users the run knows, and how long each step took."""
+    """An export directory per index, the users the run knows, how long each step took, and
+    the run's vocabulary (its catalogue and histories)."""
 
     dirs: dict[str, Path]
     users: list[str]
     seconds: dict[str, float]
+    vocab: Vocabulary | None = None
 
 
 def _ratings(catalogue: Catalogue, data_dir: Path):
@@ -94,4 +96,4 @@ def build(catalogue: Catalogue, data_dir: Path, work: Path) -> Exported:
         export(run, dirs[index], ExportConfig(index=index))
         seconds[f"export.{index}"] = time.perf_counter() - start
     users = pd.Series(vocab.user_ids).sample(frac=1.0, random_state=0).tolist()
-    return Exported(dirs=dirs, users=users, seconds=seconds)
+    return Exported(dirs=dirs, users=users, seconds=seconds, vocab=vocab)

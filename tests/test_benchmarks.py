@@ -105,15 +105,32 @@ def test_serving_section_measures_each_batch_and_thread_count(tiny_export):
 
 
 def test_cost_section_compares_the_served_path_with_retrieval(tiny_export, tmp_path):
-    plan = serving_cost.Plan(calls=3, warmup=1, batches=(1, 5), memory_users=300, repeats=1)
+    plan = serving_cost.Plan(calls=3, warmup=1, batches=(1, 5), memory_users=300, repeats=1,
+                             history=7)
     export_dir = tiny_export.dirs["brute-force"]
-    got = serving_cost.latencies(export_dir, tiny_export.users, plan)
+    movies = serving_cost.histories(tiny_export.vocab, tiny_export.users, plan.history)
+    stored = dict(zip(tiny_export.vocab.catalogue_users, tiny_export.vocab.history))
+    assert movies.shape == (len(tiny_export.users), 7)
+    catalogue = len(tiny_export.vocab.catalogue_movies)
+    for user, row in zip(tiny_export.users, movies):  # movies the user has not rated, filled
+        seen = set(stored.get(user, []))
+        assert not set(row) & seen
+        assert (row != "").sum() == min(7, catalogue - len(seen))
+    got = serving_cost.latencies(export_dir, tiny_export.users, plan,
+                                 dict(zip(tiny_export.users, movies)))
     for batch in (1, 5):
         ratio = (got[f"cost_p50_ms.recommender.batch{batch}"]
                  / got[f"cost_p50_ms.retrieval.batch{batch}"])
         assert got[f"cost_ratio.batch{batch}"] == pytest.approx(ratio, abs=0.01)
+        ratio = (got[f"cost_p50_ms.recommender_with_history.batch{batch}"]
+                 / got[f"cost_p50_ms.recommender.batch{batch}"])
+        assert got[f"cost_history_ratio.batch{batch}"] == pytest.approx(ratio, abs=0.01)
     serving_cost.memory_child(str(export_dir), tiny_export.users * 3, str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text())["growth_mb"] >= 0
+    np.save(tmp_path / "h.npy", np.concatenate([movies] * 3))
+    serving_cost.memory_child(str(export_dir), tiny_export.users * 3, str(tmp_path / "h.json"),
+                              str(tmp_path / "h.npy"))
+    assert json.loads((tmp_path / "h.json").read_text())["growth_mb"] >= 0
     assert serving_cost.batch_scoring(export_dir, tiny_export.users, tmp_path, 1) > 0
     for mode in ("signature", "batch"):
         serving_cost.first_pass_child(str(export_dir), tiny_export.users, mode,
@@ -190,12 +207,14 @@ def test_table_renders_every_section():
               "batch_users_per_s.s": 2000.0, "batch_users_per_s.s.ratio": 20.0})
     r.update({"cost_p50_ms.retrieval.batch64": 6.0, "cost_p50_ms.recommender.batch64": 7.5,
               "cost_ratio.batch64": 1.25, "cost_memory_growth_mb.users2000": 120.0,
+              "cost_p50_ms.recommender_with_history.batch64": 9.0,
+              "cost_history_ratio.batch64": 1.2, "cost_memory_growth_mb.history.users2000": 150.0,
               "cost_batch_users": 943, "cost_batch_users_per_s": 12000.0,
               "cost_first_pass_users_per_s.batch": 900.0,
               "cost_first_pass_users_per_s.signature": 1200.0, "cost_first_pass_ratio": 0.75})
     text = bench.table(r)
-    assert "| retrieve 100, re-rank, top 10 | 64 | 6.00 | 7.50 | 1.25 |" in text
-    assert "call of 2000 users grows peak memory by 120 MB" in text
+    assert "| retrieve 100, re-rank, top 10 | 64 | 6.00 | 7.50 | 1.25 | 9.00 | 1.20 |" in text
+    assert "call of 2000 users grows peak memory by 120 MB (150 MB through with_history" in text
     assert "943 ML-100K users: 12,000 users/s" in text
     assert "reports 900 users/s where the bare signature, looped 128 users a call, gives " \
            "1,200 (first passes, loading excluded: 0.75)" in text
@@ -304,3 +323,142 @@ def test_job_scale_needs_a_catalogue_and_tabulates_the_ratio(tmp_path):
     text = job_scale.table({"a": jobs, "b": bigger})
     assert "| a | 100 | 20 | 1.00 | 10 | 1,300 / 1,000 / 900 |" in text
     assert "| b | 220 | 20 | 2.00 | 10 | 2,500 / 1,000 / 900 |" in text
+
+
+def _tiny_ratings(users: int = 30, seed: int = 0) -> pd.DataFrame:
+    """Users with 1 to 24 ratings each, timestamps with ties, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    rows = [(f"u{u}", f"m{m}", float(rng.integers(1, 6)), int(rng.integers(0, 8)))
+            for u in range(users) for m in rng.choice(40, size=1 + u % 24, replace=False)]
+    frame = pd.DataFrame(rows, columns=["user_id", "movie_id", "user_rating", "timestamp"])
+    return frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _pairs(frame: pd.DataFrame) -> set:
+    return set(zip(frame["user_id"], frame["movie_id"]))
+
+
+def test_new_users_are_held_out_whole_and_half_their_ratings_are_the_request():
+    from benchmarks import quality
+
+    ratings = _tiny_ratings()
+    cut = quality.split_new_users(ratings, seed=3)
+    assert cut.new_users == tuple(sorted(set(cut.test["user_id"])))
+    assert len(cut.new_users) == 6  # 20% of 30 users
+    assert not set(cut.train["user_id"]) & set(cut.new_users)
+    assert set(cut.history["user_id"]) <= set(cut.new_users)
+    # the three parts partition the ratings
+    assert len(cut.train) + len(cut.history) + len(cut.test) == len(ratings)
+    assert _pairs(cut.train) | _pairs(cut.history) | _pairs(cut.test) == _pairs(ratings)
+    for user in cut.new_users:
+        n = int((ratings["user_id"] == user).sum())
+        assert int((cut.history["user_id"] == user).sum()) == min(round(0.5 * n), n - 1)
+    # seeded
+    again = quality.split_new_users(ratings, seed=3)
+    assert again.new_users == cut.new_users and again.history.equals(cut.history)
+    assert quality.split_new_users(ratings, seed=4).new_users != cut.new_users
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fresh_cuts_each_users_ratings_in_time_order(seed):
+    from benchmarks import quality
+
+    ratings = _tiny_ratings(seed=seed)
+    cut = quality.split_fresh(ratings, seed)
+    assert _pairs(cut.train) | _pairs(cut.history) | _pairs(cut.test) == _pairs(ratings)
+    assert len(cut.train) + len(cut.history) + len(cut.test) == len(ratings)
+    for user, theirs in ratings.groupby("user_id"):
+        n = len(theirs)
+        parts = [p[p["user_id"] == user] for p in (cut.train, cut.history, cut.test)]
+        if n == 1:
+            assert [len(p) for p in parts] == [1, 0, 0]
+            continue
+        train = max(1, round(0.6 * n))
+        assert len(parts[0]) == min(train, n - 1)
+        assert len(parts[0]) + len(parts[1]) == max(train, min(round(0.8 * n), n - 1))
+        assert len(parts[2]) >= 1
+        # in time order: nothing in a later part is older than anything in an earlier one
+        for early, late in ((parts[0], parts[1]), (parts[1], parts[2]), (parts[0], parts[2])):
+            if len(early) and len(late):
+                assert early["timestamp"].max() <= late["timestamp"].min()
+
+
+def test_time_tests_each_users_last_fifth_and_is_fresh_retrained_on_80():
+    from benchmarks import quality
+
+    ratings = _tiny_ratings()
+    cut = quality.split_time(ratings, seed=5)
+    assert not len(cut.history)
+    for user, theirs in ratings.groupby("user_id"):
+        test = cut.test[cut.test["user_id"] == user]
+        train = cut.train[cut.train["user_id"] == user]
+        assert len(test) == (0 if len(theirs) == 1 else len(theirs) - max(1, min(
+            round(0.8 * len(theirs)), len(theirs) - 1)))
+        if len(test):
+            assert train["timestamp"].max() <= test["timestamp"].min()
+    # fresh's train + request history is time's train, row for row: one model serves both as
+    # the retrain on each user's first 80%
+    fresh = quality.split_fresh(ratings, seed=5)
+    assert _pairs(fresh.known) == _pairs(cut.train) and fresh.test.equals(cut.test)
+
+
+def test_history_tables_lead_with_what_is_served_and_check_the_targets():
+    from benchmarks import quality
+
+    def row(ndcg, **extra):
+        return {"ndcg@10": ndcg, "precision@10": 0.3, "recall@10": 0.2, "map@10": 0.1, **extra}
+
+    served = f"{quality.SERVED} via with_history (the history in the request)"
+    results = {
+        "new-users": {served: row(0.64, known=1.0), quality.EASE_ROW: row(0.62),
+                      "popularity": row(0.30)},
+        "fresh": {served: row(0.40, known=1.0), quality.RETRAINED: row(0.41, known=1.0),
+                  quality.EASE_ROW: row(0.38), "popularity": row(0.2)},
+        "new-users seeds": {"42": {}}, "fresh seeds": {"42": {}},
+        "new-users spread": {served: {"ndcg@10": 0.002}}}
+    results["targets"] = quality.targets(results)
+    got = results["targets"]
+    assert got["new-users: served >= EASE (lambda=500) + 0.01"] == {
+        "goal": pytest.approx(0.63), "measured": 0.64, "met": 1.0}
+    assert got["fresh: served >= ours: recommender retrained on the first 80% (serving_default) "
+               "- 0.005"]["met"] == 0.0
+    assert got["fresh: served >= EASE (lambda=500)"]["met"] == 1.0
+    assert not any(key.startswith(("time", "top-n")) for key in got)  # not run
+    text = quality.table(results)
+    lines = text.splitlines()
+    assert lines[0].startswith("| protocol | model | nDCG@10 (mean ± sd, 1 seed) |")
+    assert lines[2].startswith(f"| {quality.DESCRIBED['new-users']} | {served} | 0.6400 ± 0.0020 "
+                               "| 0.3000 |")
+    assert lines[3].startswith(f"| {quality.DESCRIBED['new-users']} | EASE (lambda=500) | 0.6200 |")
+    assert "| fresh: served >= EASE (lambda=500) | 0.3800 | 0.4000 | yes |" in text
+    assert "| 0.4050 | 0.4000 | **no** |" in text
+    assert "RMSE" not in text and "top-100" not in text  # protocols not run
+    flat = quality.flatten(results)
+    assert flat[f"new-users/{served}/known"] == 1.0
+
+
+def test_quality_protocols_flag_rejects_unknown_names(tmp_path, capsys):
+    from benchmarks import quality
+
+    out = tmp_path / "q"
+    assert quality.main(["--protocols", "top-n,nightly", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "'top-n,nightly'" in err and "new-users" in err and not out.exists()
+
+
+def test_new_users_protocol_end_to_end_on_tiny_data(tmp_path):
+    """Split, train (1 epoch), export, ask with_history, score beside EASE and popularity."""
+    from benchmarks import quality
+    from tfrs_movies.config import TrainConfig
+
+    data = synthetic(60, 30, 900, seed=0)
+    rows = quality.history_protocol("new-users", data, 1, tmp_path,
+                                    fit=TrainConfig(epochs=1, reranker_epochs=1))
+    served, ease, popularity = list(rows)
+    assert served.startswith(quality.SERVED) and (ease, popularity) == (quality.EASE_ROW,
+                                                                        "popularity")
+    assert rows[served]["users"] == 12  # 20% of 60 users, each with a test rating
+    assert rows[served]["known mismatches"] == 0.0
+    assert rows[served]["known"] == (1.0 if "with_history" in served.split("(")[0] else 0.0)
+    for metrics in rows.values():
+        assert 0.0 <= metrics["ndcg@10"] <= 1.0
