@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tfrs_movies.config import ModelConfig
+from tfrs_movies.errors import UserError
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.training import make_dataset
@@ -61,6 +62,26 @@ def test_a_requests_history_follows_the_stored_one(space):
     short = FeatureSpace(vocab, max_history=2).user_features(tf.constant(["u1"]),
                                                              history_movie_ids=request[:1])
     assert short["history"][0].numpy().tolist() == [index[fresh[1]], index[fresh[0]]]
+
+
+def test_new_user_rate_trains_the_unknown_users_row_on_a_share_of_examples(space):
+    """``new_user_rate``: in training, that share of the examples sees its user as a new one
+    (the unknown id's row and demographics, its own history); never outside training."""
+    tower = build_model("retrieval", space, ModelConfig(embedding_dim=8, l2=0.0,
+                                                        new_user_rate=0.3)).user_tower
+    users = tf.constant(["u1"] * 400)
+    features = space.user_features(users)
+    as_new = {**features, **{k: tf.zeros_like(v) for k, v in features.items()
+                             if k != "history"}}
+    known, new = tower(features).numpy(), tower(as_new).numpy()
+    assert not np.allclose(known[0], new[0])
+    tf.random.set_seed(0)
+    trained = tower(features, training=True).numpy()
+    is_new = np.all(np.isclose(trained, new[0]), axis=1)
+    assert np.all(is_new | np.all(np.isclose(trained, known[0]), axis=1))
+    assert 0.2 < is_new.mean() < 0.4
+    with pytest.raises(UserError, match="new_user_rate"):
+        ModelConfig(new_user_rate=1.0)
 
 
 def test_history_excludes_the_target(space):

@@ -122,7 +122,12 @@ class ModelConfig:
       use_history: feed the user's train history (bag of rated movies) into the user tower.
       use_user_id: give the user tower a per-user id embedding (without it, a user is their
         history and demographics, which generalizes to users unseen in training).
-      max_history: longest history used per user (most recent kept).
+      max_history: longest history used per user (most recent kept); also the longest
+        history a ``with_history`` request brings that the export reads.
+      new_user_rate: share of training examples whose user tower sees the user as a new one
+        (the unknown id's row, no demographics, only the history), so that an id the model
+        has never seen, answered from the history its request brings (``with_history``), gets
+        a trained embedding; 0: never.
       dropout: dropout rate inside the towers and the ranking MLP.
       l2: L2 weight on the embedding tables, applied to the rows each batch looks up
         (weighted so that its expectation is ``l2 * sum ||W||^2``: ``towers``); None: the
@@ -151,6 +156,7 @@ class ModelConfig:
     use_history: bool = True
     use_user_id: bool = True
     max_history: int = 200
+    new_user_rate: float = 0.0
     dropout: float = 0.0
     l2: float | None = None
     gravity: float = 0.0
@@ -175,6 +181,10 @@ class ModelConfig:
             raise UserError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.new_user_rate < 1.0:
+            raise UserError(f"new_user_rate must be in [0, 1), got {self.new_user_rate}")
+        if self.max_history < 1:
+            raise UserError(f"max_history must be >= 1, got {self.max_history}")
         if not (self.use_user_id or self.use_history or self.use_features):
             raise UserError("the user tower needs at least one input: keep the user id, the "
                             "history or the features")

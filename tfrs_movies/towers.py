@@ -132,7 +132,9 @@ class UserTower(_Tower):
 
     Inputs used: ``user_index`` (id embedding), demographics present in the data, and
     ``history`` (mean embedding of the movies the user rated in train) when enabled.
-    ``call(..., l2_rows=n)`` adds the L2 of the first n examples' rows (training).
+    ``call(..., l2_rows=n)`` adds the L2 of the first n examples' rows (training). In training,
+    ``new_user_rate`` of the examples see their user as a new one: the id's row and the
+    demographics of an unknown user (index 0), the history as it is.
     """
 
     def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
@@ -146,6 +148,7 @@ class UserTower(_Tower):
                          for name in space.vocab.user_features}
         self.history = (_embedding(space.num_movies, dim, "history_embedding")
                         if config.use_history else None)
+        self.new_user_rate = config.new_user_rate if config.use_history else 0.0
         self._build_row_l2(space, config)
         self.uses_only_ids = not self.side and self.history is None and not config.tower_layers
         self.head = None if self.uses_only_ids else _Head(config, name="user_head")
@@ -156,6 +159,8 @@ class UserTower(_Tower):
 
     def call(self, features, training=False, l2_rows=None):
         penalties = self._penalties(l2_rows)
+        if training and self.new_user_rate:
+            features = _as_new_users(features, self.new_user_rate, [*self.side, "user_index"])
         parts = ([self._lookup("user_index", features["user_index"], penalties)]
                  if self.use_user_id else [])
         parts += [self._lookup(name, features[name], penalties) for name in self.side]
@@ -167,6 +172,14 @@ class UserTower(_Tower):
         if self.head is None:
             return parts[0]
         return self.head(tf.concat(parts, axis=1), training=training)
+
+
+def _as_new_users(features: dict, rate: float, names: list[str]) -> dict:
+    """``features`` with ``names`` (the id and demographics) set to 0, the unknown user's
+    index, for a random ``rate`` of the examples."""
+    new = tf.random.uniform(tf.shape(features["user_index"])) < rate
+    return {**features, **{name: tf.where(new, tf.zeros_like(features[name]), features[name])
+                           for name in names}}
 
 
 class MovieTower(_Tower):

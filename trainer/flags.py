@@ -80,6 +80,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
             "ignore demographics, genres, titles and years (ids and history only)")
     _switch(g, "--no-history", "use_history",
             "leave the user's rated movies out of the user tower")
+    _flag(g, "--new-user-rate", m.new_user_rate, "share of training examples whose user tower "
+          "sees a new user (no id, no demographics, only the history), so that with_history "
+          "requests for unseen ids get a trained embedding", type=float)
     _flag(g, "--temperature", m.temperature, "softmax temperature of the retrieval task",
           type=float)
     _flag(g, "--num-sampled-negatives", m.num_sampled_negatives,
