@@ -84,6 +84,10 @@ class TwoTowers(tfrs.Model):
         return self.query(*self.user_tower_of(user_ids, exclude_movie_ids, training,
                                               history_movie_ids=history_movie_ids))
 
+    def query_from(self, features):
+        """A user feature dict (``FeatureSpace.user_features``) -> [B, D] query embeddings."""
+        return self.query(self.user_tower(features), features)
+
     def movie_embedding(self, movie_ids, training=False):
         """[N] string movie ids -> [N, D] candidate embeddings."""
         return self.candidate(*self.movie_tower_of(movie_ids, training))
@@ -94,6 +98,10 @@ class TwoTowers(tfrs.Model):
         ``history_movie_ids`` [B, H]: with a request's history as well."""
         return self.head.user_inputs(*self.user_tower_of(
             user_ids, training=training, history_movie_ids=history_movie_ids))
+
+    def rating_user_from(self, features):
+        """A user feature dict -> [B, Du] (``rating_user`` on features computed once)."""
+        return self.head.user_inputs(self.user_tower(features), features)
 
     def rating_movie(self, movie_ids, training=False):
         """[N] movie ids -> [N, Dm]: what ``rate`` needs of each movie (export: a table)."""

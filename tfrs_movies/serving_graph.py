@@ -261,11 +261,12 @@ class _Retriever(tf.Module):
         # What a with_history request runs: the user tower and its feature tables (tracked
         # here, so the export saves them; not the whole model: a bound method is not tracked).
         self.user_tower, self.space = model.user_tower, model.space
-        self._embed = model.user_embedding
+        self._query_from = model.query_from
 
-    def query(self, user_id: tf.Tensor, history_movie_ids: tf.Tensor) -> tf.Tensor:
-        """[B] ids, [B, H] a request's history -> [B, D] query embeddings (the tower runs)."""
-        return self._embed(user_id, history_movie_ids=history_movie_ids)
+    def query(self, features: dict) -> tf.Tensor:
+        """User features (``space.user_features``) -> [B, D] query embeddings (the tower
+        runs)."""
+        return self._query_from(features)
 
     def __call__(self, rows: tf.Tensor, excluded: tf.Tensor, queries: tf.Tensor | None = None,
                  unknown: tf.Tensor | None = None):
@@ -309,7 +310,7 @@ class _Rating(tf.Module):
                                   name="rating_movies")
         # What a with_history request runs: the rating model's user tower and its tables.
         self.user_tower, self.space = model.user_tower, model.space
-        self._user_of = model.rating_user
+        self._user_from = model.rating_user_from
 
     def __call__(self, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
         return self.of_users(tf.gather(self.users, rows), positions)
@@ -319,9 +320,9 @@ class _Rating(tf.Module):
         movies = tf.gather(self.movies, positions + 1)
         return self.head.rating(self.head(users, movies, training=False))
 
-    def user_of(self, user_id: tf.Tensor, history_movie_ids: tf.Tensor) -> tf.Tensor:
-        """[B] ids, [B, H] a request's history -> [B, Du] (the tower runs)."""
-        return self._user_of(user_id, history_movie_ids=history_movie_ids)
+    def user_of(self, features: dict) -> tf.Tensor:
+        """User features (``space.user_features``) -> [B, Du] (the tower runs)."""
+        return self._user_from(features)
 
 
 class _Stars(tf.Module):
@@ -413,8 +414,9 @@ class RetrievalModule(tf.Module):
         history = self.history.positions(self.catalogue, history_movie_ids)
         known = _known_from(rows, history)
         excluded = tf.concat([self.catalogue.lookup(exclude_movie_ids), history], axis=1)
-        scores, positions = self.retriever(rows, excluded,
-                                           self.retriever.query(user_id, history_movie_ids),
+        features = self.retriever.space.user_features(user_id,
+                                                      history_movie_ids=history_movie_ids)
+        scores, positions = self.retriever(rows, excluded, self.retriever.query(features),
                                            ~known)
         return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
                 "scores": scores, "known": known}
@@ -473,10 +475,14 @@ class RecommenderModule(tf.Module):
         history = self.history.positions(self.catalogue, history_movie_ids)
         known = _known_from(rows, history)
         excluded = tf.concat([self.catalogue.lookup(exclude_movie_ids), history], axis=1)
-        scores, positions = self.retriever(rows, excluded,
-                                           self.retriever.query(user_id, history_movie_ids),
+        features = self.retriever.space.user_features(user_id,
+                                                      history_movie_ids=history_movie_ids)
+        scores, positions = self.retriever(rows, excluded, self.retriever.query(features),
                                            ~known)
-        users = self.stars.rating.user_of(user_id, history_movie_ids)
+        rating = self.stars.rating
+        if rating.space is not self.retriever.space:  # models trained on other feature tables
+            features = rating.space.user_features(user_id, history_movie_ids=history_movie_ids)
+        users = rating.user_of(features)
         ratings = tf.where(tf.math.is_inf(scores), _NEG,
                            self.stars.rating.of_users(users, tf.maximum(positions, 0)))
         return self._best(rows, scores, positions, ratings, known,
