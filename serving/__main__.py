@@ -1,6 +1,7 @@
 """`python -m serving`: query the exported recommender from the command line.
 
     python -m serving recommend --user 42 --user 7 --exclude 50 --url http://localhost:8501 -n 5
+    python -m serving recommend --history "Star Wars (1977)" Fargo 181 --model-dir export/
     python -m serving similar --movie 1 --movie "Star Wars (1977)" --model-dir export/
     python -m serving rank --user 42 --movie 50 --movie 181 --grpc localhost:8500
     python -m serving batch --users users.csv --out recs.parquet --model-dir export/ -n 10 \
@@ -18,7 +19,9 @@ or a file that cannot be read or written (a full disk, a read-only folder), exit
 Ctrl-C exits 130. No output may be an input, or part of the export (``tfrs_movies.paths``). A
 movie is named by its id or its title (whole or a part, ignoring case; resolved by
 the model's ``lookup`` signature); an unknown user, or seeds none of which is known, get the
-popular movies and a one-line notice on stderr.
+popular movies and a one-line notice on stderr. ``recommend --history MOVIE ...`` (repeatable,
+oldest first) asks the export's ``with_history`` signature for every ``--user``, or for a new
+user without one.
 TensorFlow's log noise (``--model-dir``) is hidden unless ``--verbose``.
 
 Adding a subcommand is one decorated function::
@@ -76,18 +79,32 @@ _REQUEST_LOG = arg("--request-log", metavar="FILE",
                         "rotated at 64 MiB; see serving/request_log.py)")
 
 
-@command("recommend", "best movies for users: retrieve candidates, then re-rank them", _USERS,
+@command("recommend", "best movies for users: retrieve candidates, then re-rank them",
+         arg("--user", dest="users", action="append", default=[], metavar="ID",
+             help="user id (repeat for several users; needed unless --history is given)"),
+         arg("--history", action="extend", nargs="+", default=None, metavar="MOVIE",
+             help="movie ids or titles the user rated, oldest first (applies to "
+                  "every --user; without --user: a new user, shown as -); asks the export's "
+                  "with_history signature and never recommends these movies"),
          arg("--exclude", action="append", default=[], metavar="MOVIE",
              help="movie id or title never to recommend, for every user (repeatable)"), _TOP_N,
          _REQUEST_LOG, columns=cli.RECOMMEND_COLUMNS)
 def _recommend(args, client, out) -> None:
+    if not args.users and args.history is None:
+        raise UserError("recommend: give --user ID, --history MOVIE, or both")
+    users = args.users or [contract.PAD]  # a history alone: a user the export never saw
     exclude = _movie_ids(client, args.exclude, "recommender") if args.exclude else []
-    results = client.recommend(args.users, [exclude] * len(args.users), n=args.n)
+    history = None if args.history is None else _movie_ids(client, args.history, "recommender")
+    results = client.recommend(users, [exclude] * len(users), n=args.n,
+                               history=None if history is None else [history] * len(users))
     _notice_limit(args, results, "recommender", "user")
-    _notice_unknown("user", [u for u, known in zip(args.users, results.known, strict=True)
-                             if known is False])
-    per_user = list(zip(args.users, results, results.known, strict=True))
-    rows = [(user, i + 1, r.movie_id, r.title, r.score, r.rating, r.rank_score)
+    unknown = [u for u, known in zip(users, results.known, strict=True) if known is False]
+    if history is None:
+        _notice_unknown("user", unknown)
+    elif unknown:
+        print(cli.history_fallback_notice([u for u in unknown if u]), file=sys.stderr)
+    per_user = list(zip(users, results, results.known, strict=True))
+    rows = [(user or "-", i + 1, r.movie_id, r.title, r.score, r.rating, r.rank_score)
             for user, recs, _ in per_user for i, r in enumerate(recs)]
     _emit(args, out, ("user", "rank", "movie_id", "title", "score", "rating", "rank_score"), rows,
           {user: [{**asdict(r), "known": known} for r in recs]
@@ -127,7 +144,8 @@ def _rank(args, client, out) -> None:
 
 @command("batch", "recommendations for every user of a CSV/Parquet file, into Parquet or CSV",
          arg("--users", required=True, metavar="FILE",
-             help="CSV/TSV/Parquet file with a user_id column"),
+             help="CSV/TSV/Parquet file with a user_id column and optionally a history "
+                  "column (movie ids, oldest first: a list in Parquet, 50|181|1 in CSV)"),
          arg("--out", required=True, metavar="FILE",
              help="output: *.parquet, or *.csv; bad ids go to FILE.errors.csv"),
          arg("-n", "-k", dest="n", type=int, default=None, metavar="N", action=cli.AtLeastOne,

@@ -1,11 +1,13 @@
-"""Three ways to run a `serving_default` signature of an exported model, one interface.
+"""Three ways to run an exported model's signatures, one interface.
 
 Every backend has ``predict(model, inputs, version=None, label=None) -> dict[str, np.ndarray]``:
 ``inputs`` maps input names to numpy arrays (strings as Python ``str``), the result maps output
 names to numpy arrays with strings decoded to Python ``str`` (dtype ``object``), floats as
 ``float32`` and booleans as ``bool``, so the three backends return identical values for the
 same export. ``signature=`` (keyword) names another signature than ``serving_default``, e.g.
-the ``lookup`` every model has (`tfrs_movies.contract.LOOKUP`). ``version``
+the ``lookup`` every model has (`tfrs_movies.contract.LOOKUP`) or ``with_history``
+(`tfrs_movies.contract.WITH_HISTORY`); REST sends it as ``signature_name``, gRPC as
+``model_spec.signature_name``. ``version``
 asks for a version number, ``label`` for a version label of the export's ``models.config``
 (``stable``, ``canary``; at most one of the two; neither: the latest version).
 ``answer(...)`` takes the same arguments and returns an `Answer`: the outputs and the version
@@ -362,6 +364,18 @@ class RestBackend:
             return None
         versions = [int(s["version"]) for s in status if str(s.get("version", "")).isdigit()]
         return versions[0] if len(versions) == 1 else None
+
+    def latest_version(self, model: str) -> int | None:
+        """The highest version the server's model status gives as AVAILABLE (``GET
+        .../models/NAME``), what an unpinned request gets; None when it cannot say."""
+        try:
+            status = self._send(self.endpoint(model, verb=None), None,
+                                model).get("model_version_status") or []
+        except (ServingError, AttributeError):
+            return None
+        versions = [int(s["version"]) for s in status if str(s.get("version", "")).isdigit()
+                    and s.get("state", "AVAILABLE") == "AVAILABLE"]
+        return max(versions, default=None)
 
     def predict(self, model: str, inputs: Mapping[str, np.ndarray], version: int | None = None,
                 label: str | None = None, *, signature: str = SIGNATURE

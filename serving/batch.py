@@ -9,7 +9,13 @@
 or ``python -m serving batch --users users.csv --out recs.parquet --model-dir exports/ml100k``.
 
 Input: a CSV/TSV or Parquet file with a ``user_id`` column (``userId`` also works; other columns
-are ignored: the export looks features up in-graph), or a list of ids. Output: Parquet, or CSV
+are ignored: the export looks features up in-graph), or a list of ids. An optional ``history``
+column (``history_movie_ids`` also works) gives each user's movie ids, oldest first: a list
+column in Parquet, ids separated by ``|`` in CSV/TSV (``50|181|1``; blank: none). A user with a
+history is asked through the recommender's ``with_history`` signature (an id the export never
+saw is answered from its history; its history's movies are never returned), the others, and
+every user of a file without the column, through ``serving_default`` as before; a user id
+repeated keeps its first row's history. Output: Parquet, or CSV
 when ``out_path`` ends in ``.csv``, one row per recommendation with `SCHEMA`'s columns
 ``user_id, rank, movie_id, title, score, rating, rank_score, known``; users in input order,
 ranks 1..n. ``known`` is false on every row of a user the export does not know (their rows are
@@ -24,8 +30,9 @@ How a run is made safe to kill:
 - The CLI refuses an existing ``OUT`` without ``--overwrite``, and an interrupted run's parts
   without ``--resume`` (continue) or ``--overwrite`` (start over): `check_existing`.
 - ``resume=True`` keeps the parts already written and scores only the others. The work dir's
-  ``manifest.json`` records the ids' fingerprint, ``n``, batch and part sizes, the exclusions'
-  fingerprint and the local model version; resuming with any of them changed is refused.
+  ``manifest.json`` records the ids' and histories' fingerprints, ``n``, batch and part sizes,
+  the exclusions' fingerprint and the local model version; resuming with any of them changed
+  is refused.
 - At the end the parts are concatenated into a temporary file beside ``OUT``, renamed onto
   ``OUT`` (atomic on one filesystem) and the work dir is deleted.
 - Nothing the job reads is written: ``OUT``, ``OUT.errors.csv``, the work dir and the temp
@@ -40,6 +47,9 @@ are alone), are written with the reason to ``OUT.errors.csv``. Before splitting,
 with a plain id probes the server: if that is rejected too, the fault is the request or model
 (wrong export, signature mismatch), not the ids, and the run stops. Unknown ids are not errors:
 the export answers them with the most popular movies, and their rows say ``known`` false.
+
+A history file scored by an export older than ``with_history`` stops before anything is written,
+with one line naming the model and version (`serving.client.NoHistorySignature`).
 
 Exclusions: the export already drops the movies each user rated in its run's train data (unless
 exported with ``--keep-seen``); ``exclude`` adds more, e.g. ratings collected since the export.
@@ -66,12 +76,13 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serving.backends import LocalBackend, ServingError
+from serving.client import NoHistorySignature, missing_signature
 from tfrs_movies import contract, paths
 from tfrs_movies.errors import DataError, UserError, shown
 
-__all__ = ["SCHEMA", "BatchReport", "UserIds", "check_existing", "check_outputs", "format_rate",
-           "normalize_ids", "output_format", "read_user_ids", "recommend_table", "score_users",
-           "seen_movies"]
+__all__ = ["HISTORY_SEPARATOR", "SCHEMA", "BatchReport", "UserIds", "check_existing",
+           "check_outputs", "format_rate", "normalize_ids", "output_format", "parse_history",
+           "predict_for", "read_user_ids", "recommend_table", "score_users", "seen_movies"]
 
 MODEL = "recommender"  # a model of the serving contract (``tfrs_movies.contract``)
 SCHEMA = pa.schema([("user_id", pa.string()), ("rank", pa.int64()), ("movie_id", pa.string()),
@@ -85,6 +96,11 @@ _PROBE_ID = "1"  # any non-empty id is valid for the export (unknown ones get po
 _BAD_CHARS = r"[\x00-\x1f\x7f\ud800-\udfff]"  # control characters, lone surrogates
 _MANIFEST = "manifest.json"
 _OUTPUTS = contract.signature(MODEL).required_outputs
+HISTORY = "history"  # the users file's optional column: each user's movie ids, oldest first
+_HISTORY_ALIASES = {"history_movie_ids": HISTORY}
+HISTORY_SEPARATOR = "|"  # between a CSV/TSV history's ids
+(_HISTORY_INPUT,) = (set(contract.signature(MODEL, contract.WITH_HISTORY).input_names)
+                     - set(contract.signature(MODEL).input_names))  # history_movie_ids
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -139,11 +155,14 @@ class BatchReport:
 @dataclass(frozen=True)
 class UserIds:
     """Ids read from an input: ``ids`` are the distinct valid ones in first-seen order,
-    ``errors`` ``(value, reason)`` for the invalid ones, ``duplicates`` the repeated rows."""
+    ``errors`` ``(value, reason)`` for the invalid ones, ``duplicates`` the repeated rows,
+    ``histories`` each id's movie ids (its first row's; ``[]``: none), None when the input has
+    no history column."""
 
     ids: list[str]
     errors: list[tuple[str, str]]
     duplicates: int
+    histories: dict[str, list[str]] | None = None
 
 
 def read_user_ids(source: str | os.PathLike | Sequence[str]) -> UserIds:
@@ -154,12 +173,15 @@ def read_user_ids(source: str | os.PathLike | Sequence[str]) -> UserIds:
     """
     from tfrs_movies.data.tabular import read_any, require
 
+    history = None
     if isinstance(source, (str, os.PathLike)):
         rows = read_any(source)
-        require(rows, {"userId": "user_id", "user": "user_id"}, ["user_id"])
+        require(rows, {"userId": "user_id", "user": "user_id", **_HISTORY_ALIASES}, ["user_id"])
         if not len(rows.frame):
             raise DataError(f"{source}: no user ids (the file has no data rows)")
         column = rows.frame["user_id"].reset_index(drop=True)
+        if HISTORY in rows.frame:
+            history = rows.frame[HISTORY].reset_index(drop=True)
         where = rows  # names "FILE: line N" of a bad id
     else:
         if isinstance(source, bytes) or not isinstance(source, Iterable):
@@ -168,6 +190,16 @@ def read_user_ids(source: str | os.PathLike | Sequence[str]) -> UserIds:
         column = pd.Series(list(source), dtype=object)
         where = None
     values, bad = normalize_ids(column)
+    parsed: list[list[str] | None] = [None] * len(values)
+    if history is not None:
+        skip = {i for i, _ in bad}
+        for i in range(len(values)):
+            if i not in skip:
+                try:
+                    parsed[i] = parse_history(history.iloc[i])
+                except ValueError as err:
+                    bad.append((i, str(err)))
+        bad.sort()
     errors = [(_text(column.iloc[i]),
                f"{where.at(i) if where is not None else f'user_ids[{i}]'}: {reason}")
               for i, reason in bad]
@@ -175,7 +207,39 @@ def read_user_ids(source: str | os.PathLike | Sequence[str]) -> UserIds:
     ok[[i for i, _ in bad]] = False
     good = values[ok]
     unique = pd.unique(good)
-    return UserIds([str(u) for u in unique], errors, len(good) - len(unique))
+    histories = None
+    if history is not None:
+        histories = {}
+        for i in np.flatnonzero(ok):
+            histories.setdefault(str(values[i]), parsed[i])
+    return UserIds([str(u) for u in unique], errors, len(good) - len(unique), histories)
+
+
+def parse_history(value) -> list[str]:
+    """One cell of the history column -> its movie ids, oldest first: a list (Parquet; whole
+    numbers become their decimal text) or ``|``-separated text (CSV/TSV); missing or blank:
+    ``[]``. `ValueError` names a value that is neither."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(HISTORY_SEPARATOR) if v.strip()]
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise ValueError(f"history must be a list of movie ids (Parquet) or ids separated by "
+                         f"{HISTORY_SEPARATOR!r} (CSV), got {type(value).__name__} "
+                         f"{shown(value)}")
+    ids = []
+    for item in value:
+        if item is None or isinstance(item, (float, np.floating)) and np.isnan(item):
+            continue  # a null in a list column (pandas reads list<int> nulls as NaN)
+        if isinstance(item, (bool, np.bool_)) or not isinstance(
+                item, (str, int, np.integer, float, np.floating)) or (
+                isinstance(item, (float, np.floating)) and not float(item).is_integer()):
+            raise ValueError(f"history holds {type(item).__name__} {shown(item)}, not a movie "
+                             f"id")
+        text = item.strip() if isinstance(item, str) else str(int(item))
+        if text:
+            ids.append(text)
+    return ids
 
 
 def normalize_ids(column: pd.Series) -> tuple[np.ndarray, list[tuple[int, str]]]:
@@ -237,53 +301,92 @@ def seen_movies(ratings: str | os.PathLike | Mapping[str, Sequence[str]]
     return table.groupby("user_id", sort=False)["movie_id"].agg(list).to_dict()
 
 
+def predict_for(backend, **pin) -> Predict:
+    """``backend.predict`` bound to the recommender and ``pin`` (version or label): inputs
+    with a history go to its ``with_history`` signature, others to ``serving_default``."""
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if _HISTORY_INPUT in inputs:
+            return backend.predict(MODEL, inputs, **pin, signature=contract.WITH_HISTORY)
+        return backend.predict(MODEL, inputs, **pin)
+    return predict
+
+
 def recommend_table(predict: Predict, users: Sequence[str],
-                    exclude: Sequence[Sequence[str]], n: int | None
+                    exclude: Sequence[Sequence[str]], n: int | None,
+                    history: Sequence[Sequence[str]] | None = None
                     ) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """Scores one batch with one request; a rejected batch is split until the bad ids are alone.
+    """Scores one batch; a rejected request is split until the bad ids are alone.
 
     Args:
-      predict: runs the ``recommender`` signature: inputs dict -> outputs dict (a backend's
-        ``predict`` bound to the model name).
-      users: B valid user ids.
+      predict: runs the ``recommender``: inputs dict -> outputs dict (`predict_for`: the
+        signature follows the inputs).
+      users: B distinct valid user ids.
       exclude: B lists of movie ids never to return for that user.
       n: keep at most this many per user (None: all the export returns).
+      history: optional B lists of movie ids, oldest first: the users with one are asked in
+        one ``with_history`` request, the others in one ``serving_default`` request.
 
     Returns:
       (`SCHEMA` table of the users' recommendations in user order then rank, ``[(user_id,
       error)]`` for the users the server rejected).
     """
+    if history is None or not any(history):
+        return _score(predict, list(users), list(exclude), n, None)
+    asked = [i for i, h in enumerate(history) if h]
+    if len(asked) == len(users):
+        return _score(predict, list(users), list(exclude), n, list(history))
+    plain = [i for i, h in enumerate(history) if not h]
+    tables, errors = [], []
+    for rows, with_history in ((plain, False), (asked, True)):
+        table, rejected = _score(predict, [users[i] for i in rows], [exclude[i] for i in rows],
+                                 n, [history[i] for i in rows] if with_history else None)
+        tables.append(table)
+        errors += rejected
+    position = {u: i for i, u in enumerate(users)}
+    table = pa.concat_tables(tables)
+    order = np.argsort([position[u] for u in table.column("user_id").to_pylist()],
+                       kind="stable")
+    return table.take(order), sorted(errors, key=lambda e: position[e[0]])
+
+
+def _score(predict: Predict, users: list[str], exclude: list, n: int | None,
+           history: list | None) -> tuple[pa.Table, list[tuple[str, str]]]:
+    """One request for ``users`` (with ``history``: ``with_history``), split when rejected."""
     try:
-        out = predict(_inputs(users, exclude))
+        out = predict(_inputs(users, exclude, history))
     except ServingError as err:
+        if history is not None and missing_signature(err, contract.WITH_HISTORY):
+            raise NoHistorySignature(MODEL, None) from None
         if not _rejected(err):
             raise
         if len(users) > 1:
             try:  # is it the ids, or is every request refused (wrong model, bad signature)?
-                predict(_inputs([_PROBE_ID], [[]]))
+                predict(_inputs([_PROBE_ID], [[]], None if history is None else [[]]))
             except ServingError as probe_err:
                 if _rejected(probe_err):
                     raise ServingError(f"the server rejects every request, even for one plain "
                                        f"user id: {err}", status=err.status, code=err.code,
                                        model=err.model) from err
                 raise
-        return _bisect(predict, list(users), list(exclude), n, err)
+        return _bisect(predict, users, exclude, n, history, err)
     return _table(users, out, n), []
 
 
 def _bisect(predict: Predict, users: list[str], exclude: list, n: int | None,
-            err: ServingError) -> tuple[pa.Table, list[tuple[str, str]]]:
+            history: list | None, err: ServingError) -> tuple[pa.Table, list[tuple[str, str]]]:
     if len(users) == 1:
         return SCHEMA.empty_table(), [(users[0], " ".join(str(err).split()))]
     tables, errors = [], []
     mid = len(users) // 2
     for part in (slice(0, mid), slice(mid, None)):
+        part_history = None if history is None else history[part]
         try:
-            out = predict(_inputs(users[part], exclude[part]))
+            out = predict(_inputs(users[part], exclude[part], part_history))
         except ServingError as part_err:
             if not _rejected(part_err):
                 raise
-            table, part_errors = _bisect(predict, users[part], exclude[part], n, part_err)
+            table, part_errors = _bisect(predict, users[part], exclude[part], n, part_history,
+                                         part_err)
         else:
             table, part_errors = _table(users[part], out, n), []
         tables.append(table)
@@ -295,15 +398,24 @@ def _rejected(err: ServingError) -> bool:
     return err.status == 400 or err.code == "INVALID_ARGUMENT"
 
 
-def _inputs(users: Sequence[str], exclude: Sequence[Sequence[str]]) -> dict[str, np.ndarray]:
-    """The recommender's inputs; exclusions padded with "" (one leading "" column, as the
-    client does, so a batching TF Serving pads with "" too)."""
-    width = 1 + max((len(row) for row in exclude), default=0)
-    padded = np.full((len(users), width), _PAD, dtype=object)
-    for i, row in enumerate(exclude):
-        if row:
-            padded[i, 1:1 + len(row)] = row
-    return {"user_id": np.asarray(users, dtype=object), "exclude_movie_ids": padded}
+def _inputs(users: Sequence[str], exclude: Sequence[Sequence[str]],
+            history: Sequence[Sequence[str]] | None = None) -> dict[str, np.ndarray]:
+    """The recommender's inputs (with ``history``: its ``with_history`` signature's); id lists
+    padded with "" (one leading "" column, as the client does, so a batching TF Serving pads
+    with "" too)."""
+    inputs = {"user_id": np.asarray(users, dtype=object), "exclude_movie_ids": _padded(exclude)}
+    if history is not None:
+        inputs[_HISTORY_INPUT] = _padded(history)
+    return inputs
+
+
+def _padded(rows: Sequence[Sequence[str]]) -> np.ndarray:
+    width = 1 + max((len(row) for row in rows), default=0)
+    padded = np.full((len(rows), width), _PAD, dtype=object)
+    for i, row in enumerate(rows):
+        if len(row):
+            padded[i, 1:1 + len(row)] = list(row)
+    return padded
 
 
 def _table(users: Sequence[str], out: Mapping[str, np.ndarray], n: int | None) -> pa.Table:
@@ -379,28 +491,40 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
                         "export": _export_input(client)})
     users = read_user_ids(user_ids)
     seen = seen_movies(exclude) if exclude is not None else {}
+    histories = users.histories
     manifest = {"ids": _digest("\x00".join(users.ids)), "users": len(users.ids), "n": n,
                 "batch_size": batch_size, "part_size": part_size,
-                "exclude": _exclude_digest(exclude), "model": _model_identity(client)}
+                "exclude": _exclude_digest(exclude), "model": _model_identity(client),
+                "history": None if histories is None else _digest(json.dumps(
+                    [histories[u] for u in users.ids]))}
+    pin = _pin(client)
+    predict = predict_for(client.backend, **pin)
+    load_seconds = 0.0
+    if histories is not None and any(histories.values()):
+        # Before anything is written: an export older than with_history stops the run here.
+        loading = time.perf_counter()
+        try:
+            predict(_inputs([_PROBE_ID], [[]], [[]]))
+        except ServingError as err:
+            if missing_signature(err, contract.WITH_HISTORY):
+                raise client.no_history(MODEL) from None
+            raise
+        if isinstance(client.backend, LocalBackend):
+            load_seconds = time.perf_counter() - loading
     work = out.with_name(f".{out.name}.parts")
     done = _prepare_work_dir(work, manifest, resume)
-    pin = _pin(client)
-
-    def predict(inputs):
-        return client.backend.predict(MODEL, inputs, **pin)
 
     starts = range(0, len(users.ids), part_size)
     resumed = sum(min(part_size, len(users.ids) - s) for i, s in enumerate(starts) if i in done)
     bar = _Progress(len(users.ids), resumed, stream or sys.stderr, enabled=progress)
     pool = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
-    load_seconds = 0.0
     try:
         # A local model is loaded before the rate's clock: TensorFlow's import and the
         # SavedModel's load are paid once per process, not per user (reported apart).
         if isinstance(client.backend, LocalBackend) and len(done) < len(starts):
             loading = time.perf_counter()
             client.backend.load(MODEL, **pin)
-            load_seconds = time.perf_counter() - loading
+            load_seconds += time.perf_counter() - loading
         for i, first in enumerate(starts):
             if i in done:
                 continue
@@ -408,7 +532,9 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
             batches = [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
 
             def score(batch):
-                return recommend_table(predict, batch, [seen.get(u, ()) for u in batch], n)
+                return recommend_table(predict, batch, [seen.get(u, ()) for u in batch], n,
+                                       None if histories is None else
+                                       [histories[u] for u in batch])
 
             results = list(pool.map(score, batches) if pool else map(score, batches))
             _write_part(work, i, pa.concat_tables([t for t, _ in results]),
@@ -560,7 +686,8 @@ def _model_identity(client) -> str | None:
 
 _MANIFEST_NAMES = {"ids": "the input ids", "users": "the number of users", "n": "-n",
                    "batch_size": "the batch size", "part_size": "the part size",
-                   "exclude": "the exclusions (--exclude-seen)", "model": "the model"}
+                   "exclude": "the exclusions (--exclude-seen)", "model": "the model",
+                   "history": "the histories (history column)"}
 
 
 def _prepare_work_dir(work: Path, manifest: dict, resume: bool) -> set[int]:

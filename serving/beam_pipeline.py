@@ -12,9 +12,11 @@ pipeline options (``--runner DirectRunner`` by default; ``DataflowRunner``, ``Fl
 ``SparkRunner`` with their own options); workers need this package installed
 (``--extra_package`` a wheel, or a custom container) and, for a ScaNN export, ``scann``.
 
-The pipeline: read ``user_id`` (CSV/TSV with a header via ``ReadFromText``, or
-``ReadFromParquet``) -> validate with `serving.batch`'s rules (bad ids to ``OUT.errors.csv``) ->
-distinct -> join each user's seen movies (``--exclude-seen``) -> ``BatchElements`` of
+The pipeline: read ``user_id`` and, when the file has one, ``history`` (CSV/TSV with a header
+via ``ReadFromText``, or ``ReadFromParquet``; the history as `serving.batch` reads it: a list
+column, or ``|``-separated ids) -> validate with `serving.batch`'s rules (bad ids to
+``OUT.errors.csv``) -> distinct -> join each user's seen movies (``--exclude-seen``) ->
+``BatchElements`` of
 ``--batch-size`` -> a DoFn that loads the ``recommender`` SavedModel once per worker process in
 ``setup()`` and scores each batch with `serving.batch.recommend_table` (the local scorer's own
 function, so the rows are the same) -> ``WriteToParquetBatched`` or ``WriteToText`` (CSV).
@@ -22,7 +24,8 @@ function, so the rows are the same) -> ``WriteToParquetBatched`` or ``WriteToTex
 Differences from ``python -m serving batch``: rows are in no particular order (sort by
 ``user_id, rank`` to compare); ``--exclude-seen`` must be CSV/TSV/Parquet with a header
 (``user_id, movie_id``; e.g. a run's ``split/train.parquet``; MovieLens ``u.data`` is not read
-here) and rows with a blank id are ignored rather than refused; ``OUT.errors.csv`` is always
+here) and rows with a blank id are ignored rather than refused; a user id repeated with
+different histories keeps one of them (not always the first); ``OUT.errors.csv`` is always
 written (maybe only its header); there is no resume (runners retry failed bundles themselves).
 At the end (on a runner that waits for the job) it prints the local scorer's one-line summary,
 from Beam counters in namespace ``tfrs_movies``: users, rows, bad ids, duplicates, seconds.
@@ -46,8 +49,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from serving.backends import LocalBackend, ServingError
-from serving.batch import (DEFAULT_BATCH_SIZE, ERROR_COLUMNS, MODEL, SCHEMA, BatchReport,
-                           check_outputs, normalize_ids, output_format, recommend_table)
+from serving.batch import (DEFAULT_BATCH_SIZE, ERROR_COLUMNS, HISTORY, MODEL, SCHEMA,
+                           BatchReport, check_outputs, normalize_ids, output_format,
+                           parse_history, predict_for, recommend_table)
 from tfrs_movies.errors import UserError
 
 try:
@@ -63,7 +67,8 @@ except ImportError as _err:  # the module stays importable; `build` explains wha
     _BEAM_IMPORT_ERROR = _err
 
 _PARQUET = (".parquet", ".pq")
-_ALIASES = {"user_id": ("user_id", "userId", "user"), "movie_id": ("movie_id", "movieId")}
+_ALIASES = {"user_id": ("user_id", "userId", "user"), "movie_id": ("movie_id", "movieId"),
+            HISTORY: (HISTORY, "history_movie_ids")}
 # pyarrow's CSV writer (the local scorer's) quotes the header names.
 _CSV_HEADER = ",".join(f'"{name}"' for name in SCHEMA.names)
 _VALIDATE_BATCH = 10_000  # ids validated together (vectorized, like the local scorer)
@@ -87,9 +92,11 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def _columns(pattern: str, wanted: tuple[str, ...]) -> tuple[list[str], str, list[int] | None]:
-    """Actual column names for ``wanted`` (aliases allowed), the file kind, and for text files
-    the delimiter's field positions of those columns (from the header line)."""
+def _columns(pattern: str, wanted: tuple[str, ...], optional: tuple[str, ...] = ()
+             ) -> tuple[list[str], str, list[int] | None]:
+    """Actual column names for ``wanted`` (aliases allowed), then for those of ``optional`` the
+    file has, the file kind, and for text files the delimiter's field positions of those
+    columns (from the header line)."""
     path = _first_file(pattern)
     if path.lower().endswith(_PARQUET):
         import pyarrow.parquet as pq
@@ -109,6 +116,8 @@ def _columns(pattern: str, wanted: tuple[str, ...]) -> tuple[list[str], str, lis
             raise UserError(f"{path}: missing column {column}; found {', '.join(header) or 'none'}"
                             f" (a header line naming the columns is required)")
         names.append(found[0])
+    names += [found[0] for found in ([a for a in _ALIASES[c] if a in header] for c in optional)
+              if found]
     return names, kind, None if kind == "parquet" else [header.index(n) for n in names]
 
 
@@ -119,9 +128,12 @@ def _split(line: str, kind: str) -> list[str]:
     return next(csv.reader([line], skipinitialspace=True))
 
 
-def _read_columns(p, label: str, pattern: str, wanted: tuple[str, ...]):
-    """A PCollection of tuples of the ``wanted`` columns; all-blank text lines are skipped."""
-    names, kind, positions = _columns(pattern, wanted)
+def _read_columns(p, label: str, pattern: str, wanted: tuple[str, ...],
+                  optional: tuple[str, ...] = ()):
+    """A PCollection of tuples of the ``wanted`` columns, then of the ``optional`` ones the
+    file has (the first file: a glob's files share one header); all-blank text lines are
+    skipped."""
+    names, kind, positions = _columns(pattern, wanted, optional)
     if kind == "parquet":
         return (p | f"{label}Read" >> beam.io.ReadFromParquet(pattern, columns=names)
                 | f"{label}Columns" >> beam.Map(lambda row: tuple(row[n] for n in names)))
@@ -135,19 +147,28 @@ def _read_columns(p, label: str, pattern: str, wanted: tuple[str, ...]):
             | f"{label}Parse" >> beam.FlatMap(parse))
 
 
-def _validate(values: list, source: str):
-    """A batch of raw ids -> valid ``str`` ids, and ``(value, reason)`` on output "errors"."""
+def _validate(rows: list, source: str):
+    """A batch of raw ``(id,)`` or ``(id, history)`` rows -> ``(str id, history list or
+    None)``, and ``(value, reason)`` on output "errors"."""
+    values = [row[0] for row in rows]
     # pandas infers the dtype as reading the whole file does (numbers with nulls: float64).
     normalized, bad = normalize_ids(pd.Series(values))
-    Metrics.counter(_METRICS, "bad_ids").inc(len(bad))
     bad_at = dict(bad)
+    histories: list[list[str] | None] = [None] * len(rows)
+    for i, row in enumerate(rows):
+        if len(row) > 1 and i not in bad_at:
+            try:
+                histories[i] = parse_history(row[1])
+            except ValueError as err:
+                bad_at[i] = str(err)
+    Metrics.counter(_METRICS, "bad_ids").inc(len(bad_at))
     for i, value in enumerate(normalized):
         if i in bad_at:
             text = "" if values[i] is None or (isinstance(values[i], float)
                                                and np.isnan(values[i])) else str(values[i])
             yield beam.pvalue.TaggedOutput("errors", (text, f"{source}: {bad_at[i]}"))
         else:
-            yield str(value)
+            yield str(value), histories[i]
 
 
 def _local_model_dir(model_dir: str, version: int | None = None, copy: bool = False) -> str:
@@ -175,8 +196,9 @@ def _local_model_dir(model_dir: str, version: int | None = None, copy: bool = Fa
 
 if beam is not None:
     class ScoreBatches(beam.DoFn):
-        """``[(user_id, [seen movie ids])]`` batches -> `SCHEMA` tables (main output) and
-        ``(user_id, error)`` for users the model rejected (output ``"errors"``).
+        """``[(user_id, [seen movie ids], history or None)]`` batches -> `SCHEMA` tables (main
+        output) and ``(user_id, error)`` for users the model rejected (output ``"errors"``);
+        users with a history are asked through ``with_history``.
 
         The SavedModel is loaded once per worker process (``setup`` + ``shared.Shared``), not
         per bundle or element.
@@ -195,11 +217,11 @@ if beam is not None:
             return LocalBackend(_local_model_dir(self.model_dir, self.version))
 
         def process(self, batch):
-            users = [u for u, _ in batch]
-            exclude = [seen for _, seen in batch]
-            table, errors = recommend_table(
-                lambda inputs: self._backend.predict(MODEL, inputs, version=self.version),
-                users, exclude, self.n)
+            users = [u for u, _, _ in batch]
+            exclude = [seen for _, seen, _ in batch]
+            history = [h or [] for _, _, h in batch]
+            table, errors = recommend_table(predict_for(self._backend, version=self.version),
+                                            users, exclude, self.n, history)
             Metrics.counter(_METRICS, "users").inc(len(users) - len(errors))
             Metrics.counter(_METRICS, "rows").inc(table.num_rows)
             Metrics.counter(_METRICS, "bad_ids").inc(len(errors))
@@ -222,13 +244,13 @@ def _csv_line(values) -> str:
 
 
 def _seen_once(kv):
-    """A CoGroupByKey row -> ``(user_id, seen)`` once for a user in the input, counting the
-    repeats of a user id as duplicates."""
+    """A CoGroupByKey row -> ``(user_id, seen, history)`` once for a user in the input,
+    counting the repeats of a user id as duplicates."""
     user, groups = kv
-    rows = len(list(groups["ids"]))
-    if rows > 1:
-        Metrics.counter(_METRICS, "duplicates").inc(rows - 1)
-    return [(user, list(groups["seen"]))] if rows else []
+    histories = list(groups["ids"])
+    if len(histories) > 1:
+        Metrics.counter(_METRICS, "duplicates").inc(len(histories) - 1)
+    return [(user, list(groups["seen"]), histories[0])] if histories else []
 
 
 def _sink(num_shards: int) -> dict:
@@ -242,7 +264,8 @@ def build(p, users: str, out: str, model_dir: str, n: int | None = None,
     """Adds the scoring steps to pipeline ``p``: ``users`` file(s) in, ``out`` written.
 
     Args:
-      users: CSV/TSV/Parquet file or glob with a ``user_id`` column.
+      users: CSV/TSV/Parquet file or glob with a ``user_id`` column, and optionally a
+        ``history`` column (see `serving.batch`).
       out: ``*.parquet``/``*.pq`` or ``*.csv``; with ``num_shards`` 1 exactly this file,
         else ``OUT-SSSSS-of-NNNNN`` shards (0: the runner picks the number).
       model_dir: the export root (local, or any Beam filesystem such as ``gs://``).
@@ -260,11 +283,11 @@ def build(p, users: str, out: str, model_dir: str, n: int | None = None,
         check_outputs(out, {role: path for role, path in (
             ("users file", users), ("exclude file (--exclude-seen)", exclude))
             if path and "://" not in path})
-    raw = _read_columns(p, "Users", users, ("user_id",)) | "UserId" >> beam.Map(lambda r: r[0])
+    raw = _read_columns(p, "Users", users, ("user_id",), (HISTORY,))
     checked = (raw | "BatchRaw" >> beam.BatchElements(min_batch_size=_VALIDATE_BATCH,
                                                         max_batch_size=_VALIDATE_BATCH)
                | "Validate" >> beam.FlatMap(_validate, users).with_outputs("errors", main="ids"))
-    keyed = checked.ids | "Key" >> beam.Map(lambda u: (u, None))
+    keyed = checked.ids  # (user_id, history or None)
     if exclude:
         pairs = (_read_columns(p, "Seen", exclude, ("user_id", "movie_id"))
                  | "SeenValid" >> beam.Filter(lambda r: all(
@@ -297,7 +320,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser = argparse.ArgumentParser(prog="python -m serving.beam_pipeline",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--users", required=True, metavar="FILE",
-                        help="CSV/TSV/Parquet file (or glob) with a user_id column")
+                        help="CSV/TSV/Parquet file (or glob) with a user_id column and "
+                             "optionally a history column (a list, or 50|181|1 in CSV)")
     parser.add_argument("--out", required=True, metavar="FILE", help="*.parquet or *.csv")
     parser.add_argument("--model-dir", required=True, metavar="DIR", help="export root")
     parser.add_argument("-n", type=int, default=None, metavar="N",

@@ -5,21 +5,27 @@
     client.recommend(["42"], exclude=[["50", "181"]])       # [[Recommendation(...), ...]]
     client.similar([["1", "50"]])                           # seeds averaged: [[("172", 0.93), ...]]
     client.recommend(["99999"]).known                       # [False]: the popularity fallback
+    client.recommend([""], history=[["50", "181"]])         # a new user's movies, oldest first
     client.resolve_movies(["Star Wars (1977)", "50"])       # ["50", "50"]: titles or ids
     make_client(url=..., labels={"recommender": "canary"})  # a version label of models.config
 
 The models follow the serving contract (``tfrs_movies.contract``): batched string ids in,
 ``[B, K]`` ids and float32 scores out. This module validates ids before anything is sent, pads the
-ragged exclusion/seed lists to a rectangle, and turns output arrays into Python results.
+ragged exclusion/seed/history lists to a rectangle, and turns output arrays into Python results.
+A ``history`` (one list of movie ids per user, oldest first) sends the request to the model's
+``with_history`` signature (`tfrs_movies.contract.HISTORY_SIGNATURES`); an export written before
+it has none, and the client says so (`NoHistorySignature`) instead of a server error.
 
 Padding puts one ``""`` column *first* (then ``""`` after each row's ids): TF Serving's batcher
 with ``pad_variable_length_inputs`` pads requests of different widths with the first element of
 each request's tensor, so a leading ``""`` makes its padding the contract's pad value too. Without
 it a batched similar-movies request would repeat its first seed and reweight the seed average.
+A history is padded the same way: the leading ``""`` is an unknown id, which the model ignores.
 """
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,8 +46,9 @@ from tfrs_movies import contract, movie_names
 from tfrs_movies.errors import UserError, shown
 from tfrs_movies.movie_names import Matches
 
-__all__ = ["Backend", "GrpcBackend", "LocalBackend", "Matches", "Recommendation",
-           "RecommenderClient", "RestBackend", "Results", "ServingError", "make_client"]
+__all__ = ["Backend", "GrpcBackend", "LocalBackend", "Matches", "NoHistorySignature",
+           "Recommendation", "RecommenderClient", "RestBackend", "Results", "ServingError",
+           "make_client", "missing_signature"]
 
 PAD = contract.PAD
 
@@ -90,6 +97,35 @@ class Results(list):
         self.limit = limit
 
 
+class NoHistorySignature(UserError):
+    """A history was given for an export written before the ``with_history`` signature.
+
+    Attributes:
+      model: the model asked (``recommender`` or ``retrieval``).
+      version: the version that lacks it, as far as the backend can tell (None: unknown).
+    """
+
+    def __init__(self, model: str, version: int | None, where: str | None = None):
+        which = f"version {version}" if version is not None else (where or "the version served")
+        super().__init__(
+            f"the {model} export ({which}) is older than the history signature: it has no "
+            f"{contract.WITH_HISTORY!r} signature, so it cannot answer from a history; export "
+            f"the run again (python -m trainer export) to serve one, or ask without a history")
+        self.model, self.version = model, version
+
+
+def missing_signature(err: ServingError, name: str) -> bool:
+    """Whether ``err`` says the model has no signature ``name``: the local backend's "has no
+    'NAME' signature", TF Serving's 'Serving signature key "NAME" not found' (older servers:
+    'signature name: "NAME" not found in signature def'; HTTP 400, gRPC FAILED_PRECONDITION
+    or INVALID_ARGUMENT)."""
+    text = str(err)
+    return (f"'{name}'" in text or f'"{name}"' in text) and (
+        "not found" in text or "has no" in text) and (
+        err.status in (400, 404) or err.code in ("NOT_FOUND", "INVALID_ARGUMENT",
+                                                 "FAILED_PRECONDITION"))
+
+
 class RecommenderClient:
     """Typed calls to the four exported models through any backend.
 
@@ -124,31 +160,39 @@ class RecommenderClient:
         return {"version": self.versions.get(model)}
 
     def recommend(self, user_ids: Sequence[str], exclude: Sequence[Sequence[str]] | None = None,
-                  *, n: int | None = None) -> list[list[Recommendation]]:
+                  *, n: int | None = None, history: Sequence[Sequence[str]] | None = None
+                  ) -> list[list[Recommendation]]:
         """Best movies per user: retrieve candidates, rank them, keep the top ``n``.
 
         Args:
-          user_ids: B user ids.
+          user_ids: B user ids; with a ``history``, an id the export never saw, or ``""``
+            (no id: the answer comes from the history alone), is fine too.
           exclude: optional B lists of movie ids never to recommend (e.g. already watched).
           n: keep at most this many per user (the export fixes the maximum).
+          history: optional B lists of the movie ids each user rated, oldest first (the
+            export keeps the most recent when a list is longer than its maximum); asks the
+            ``with_history`` signature, whose answer never includes these movies.
+            `NoHistorySignature` when the export is older than it.
 
         Returns:
-          B lists of `Recommendation`, best first, as `Results` (``.known`` per user).
+          B lists of `Recommendation`, best first, as `Results` (``.known`` per user: with a
+          history, False only for an unknown id none of whose history is in the catalogue).
         """
-        return self._recommend(user_ids, exclude, n, self.request_log is not None)[0]
+        return self._recommend(user_ids, exclude, n, history, self.request_log is not None)[0]
 
     def recommend_with_version(self, user_ids: Sequence[str],
                                exclude: Sequence[Sequence[str]] | None = None, *,
-                               n: int | None = None
+                               n: int | None = None,
+                               history: Sequence[Sequence[str]] | None = None
                                ) -> tuple[list[list[Recommendation]], int | None]:
         """As `recommend`, with the version that answered (None when the backend cannot tell,
         see `serving.backends.Answer`)."""
-        return self._recommend(user_ids, exclude, n, True)
+        return self._recommend(user_ids, exclude, n, history, True)
 
-    def _recommend(self, user_ids, exclude, n, with_version: bool):
+    def _recommend(self, user_ids, exclude, n, history, with_version: bool):
         _check_n(n)
-        inputs = self._user_inputs(user_ids, exclude)
-        out, version = self._call("recommender", inputs, with_version=with_version)
+        inputs = self._user_inputs(user_ids, exclude, history)
+        out, version = self._call_users("recommender", inputs, with_version)
         results = Results((
             [Recommendation(m, t, float(s), float(r), float(o)) for m, t, s, r, o in row]
             for row in _rows(n, out["movie_ids"], out["titles"], out["scores"], out["ratings"],
@@ -158,12 +202,13 @@ class RecommenderClient:
         return results, version
 
     def retrieve(self, user_ids: Sequence[str], exclude: Sequence[Sequence[str]] | None = None,
-                 *, n: int | None = None) -> list[list[tuple[str, float]]]:
+                 *, n: int | None = None, history: Sequence[Sequence[str]] | None = None
+                 ) -> list[list[tuple[str, float]]]:
         """Retrieval candidates only: B lists of ``(movie_id, score)``, highest score first, as
-        `Results` (``.known`` per user)."""
+        `Results` (``.known`` per user); ``history`` as for `recommend`."""
         _check_n(n)
-        inputs = self._user_inputs(user_ids, exclude)
-        out, version = self._call("retrieval", inputs, with_version=self.request_log is not None)
+        inputs = self._user_inputs(user_ids, exclude, history)
+        out, version = self._call_users("retrieval", inputs, self.request_log is not None)
         results = Results(([(m, float(s)) for m, s in row]
                            for row in _rows(n, out["movie_ids"], out["scores"])),
                           _known(out, len(user_ids)), _limit(out))
@@ -243,8 +288,10 @@ class RecommenderClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _user_inputs(self, user_ids, exclude) -> dict[str, np.ndarray]:
-        users = _check_ids("user_ids", user_ids)
+    def _user_inputs(self, user_ids, exclude, history=None) -> dict[str, np.ndarray]:
+        """The inputs of ``serving_default`` (user_id, exclude_movie_ids), or with a
+        ``history`` those of ``with_history`` (history_movie_ids too; "" user ids allowed)."""
+        users = _check_ids("user_ids", user_ids, allow_blank=history is not None)
         if exclude is None:
             rows = [[] for _ in users]
         else:
@@ -253,7 +300,46 @@ class RecommenderClient:
                                 f"({len(users)}), got {exclude!r}")
             rows = [_check_ids(f"exclude[{i}]", row, allow_empty=True)
                     for i, row in enumerate(exclude)]
-        return {"user_id": np.array(users, dtype=object), "exclude_movie_ids": _pad(rows)}
+        inputs = {"user_id": np.array(users, dtype=object), "exclude_movie_ids": _pad(rows)}
+        if history is not None:
+            if isinstance(history, (str, bytes)) or not isinstance(history, (list, tuple)):
+                raise UserError(f"history must be a list with one id list per user, got "
+                                f"{type(history).__name__} {shown(history)}")
+            if len(history) != len(users):
+                raise UserError(f"history and user_ids must have as many rows: got {len(history)} "
+                                f"history lists for {len(users)} user ids (one list per user; "
+                                f"[] for none)")
+            inputs["history_movie_ids"] = _pad([_check_ids(f"history[{i}]", row,
+                                                           allow_empty=True)
+                                                for i, row in enumerate(history)])
+        return inputs
+
+    def _call_users(self, model: str, inputs: dict[str, np.ndarray], with_version: bool):
+        """`_call` on ``model``'s ``serving_default``, or its ``with_history`` when the inputs
+        carry a history; an export without that signature is `NoHistorySignature`."""
+        if "history_movie_ids" not in inputs:
+            return self._call(model, inputs, with_version=with_version)
+        try:
+            return self._call(model, inputs, with_version=with_version,
+                              signature=contract.signature(model, contract.WITH_HISTORY))
+        except ServingError as err:
+            if not missing_signature(err, contract.WITH_HISTORY):
+                raise
+            raise self.no_history(model) from None
+
+    def no_history(self, model: str) -> NoHistorySignature:
+        """The error for a history sent to ``model``'s export that lacks ``with_history``,
+        naming the version asked (resolved where the backend can: local, REST's status)."""
+        pin = self.pin(model)
+        version, where = pin.get("version"), None
+        if version is None:
+            try:
+                version = served_version(self.backend, model, pin.get("label"))
+            except (ServingError, UserError):
+                version = None
+            label = pin.get("label")
+            where = f"the version labelled {label!r}" if label else "its latest version"
+        return NoHistorySignature(model, version, where)
 
     def _log(self, model: str, user_ids, movie_ids, version, seed_ids=None) -> None:
         if self.request_log is not None:
@@ -291,8 +377,22 @@ class RecommenderClient:
         return out, version
 
 
-def _check_ids(name: str, ids, allow_empty: bool = False) -> list[str]:
-    """A list of non-empty str ids, or UserError naming the bad value and its position."""
+def served_version(backend, model: str, label: str | None = None) -> int | None:
+    """The version ``backend`` serves for ``model`` (``label``'s, else the latest): the local
+    backend's folder, a REST server's model status (one GET); None when it cannot tell."""
+    if isinstance(backend, LocalBackend):
+        return int(backend.model_path(model, label=label).rsplit(os.sep, 1)[-1])
+    if isinstance(backend, RestBackend):
+        if label is not None:
+            return backend.label_version(model, label)
+        return backend.latest_version(model)
+    return None
+
+
+def _check_ids(name: str, ids, allow_empty: bool = False, allow_blank: bool = False
+               ) -> list[str]:
+    """A list of non-empty str ids (``allow_blank``: "" too), or UserError naming the bad value
+    and its position."""
     if isinstance(ids, (str, bytes)) or not isinstance(ids, (list, tuple, np.ndarray)):
         raise UserError(f"{name} must be a list of id strings, got {type(ids).__name__} "
                         f"{ids!r}")
@@ -302,7 +402,7 @@ def _check_ids(name: str, ids, allow_empty: bool = False) -> list[str]:
         if not isinstance(value, str):
             raise UserError(f"{name}[{i}] must be a str id, got {type(value).__name__} "
                             f"{shown(value)}")
-        if not value.strip():
+        if not value.strip() and not (allow_blank and value == PAD):
             raise UserError(f"{name}[{i}] is an empty id ({value!r}); '' is the padding value")
     return list(ids)
 

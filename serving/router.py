@@ -152,13 +152,16 @@ class RoutedClient:
         return self.experiment.assign(user_id)
 
     def recommend(self, user_ids: Sequence[str], exclude: Sequence[Sequence[str]] | None = None,
-                  *, n: int | None = None) -> list[Routed]:
-        """B `Routed` results, in the order of ``user_ids``."""
-        users = _check_ids("user_ids", user_ids)
-        if exclude is not None and (not isinstance(exclude, (list, tuple))
-                                    or len(exclude) != len(users)):
-            raise UserError(f"exclude must be a list with one id list per user "
-                            f"({len(users)}), got {exclude!r}")
+                  *, n: int | None = None, history: Sequence[Sequence[str]] | None = None
+                  ) -> list[Routed]:
+        """B `Routed` results, in the order of ``user_ids``; ``history`` as for
+        `RecommenderClient.recommend` (a ``""`` user id is assigned an arm like any other)."""
+        users = _check_ids("user_ids", user_ids, allow_blank=history is not None)
+        for name, rows in (("exclude", exclude), ("history", history)):
+            if rows is not None and (not isinstance(rows, (list, tuple))
+                                     or len(rows) != len(users)):
+                raise UserError(f"{name} must be a list with one id list per user "
+                                f"({len(users)}), got {rows!r}")
         groups: dict[str, list[int]] = {}
         for i, user in enumerate(users):
             groups.setdefault(self.arm(user).name, []).append(i)
@@ -167,7 +170,7 @@ class RoutedClient:
         for name, rows in groups.items():
             results, version = self.clients[name].recommend_with_version(
                 [users[i] for i in rows], None if exclude is None else [exclude[i] for i in rows],
-                n=n)
+                n=n, history=None if history is None else [history[i] for i in rows])
             for i, recs, known in zip(rows, results, results.known, strict=True):
                 out[i] = Routed(users[i], name, arms[name].label,
                                 version if version is not None else arms[name].version, recs,

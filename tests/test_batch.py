@@ -89,14 +89,14 @@ class FlakyBackend:
         self.backend, self.fail_after, self.error = backend, fail_after, error
         self.calls = 0
 
-    def predict(self, model, inputs, version=None):
+    def predict(self, model, inputs, version=None, **signature):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise self.error or ServingError("UNAVAILABLE: server went away", code="UNAVAILABLE")
         self.calls += 1
         bad = [u for u in inputs["user_id"] if u.startswith("bad")]
         if bad:
             raise ServingError(f"HTTP 400: cannot parse user_id {bad[0]!r}", status=400)
-        return self.backend.predict(model, inputs, version)
+        return self.backend.predict(model, inputs, version, **signature)
 
     def close(self):
         pass  # the wrapped backend is shared between tests
@@ -346,3 +346,78 @@ def test_beam_copies_a_remote_model_dir_to_each_worker(tiny):
     assert files and files == sorted(p.relative_to(copied) for p in copied.rglob("*")
                                      if p.is_file())
     assert all((copied / f).read_bytes() == (original / f).read_bytes() for f in files)
+
+
+# --- a history column: the with_history signature (tiny export) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def history_users(tiny, tmp_path_factory):
+    """A users CSV with a history column: 12 new users with 3 catalogue movies each
+    (``|``-separated), 4 known users without one, a new user whose history is unknown ids."""
+    run, _ = tiny
+    train = pd.read_parquet(run / "split" / "train.parquet")
+    movies = list(train["movie_id"].unique())
+    rows = [(f"fresh{i}", "|".join(movies[3 * i:3 * i + 3])) for i in range(12)]
+    rows += [(u, "") for u in train["user_id"].unique()[:4]] + [("lost", "nope1|nope2")]
+    path = tmp_path_factory.mktemp("history_users") / "users.csv"
+    path.write_text("user_id,history\n" + "".join(f"{u},{h}\n" for u, h in rows))
+    return path, {u: [m for m in h.split("|") if m] for u, h in rows}
+
+
+def test_history_column_is_scored_through_with_history(tiny_backend, history_users, tmp_path):
+    path, histories = history_users
+    out = tmp_path / "recs.parquet"
+    client = _client(tiny_backend)
+    report = score_users(client, path, out, n=N, batch_size=8, progress=False)
+    assert report.users == len(histories) and report.bad_ids == 0
+    recs = pd.read_parquet(out)
+    assert list(pd.unique(recs["user_id"])) == list(histories)  # input order
+    _check_ranks(recs, N)
+    users = list(histories)
+    expected = client.recommend(users, n=N, history=[histories[u] for u in users])
+    plain = client.recommend(users, n=N)
+    for user, with_history, without in zip(users, expected, plain, strict=True):
+        got = recs.loc[recs["user_id"] == user, "movie_id"].tolist()
+        # A history's rows are the with_history answer; rows without one serving_default's.
+        assert got == [r.movie_id for r in (with_history if histories[user] else without)]
+        assert not set(got) & set(histories[user])
+    known = recs.groupby("user_id", sort=False)["known"].all()
+    # New users with catalogue movies are answered from them; "lost" is the fallback.
+    assert known.to_dict() == {u: u != "lost" for u in users}
+    assert expected.known == [u != "lost" for u in users]
+
+
+def test_history_requests_chunk_and_refuse_mismatched_rows(tiny, tiny_backend):
+    run, _ = tiny
+    movies = list(pd.read_parquet(run / "split" / "train.parquet")["movie_id"].unique())
+    client = RecommenderClient(tiny_backend)
+    rows = 300  # more than contract.MAX_ROWS_PER_CALL: chunked inside the graph
+    users = [f"fresh{i}" for i in range(rows)]
+    history = [[movies[i % len(movies)], movies[(i * 7 + 1) % len(movies)]] for i in range(rows)]
+    many = client.retrieve(users, history=history)
+    assert len(many) == rows and all(many.known)
+    for i in (0, 255, 256, 299):
+        (one,) = client.retrieve([users[i]], history=[history[i]])
+        assert [m for m, _ in many[i]] == [m for m, _ in one]
+    inputs = {"user_id": np.array(["u1", "u2"], object),
+              "history_movie_ids": np.array([[movies[0]]] * 3, object),
+              "exclude_movie_ids": np.array([[""], [""]], object)}
+    with pytest.raises(ServingError) as err:
+        tiny_backend.predict("recommender", inputs, signature="with_history")
+    assert "user_id" in str(err.value) and "history_movie_ids" in str(err.value)
+
+
+def test_beam_reads_a_history_column(tiny, history_users, tmp_path, tiny_backend):
+    pytest.importorskip("apache_beam", reason="Apache Beam not installed")
+    from serving import beam_pipeline
+
+    _, exp = tiny
+    path, histories = history_users
+    local, out = tmp_path / "local.parquet", tmp_path / "beam.parquet"
+    score_users(_client(tiny_backend), path, local, n=N, batch_size=8, progress=False)
+    assert beam_pipeline.run(["--users", str(path), "--out", str(out), "--model-dir", str(exp),
+                              "-n", str(N), "--batch-size", "8", "--runner",
+                              "DirectRunner"]) == 0
+    beam, expected = _sorted(pd.read_parquet(out)), _sorted(pd.read_parquet(local))
+    pd.testing.assert_frame_equal(beam, expected, check_exact=False, rtol=1e-6)

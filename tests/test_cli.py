@@ -209,3 +209,26 @@ def test_evaluate_on_another_file_keeps_the_runs_own_metrics(quiet_run, tmp_path
     assert (run / "metrics.json").read_text() == own
     metrics = json.loads(beside.read_text())
     assert metrics["test_ratings"] == 20 and metrics["test_ratings_file"] == str(path.resolve())
+
+
+def test_recommend_from_a_history(quiet_run, capsys):
+    """``trainer recommend --history``: the in-memory ``serve_with_history`` (a retrieval-only
+    run: the retrieval module's), titles resolved like ``similar``'s."""
+    run, _, _ = quiet_run
+    train = pd.read_parquet(run / "split" / "train.parquet")
+    movies = pd.read_parquet(run / "catalog" / "movies.parquet").set_index("movie_id")
+    first, second = train["movie_id"].value_counts().index[:2]
+    title = movies.loc[first, "movie_title"]
+    history = ["--history", title, "--history", second, "-n", "5"]
+    assert main(["recommend", "--run", str(run), *history]) == 0
+    out = capsys.readouterr().out
+    assert "Top 5 for a new user with a history of 2 movies:" in out and "notice" not in out
+    listed = [line.split()[1] for line in out.splitlines()[2:] if line.strip()]
+    assert len(listed) == 5 and not {first, second} & set(listed)
+    # An id the run never saw adds nothing to its history: the same list, no fallback notice.
+    assert main(["recommend", "--run", str(run), "--user", "nobody", *history]) == 0
+    out = capsys.readouterr().out
+    assert "Top 5 for user nobody with a history of 2 movies:" in out and "notice" not in out
+    assert [line.split()[1] for line in out.splitlines()[2:] if line.strip()] == listed
+    assert main(["recommend", "--run", str(run)]) == 2
+    assert "give --user ID, --history MOVIE, or both" in capsys.readouterr().err

@@ -17,6 +17,11 @@ so the recommender (retrieve 3, rank, keep n=2) reorders u1's candidates to "1",
 Retrieval, the recommender and similar movies say ``known`` per row; every model but ranking
 version 1 (standing in for an export older than it) has the ``lookup`` signature of the real
 export (``serving_graph``'s catalogue ``find``).
+Version 2 of retrieval and the recommender (version 1: an export older than it) also has
+``with_history``: the query is the user's embedding (none for an unknown id) plus the sum of its
+history's catalogue movies (OOV when neither exists: ``known`` false), the history excluded.
+For "" with history ["1", "2"] the query is [1, 1, 0]: "4" 2.0, "5" 1.0, "3" 0.0; for u1 with
+["3"] it is [3, 2, 1.5]: "4" 5.0, "5" 3.5, "1" 3.0.
 """
 from __future__ import annotations
 
@@ -39,8 +44,10 @@ from tfserving_stub import GrpcPredictionService, TFServingStub  # noqa: E402
 
 from serving import __main__ as cli  # noqa: E402
 from serving.backends import LocalBackend, RestBackend, ServingError, tf_error_text  # noqa: E402
-from serving.client import Recommendation, RecommenderClient, make_client  # noqa: E402
-from tfrs_movies import serving_graph  # noqa: E402
+from serving.client import (NoHistorySignature, Recommendation, RecommenderClient,  # noqa: E402
+                            make_client)
+from tfrs_movies import contract, serving_graph  # noqa: E402
+from tfrs_movies.cli import history_fallback_notice  # noqa: E402
 from tfrs_movies.errors import UserError  # noqa: E402
 
 MOVIES = ["1", "2", "3", "4", "5"]
@@ -52,6 +59,7 @@ USERS = ["u1", "u2", "u3"]
 USER_EMB = [[3.0, 2.0, 0.5], [0.5, 1.0, 3.0], [2.0, 0.2, 1.0], [0.1, 0.2, 0.4]]  # last: OOV
 K, N = 3, 2
 SERVING_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "serving")
+_HISTORY = contract.HISTORY_SIGNATURES
 
 
 def _table(keys):
@@ -79,8 +87,20 @@ class _Catalogue(tf.Module):
         oov = tf.constant(len(USERS), tf.int64)
         return tf.gather(self.user_emb, tf.where(index < 0, oov, index))
 
-    def retrieve(self, user_id, exclude):
-        scores = tf.matmul(self.user_vectors(user_id), self.movie_emb, transpose_b=True)
+    def history_vectors(self, user_id, history):
+        """(query [B, 3], known [B]) of a user with a history: see the module docstring."""
+        known_user = self.user_table.lookup(user_id) >= 0
+        index = self.movie_table.lookup(history)
+        valid = index >= 0
+        movies = tf.reduce_sum(tf.gather(self.movie_emb, tf.maximum(index, 0))
+                               * tf.cast(valid, tf.float32)[:, :, None], 1)
+        base = tf.where(known_user[:, None], self.user_vectors(user_id), 0.0)
+        known = known_user | tf.reduce_any(valid, 1)
+        return tf.where(known[:, None], base + movies, self.user_vectors(user_id)), known
+
+    def retrieve(self, user_id, exclude, vectors=None):
+        vectors = self.user_vectors(user_id) if vectors is None else vectors
+        scores = tf.matmul(vectors, self.movie_emb, transpose_b=True)
         # "" never equals a movie id, so padding is masked wherever it sits.
         excluded = tf.reduce_any(tf.equal(exclude[:, :, None], self.movies[None, None, :]), 1)
         scores = tf.where(excluded, -math.inf, scores)
@@ -99,6 +119,13 @@ class Retrieval(_Catalogue):
     def serve(self, user_id, exclude_movie_ids):
         ids, scores, _ = self.retrieve(user_id, exclude_movie_ids)
         return {"movie_ids": ids, "scores": scores, "known": self.user_table.lookup(user_id) >= 0}
+
+    @tf.function(input_signature=serving_graph.input_specs(_HISTORY["retrieval"]))
+    def serve_with_history(self, user_id, history_movie_ids, exclude_movie_ids):
+        vectors, known = self.history_vectors(user_id, history_movie_ids)
+        excluded = tf.concat([exclude_movie_ids, history_movie_ids], 1)
+        ids, scores, _ = self.retrieve(user_id, excluded, vectors)
+        return {"movie_ids": ids, "scores": scores, "known": known}
 
 
 class Ranking(_Catalogue):
@@ -122,15 +149,25 @@ class Recommender(_Catalogue):
                                   tf.TensorSpec([None, None], tf.string,
                                                 name="exclude_movie_ids")])
     def serve(self, user_id, exclude_movie_ids):
-        ids, scores, index = self.retrieve(user_id, exclude_movie_ids)
-        ratings = self.rate(self.user_vectors(user_id)[:, None, :], index)
+        return self.recommend(user_id, exclude_movie_ids, self.user_vectors(user_id),
+                              self.user_table.lookup(user_id) >= 0)
+
+    @tf.function(input_signature=serving_graph.input_specs(_HISTORY["recommender"]))
+    def serve_with_history(self, user_id, history_movie_ids, exclude_movie_ids):
+        vectors, known = self.history_vectors(user_id, history_movie_ids)
+        return self.recommend(user_id, tf.concat([exclude_movie_ids, history_movie_ids], 1),
+                              vectors, known)
+
+    def recommend(self, user_id, exclude, vectors, known):
+        ids, scores, index = self.retrieve(user_id, exclude, vectors)
+        ratings = self.rate(vectors[:, None, :], index)
         best = tf.math.top_k(ratings, k=N).indices
         return {"movie_ids": tf.gather(ids, best, batch_dims=1),
                 "titles": tf.gather(tf.gather(self.titles, index), best, batch_dims=1),
                 "scores": tf.gather(scores, best, batch_dims=1),
                 "ratings": tf.gather(ratings, best, batch_dims=1),
                 "rank_scores": tf.gather(ratings, best, batch_dims=1),
-                "known": self.user_table.lookup(user_id) >= 0}
+                "known": known}
 
 
 class SimilarMovies(_Catalogue):
@@ -151,13 +188,16 @@ class SimilarMovies(_Catalogue):
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("export")
-    models = {("retrieval", 1): Retrieval(), ("ranking", 1): Ranking(constant=3.0),
-              ("ranking", 2): Ranking(), ("recommender", 1): Recommender(),
+    models = {("retrieval", 1): Retrieval(), ("retrieval", 2): Retrieval(),
+              ("ranking", 1): Ranking(constant=3.0), ("ranking", 2): Ranking(),
+              ("recommender", 1): Recommender(), ("recommender", 2): Recommender(),
               ("similar_movies", 1): SimilarMovies()}
     for (name, version), module in models.items():
         signatures = {"serving_default": module.serve}
         if (name, version) != ("ranking", 1):
             signatures["lookup"] = module.catalogue.find
+        if name in _HISTORY and version == 2:
+            signatures[contract.WITH_HISTORY] = module.serve_with_history
         tf.saved_model.save(module, str(root / name / str(version)), signatures=signatures)
     return str(root)
 
@@ -270,6 +310,128 @@ def test_all_backends_return_identical_results(export_dir, rest_stub, grpc_servi
     assert results[0] == results[1] == results[2]
 
 
+# --- a history: the with_history signature -------------------------------------------------
+
+
+def test_history_is_answered_by_with_history(client):
+    results = client.recommend(["", "u1", "nobody"], history=[["1", "2"], ["3"], ["99999"]])
+    # "" from its history alone; u1 from its embedding plus "3"'s; "nobody" with no catalogue
+    # movie in its history: the fallback (OOV), known false. History movies never come back.
+    assert [[r.movie_id for r in row] for row in results] == [["5", "3"], ["5", "1"],
+                                                              ["5", "3"]]
+    assert results[1][0].score == pytest.approx(3.5)
+    assert results[1][0].rating == pytest.approx(1 + 4 / (1 + math.exp(-1.5)), 1e-5)
+    assert results.known == [True, True, False]
+    assert client.retrieve(["u1"], history=[["3"]]) == [[("4", 5.0), ("5", 3.5), ("1", 3.0)]]
+    assert client.retrieve(["u1"], [["4"]], history=[["3"]]).known == [True]
+    assert client.retrieve(["u1"], [["4"]], history=[["3"]])[0] == [("5", 3.5), ("1", 3.0),
+                                                                   ("2", 2.0)]
+    # An empty history is still a with_history request: u1 answers as serving_default does.
+    assert client.retrieve(["u1"], history=[[]]) == client.retrieve(["u1"])
+    _, version = client.recommend_with_version(["u1"], history=[["3"]])
+    assert version in (2, None)  # REST cannot tell an unpinned request's version
+
+
+def test_history_against_an_older_export_says_so(client):
+    old = RecommenderClient(client.backend, versions={"recommender": 1, "retrieval": 1})
+    for ask in (lambda: old.recommend(["u1"], history=[["3"]]),
+                lambda: old.retrieve(["u1"], history=[["3"]])):
+        with pytest.raises(NoHistorySignature) as err:
+            ask()
+        text = str(err.value)
+        assert "export (version 1) is older than the history signature" in text
+        assert "'with_history'" in text and "Traceback" not in text and "\n" not in text
+    assert isinstance(err.value, UserError) and err.value.model == "retrieval"
+    assert old.recommend(["u1"])[0][0].movie_id == "1"  # serving_default still answers
+
+
+def test_history_against_an_older_labelled_export_over_rest_names_its_version(export_dir):
+    with TFServingStub(export_dir, labels={"recommender": {"old": 1}}) as stub, make_client(
+            url=stub.url, labels={"recommender": "old"}) as client:
+        with pytest.raises(NoHistorySignature, match=r"recommender export \(version 1\)"):
+            client.recommend(["u1"], history=[["3"]])
+
+
+def test_history_padded_with_a_leading_blank_column_to_with_history():
+    seen = {}
+
+    class Recorder:
+        def predict(self, model, inputs, version=None, signature="serving_default"):
+            seen.update(inputs, signature=signature)
+            return {"movie_ids": np.array([["1"], ["1"]], object),
+                    "scores": np.ones((2, 1), "f4"), "known": np.array([True, True])}
+
+    RecommenderClient(Recorder()).retrieve(["u1", ""], history=[["7", "8"], ["9"]])
+    assert seen["signature"] == "with_history"
+    assert seen["history_movie_ids"].tolist() == [["", "7", "8"], ["", "9", ""]]
+    assert seen["user_id"].tolist() == ["u1", ""]
+
+
+def test_the_router_passes_a_history_on(export_dir):
+    from serving.router import Arm, Experiment, RoutedClient
+
+    experiment = Experiment("e", (Arm("new", 1.0, version=2),))
+    with RoutedClient(LocalBackend(export_dir), experiment) as routed:
+        (row,) = routed.recommend([""], history=[["1", "2"]])
+        with pytest.raises(UserError, match="history must be a list with one id list per user"):
+            routed.recommend(["u1", "u2"], history=[["1"]])
+    assert [r.movie_id for r in row.recommendations] == ["5", "3"]
+    assert (row.known, row.version) == (True, 2)
+
+
+def test_batch_sends_only_the_rows_with_a_history_to_with_history(export_dir, tmp_path):
+    from serving.batch import score_users
+
+    asked = []
+
+    class Recording(LocalBackend):
+        def predict(self, model, inputs, version=None, label=None, *,
+                    signature="serving_default"):
+            asked.append((signature, list(inputs["user_id"])))
+            return super().predict(model, inputs, version, label, signature=signature)
+
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,history\nu1,\nnew1,1|2\nnobody, 99999 \nu2,\nu1b,2|3\n"
+                     "new1,4\n")  # new1 again: its first row's history counts
+    pd = pytest.importorskip("pandas")
+    parquet = tmp_path / "users.parquet"
+    pd.DataFrame({"user_id": ["u1", "new1", "nobody", "u2", "u1b"],
+                  "history": [[], [1, 2], [99999], None, [2, 3]]}).to_parquet(parquet)
+    outs = []
+    for source in (users, parquet):
+        out = tmp_path / f"recs-{source.suffix[1:]}.parquet"
+        asked.clear()
+        report = score_users(RecommenderClient(Recording(export_dir)), source, out,
+                             batch_size=8, progress=False)
+        assert report.users == 5 and report.bad_ids == 0
+        # The probe (before anything is written), then one request per signature.
+        assert asked == [("with_history", ["1"]), ("serving_default", ["u1", "u2"]),
+                         ("with_history", ["new1", "nobody", "u1b"])]
+        outs.append(pd.read_parquet(out))
+    recs = outs[0]
+    pd.testing.assert_frame_equal(recs, outs[1])
+    assert list(pd.unique(recs["user_id"])) == ["u1", "new1", "nobody", "u2", "u1b"]
+    by_user = recs.groupby("user_id", sort=False)
+    assert by_user["movie_id"].agg(list).to_dict() == {
+        "u1": ["1", "5"], "new1": ["5", "3"], "nobody": ["5", "3"], "u2": ["5", "3"],
+        "u1b": ["5", "1"]}  # u1b is unknown: its history alone is the query [0, 1, 1]
+    assert by_user["known"].all().to_dict() == {"u1": True, "new1": True, "nobody": False,
+                                                "u2": True, "u1b": True}
+
+
+def test_batch_with_a_history_against_an_older_export_writes_nothing(export_dir, tmp_path):
+    from serving.batch import score_users
+
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,history\nu1,3\n")
+    old = make_client(model_dir=export_dir, versions={"recommender": 1})
+    with pytest.raises(NoHistorySignature, match=r"recommender export \(version 1\)"):
+        score_users(old, users, tmp_path / "recs.parquet", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users.csv"]
+    assert cli.main(["batch", "--users", str(users), "--out", str(tmp_path / "r.csv"),
+                     "--model-dir", export_dir, "--version", "1"]) == 2
+
+
 # --- validation ----------------------------------------------------------------------------
 
 
@@ -285,6 +447,12 @@ def test_all_backends_return_identical_results(export_dir, rest_stub, grpc_servi
     (lambda c: c.similar([]), "non-empty list"),
     (lambda c: c.similar([["1"], []]), "movie_ids[1] is empty"),
     (lambda c: c.retrieve(["u1"], n=0), "n must be an int >= 1"),
+    (lambda c: c.recommend(["u1", "u2"], history=[["1"]]),
+     "history and user_ids must have as many rows: got 1 history lists for 2 user ids"),
+    (lambda c: c.retrieve(["u1"], history="1"), "history must be a list"),
+    (lambda c: c.retrieve(["u1"], history=[["1", ""]]), "history[0][1] is an empty id"),
+    (lambda c: c.recommend([""]), "user_ids[0] is an empty id"),  # "" needs a history
+    (lambda c: c.recommend([" "], history=[[]]), "user_ids[0] is an empty id"),
 ])
 def test_bad_input_is_rejected_before_sending(call, message):
     class NoBackend:
@@ -577,8 +745,41 @@ def test_cli_notices_unknown_users_and_older_exports(export_dir, capsys):
     assert captured.out.splitlines()[1].split() == ["u1", "1", "3.0000"]
 
 
+def test_cli_recommend_with_a_history_by_title(export_dir, rest_stub, capsys):
+    # No --user: a new user ("-"), answered from the history ("1", "2" by title and id).
+    assert cli.main(["recommend", "--history", "Toy Story (1995)", "--history", "2",
+                     "--model-dir", export_dir]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert [line.split()[:3] for line in captured.out.splitlines()[1:]] == [
+        ["-", "1", "5"], ["-", "2", "3"]]
+    # One history for every --user; an unknown user with a catalogue history is known.
+    assert cli.main(["recommend", "--user", "u1", "--user", "99999", "--history", "four rooms",
+                     "--url", rest_stub.url, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    answer = json.loads(captured.out)
+    assert [r["movie_id"] for r in answer["u1"]] == ["5", "1"]
+    assert answer["99999"][0]["known"] is True and captured.err == ""
+
+
+def test_cli_history_fallback_notice_and_older_export(export_dir, capsys):
+    # The recommender's version 1 has no with_history: one line naming it, exit 2.
+    assert cli.main(["recommend", "--history", "3", "--model-dir", export_dir,
+                     "--version", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the recommender export (version 1) is older than the "
+                          "history signature") and len(err.splitlines()) == 1
+    assert history_fallback_notice(["9"]).startswith(
+        "notice: user '9' is unknown to the model (not in its run's data) and none of its "
+        "history movies is in the model's catalogue: showing the most popular movies")
+    assert history_fallback_notice([]).startswith("notice: none of the history movies")
+
+
 @pytest.mark.parametrize("argv, message, code", [
     (["recommend", "--user", "u1"], "one of the arguments --model-dir --url --grpc", 2),
+    (["recommend", "--model-dir", "{export}"], "give --user ID, --history MOVIE, or both", 2),
+    (["recommend", "--history", "99999", "--model-dir", "{export}"],
+     "no movie with id or title '99999'", 2),
     (["recommend", "--user", "u1", "--url", "localhost:8501"], "url must look like", 2),
     (["recommend", "--user", "u1", "--model-dir", "/no/such/dir"], "does not exist", 2),
     (["rank", "--user", "u1", "--user", "u2", "--movie", "1", "--model-dir", "{export}"],

@@ -17,7 +17,8 @@ unknown ids before asking for anything (``tfrs_movies.movie_names`` reads its an
 ``retrieval`` and ``recommender`` have a third, `WITH_HISTORY` (``with_history``): the same
 answers computed from the user's history as the request brings it (``H`` movies, oldest first),
 so a user the export has never seen, or a known user who rated movies since, is answered from
-what they did (`HISTORY_SIGNATURES`). A history longer than the export's maximum (the run's
+what they did (`HISTORY_SIGNATURES`); ``known`` is then false only for an unseen id none of
+whose history is in the catalogue. A history longer than the export's maximum (the run's
 ``max_history``, 200 by default) keeps its most recent movies.
 """
 from __future__ import annotations
@@ -126,8 +127,9 @@ SIGNATURES: dict[str, Signature] = {s.model: s for s in (
 MODELS = tuple(SIGNATURES)
 
 _HISTORY = Tensor("history_movie_ids", "string", ("B", "H"),
-                  'the movies the user rated, oldest first ("" pads at the end); unknown ids '
-                  "are ignored; the most recent are kept when longer than the export's maximum")
+                  'the movies the user rated, oldest first; "" pads (wherever it is) and '
+                  "unknown ids are ignored; the most recent are kept when longer than the "
+                  "export's maximum")
 _KNOWN_HISTORY = Tensor("known", "bool", ("B",),
                         "false only where the answer is the popularity fallback: an id the "
                         "export does not know and no catalogue movie in its history")

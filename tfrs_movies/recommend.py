@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrs_movies import contract, movie_names
+from tfrs_movies import cli, contract, movie_names
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.runs import resume_hint
@@ -35,9 +35,13 @@ def _table(ids, titles, **columns) -> pd.DataFrame:
     return table
 
 
-def recommend(run, user_id: str, k: int = 10, candidates: int = ExportConfig.k
-              ) -> tuple[pd.DataFrame, list[str]]:
+def recommend(run, user_id: str, k: int = 10, candidates: int = ExportConfig.k,
+              history: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Top ``k`` unseen catalogue movies for ``user_id``: (table, notices: one line each).
+
+    With ``history`` (movie ids or titles, oldest first; resolved by the catalogue's
+    ``lookup``) the export's ``with_history`` signature answers instead: ``user_id`` may then
+    be one the run never saw, or ``""``, and the history's movies are never listed.
 
     What the run's exported ``recommender`` answers (``retrieval`` when the run has no rating
     model): the ``candidates`` best unseen movies by retrieval score, ordered by the learned
@@ -59,13 +63,24 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = ExportConfig.k
                   if not rates else "ordered by predicted rating (no re-ranker)")
         notices.append(f"notice: {run.path} is unfinished (no {' or '.join(unfinished)} yet): "
                        f"answering {answer}; {resume_hint(run.path)}")
+    if history is not None and not retrieves:
+        raise UserError(f"{run.path} has no retrieval model, and a history needs one (a "
+                        "ranking-only run answers from the user id alone)")
     modules = _modules(run, k, candidates if rates else k)
     if retrieves:
         name = "recommender" if rates else "retrieval"
-        request = tf.constant([user_id]), tf.constant([[""]])
-        out = {key: v.numpy()[0] for key, v in modules[name].serve(*request).items()}
+        module = modules[name]
+        if history is None:
+            answer = module.serve(tf.constant([user_id]), tf.constant([[contract.PAD]]))
+        else:
+            ids = resolve_movies(module.catalogue, list(history)) if history else []
+            answer = module.serve_with_history(tf.constant([user_id]),
+                                               tf.constant([ids or [contract.PAD]]),
+                                               tf.constant([[contract.PAD]]))
+        out = {key: v.numpy()[0] for key, v in answer.items()}
         if not out["known"]:  # the export's own answer: its popularity fallback
-            notices.append(contract.fallback_notice("user", [user_id]))
+            notices.append(contract.fallback_notice("user", [user_id]) if history is None
+                           else cli.history_fallback_notice([user_id] if user_id else []))
         columns = {"score": out["scores"]}
         if rates:
             columns["rating"] = out["ratings"]

@@ -5,6 +5,7 @@ Sample::
     python -m trainer train --data-dir ../shared/data/ml-100k --output runs/ml100k
     python -m trainer evaluate --run runs/ml100k
     python -m trainer recommend --run runs/ml100k --user 42 -n 10
+    python -m trainer recommend --run runs/ml100k --history "Star Wars (1977)" Fargo 181
     python -m trainer similar --run runs/ml100k --movie "Star Wars (1977)"
     python -m trainer export --run runs/ml100k --export-dir exports/ml100k --index brute-force
     python -m trainer export --run runs/ml100k-v2 --export-dir exports/ml100k --label canary
@@ -95,10 +96,16 @@ def _recommend(args, argv) -> None:
     from tfrs_movies.recommend import recommend
     from tfrs_movies.runs import load_run
 
-    table, notices = recommend(load_run(args.run), args.user, args.n)
+    if args.user is None and args.history is None:
+        raise UserError("recommend: give --user ID, --history MOVIE, or both")
+    user = args.user or ""
+    table, notices = recommend(load_run(args.run), user, args.n, history=args.history)
     for notice in notices:
         print(notice)
-    print(f"Top {len(table)} for user {args.user}:")
+    who = f"user {user}" if user else "a new user"
+    if args.history is not None:
+        who += f" with a history of {len(args.history)} movies"
+    print(f"Top {len(table)} for {who}:")
     _print_table(table)
 
 
@@ -176,7 +183,11 @@ def _parser() -> argparse.ArgumentParser:
     p = _command(sub, "recommend", "top movies for a user (what the run's export answers)",
                  cli.RECOMMEND_COLUMNS)
     p.add_argument("--run", required=True, help="run directory written by train")
-    p.add_argument("--user", required=True, help="user id")
+    p.add_argument("--user", help="user id (needed unless --history is given)")
+    p.add_argument("--history", action="extend", nargs="+", metavar="MOVIE",
+                   help="movie ids or titles the user rated, oldest first (without "
+                   "--user: a new user); answered as the export's with_history signature is, "
+                   "never listing these movies")
     cli.add_list_length_flag(p, 10, "movies listed")
     p.set_defaults(func=_recommend)
 
