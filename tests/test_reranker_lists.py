@@ -35,3 +35,31 @@ def test_candidate_lists_label_held_out_movies_and_keep_every_target():
         reranker.ReRankerConfig(candidates=2, use_ease=False),
         rating).features[..., reranker.FEATURES.index("stars_z")]
     np.testing.assert_allclose(stars, [[-1.0, 1.0], [1.0, -1.0]], atol=1e-4)
+
+
+def test_new_user_lists_are_what_a_history_request_of_an_unseen_id_gets():
+    """``new_users``: the query and stars come from the towers asked for an unseen id ("")
+    bringing the user's known movies as its history, oldest first; the recent family reads
+    the last time bin, as the serving graph's unknown row does."""
+    asked = []
+
+    def user_embedding(ids, history_movie_ids=None):
+        asked.append(None if history_movie_ids is None else
+                     (ids.numpy().tolist(), history_movie_ids.numpy().tolist()))
+        # Known ids prefer the highest movie number; a history request the lowest.
+        sign = -1.0 if history_movie_ids is None else 1.0
+        return tf.fill([tf.shape(ids)[0], 1], sign)
+
+    stub = types.SimpleNamespace(
+        user_embedding=user_embedding,
+        movie_embedding=lambda ids: -tf.strings.to_number(ids)[:, None])
+    known = pd.DataFrame({"user_id": ["u1", "u2", "u2"], "movie_id": ["1", "3", "2"],
+                          "timestamp": [0, 20 * 86400 * 7, 86400 * 7]})
+    held_out = pd.DataFrame({"user_id": ["u2"], "movie_id": ["4"]})
+    config = reranker.ReRankerConfig(candidates=2, use_ease=False)
+    found = reranker_lists.candidate_lists(stub, known, held_out, np.asarray(["u1", "u2"]),
+                                           np.asarray(["1", "2", "3", "4"]), config,
+                                           new_users=np.asarray([False, True]))
+    assert asked[-1] == ([b""], [[b"2", b"3", b""]])  # u2's movies, oldest first
+    assert found.positions.tolist() == [[3, 2], [0, 3]]  # its own "2" and "3" left out
+    assert found.labels.tolist() == [[0.0, 0.0], [0.0, 1.0]]

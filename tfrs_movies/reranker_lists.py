@@ -8,11 +8,17 @@ come from A too, through the same ``reranker.FeatureTables`` the export builds f
 the stars from a rating model trained on A (``fold_models``). The loss is a softmax over the
 list with the positives sharing the target mass.
 
+With ``ModelConfig.new_user_rate`` > 0, that share of the users' lists is computed as a
+``with_history`` request of an unseen id would be: their fold A movies sent as the request's
+history to towers that do not know the id (query and stars), the recent family at the end of
+the data; so the re-ranker also learns on the features a new user's request gives.
+
 This module sits above ``training`` (it fits the fold models) and below the train job
 (``pipeline``) and tuning, which call it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -72,8 +78,11 @@ def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_i
     retrieval, rating, vocab = fold_models(fold_a, movies, users, fold_in, model_config,
                                            train_config)
     user_ids = np.asarray(sorted(set(train["user_id"])), dtype=str)
+    rate = model_config.new_user_rate if model_config.use_history else 0.0
+    new_users = np.random.default_rng(seed).random(len(user_ids)) < rate
     found = candidate_lists(retrieval, fold_a, fold_b, user_ids,
-                            np.asarray(vocab.catalogue_movies, dtype=str), config, rating)
+                            np.asarray(vocab.catalogue_movies, dtype=str), config, rating,
+                            new_users)
     keep = found.labels.sum(axis=1) > 0
     k = found.labels.shape[1]
     if not keep.any():
@@ -127,27 +136,69 @@ def _top_unseen(query: np.ndarray, candidates: np.ndarray, seen: np.ndarray, k: 
     return np.concatenate(tops), np.concatenate(scores)
 
 
+def _histories(known: pd.DataFrame, user_ids: np.ndarray) -> np.ndarray:
+    """[U, H] str: each user's movies in ``known``, oldest first, "" padded."""
+    order = known.sort_values(["user_id", "timestamp", "movie_id"], kind="stable")
+    by_user = order.groupby("user_id")["movie_id"].agg(list)
+    rows = [by_user.get(u, []) for u in user_ids]
+    out = np.full((len(rows), max(map(len, rows), default=0) + 1), "", dtype=object)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out.astype(str)
+
+
+def _as_new_users(retrieval, rating, known: pd.DataFrame, user_ids: np.ndarray,
+                  movie_ids: np.ndarray, top: np.ndarray, batch: int = 1024):
+    """(queries [U, D], stars [U, K] or None) of ``user_ids`` asked as unseen ids bringing
+    their ``known`` movies as the request's history (``with_history``), candidates ``top``."""
+    history = _histories(known, user_ids)
+    queries, stars = [], []
+    for start in range(0, len(user_ids), batch):
+        ids = tf.fill([len(user_ids[start:start + batch])], "")
+        movies = tf.constant(history[start:start + batch])
+        queries.append(retrieval.user_embedding(ids, history_movie_ids=movies).numpy())
+        if rating is not None:
+            candidates = rating.rating_movie(tf.constant(movie_ids[top[start:start + batch]]
+                                                         .ravel()))
+            candidates = tf.reshape(candidates, [len(movies), top.shape[1], -1])
+            stars.append(rating.rate(rating.rating_user(ids, history_movie_ids=movies),
+                                     candidates).numpy())
+    return np.concatenate(queries), (np.concatenate(stars) if rating is not None else None)
+
+
 def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
                     user_ids: np.ndarray, movie_ids: np.ndarray, config: ReRankerConfig,
-                    rating=None) -> Lists:
+                    rating=None, new_users: np.ndarray | None = None) -> Lists:
     """Each of ``user_ids``' top ``config.candidates`` of ``retrieval`` among ``movie_ids``,
     the movies of ``known`` excluded, with the features the export computes (its feature
     tables from ``known``, stars from ``rating``: zeros without one) and ``held_out``'s movies
-    as the labels."""
+    as the labels. ``new_users`` [U] bool: those users' lists are what a ``with_history``
+    request of an unseen id with their ``known`` movies gets (query and stars from the
+    history alone, the recent family at the end of the data)."""
     user_pos, movie_pos = position_of(user_ids), position_of(movie_ids)
     n = len(movie_ids)
     seen_rows, seen_cols = pairs(known, user_pos, movie_pos)
     k = min(config.candidates, n)
-    top, scores = _top_unseen(embed(retrieval.user_embedding, user_ids),
-                              embed(retrieval.movie_embedding, movie_ids),
+    new = np.zeros(len(user_ids), bool) if new_users is None else np.asarray(new_users, bool)
+    queries = embed(retrieval.user_embedding, user_ids)
+    if new.any():
+        queries[new] = _as_new_users(retrieval, None, known, user_ids[new], movie_ids,
+                                     np.zeros((int(new.sum()), 0), np.int64))[0]
+    top, scores = _top_unseen(queries, embed(retrieval.movie_embedding, movie_ids),
                               seen_rows * n + seen_cols, k)
     stars = np.zeros_like(scores) if rating is None else predict_ratings(rating, pd.DataFrame(
         {"user_id": np.repeat(user_ids, k), "movie_id": movie_ids[top.ravel()]})).reshape(top.shape)
+    if new.any() and rating is not None:
+        stars[new] = _as_new_users(retrieval, rating, known, user_ids[new], movie_ids,
+                                   top[new])[1]
     tables = reranker.FeatureTables.build(
         known, user_ids, movie_ids, config,
         reranker.Recent.build(known, config.recent_window_days),
         reranker.Sittings.build(known, config.session_gap_seconds, config.session_window)
         if config.use_ease else None)
+    if new.any():  # an unseen id is at the end of the data (``Recent.tables``)
+        tables = dataclasses.replace(tables, bins=np.where(
+            new, tables.cumulative.shape[1] - 2, tables.bins).astype(tables.bins.dtype))
     x = reranker.FeatureLookup(tables)(tf.range(len(user_ids)), tf.constant(top),
                                        tf.constant(scores), tf.constant(stars)).numpy()
     b_rows, b_cols = pairs(held_out, user_pos, movie_pos)
