@@ -35,6 +35,8 @@ no known seed movie get the most popular allowed movies. Requests are processed 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -380,9 +382,40 @@ class _ReRank(tf.Module):
         return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
 
 
-def _known_from(rows: tf.Tensor, history: tf.Tensor) -> tf.Tensor:
-    """A with_history row is answered by the model when its user or a history movie is known."""
-    return (rows > 0) | tf.reduce_any(history >= 0, axis=1)
+class _Retrieved(NamedTuple):
+    """What `_retrieve_with_history` found: user rows, the history's catalogue positions
+    (``_History.positions``), ``known``, the user feature dict the towers read, and the
+    candidates' scores and positions."""
+
+    rows: tf.Tensor
+    history: tf.Tensor
+    known: tf.Tensor
+    features: dict
+    scores: tf.Tensor
+    positions: tf.Tensor
+
+
+def _retrieve_with_history(module, user_id, history_movie_ids, exclude_movie_ids) -> _Retrieved:
+    """The retrieval step of a ``with_history`` request on ``module`` (retrieval or the
+    recommender): the query tower on the stored history followed by the request's, the
+    history's movies excluded; a row is answered by the model when its user or a movie of its
+    history is known, else by the popularity fallback."""
+    rows = module.users.rows.lookup(user_id)
+    history = module.history.positions(module.catalogue, history_movie_ids)
+    known = (rows > 0) | tf.reduce_any(history >= 0, axis=1)
+    excluded = tf.concat([module.catalogue.lookup(exclude_movie_ids), history], axis=1)
+    features = module.retriever.space.user_features(user_id,
+                                                    history_movie_ids=history_movie_ids)
+    scores, positions = module.retriever(rows, excluded, module.retriever.query(features),
+                                         ~known)
+    return _Retrieved(rows, history, known, features, scores, positions)
+
+
+def _history_chunks(module, user_id, history_movie_ids, exclude_movie_ids):
+    """``module._serve_history`` on a ``with_history`` request, its rows checked and chunked."""
+    with tf.control_dependencies(_history_rows(user_id, history_movie_ids, exclude_movie_ids)):
+        return _chunked(module._serve_history, [user_id, history_movie_ids, exclude_movie_ids],
+                        module._outputs)
 
 
 class RetrievalModule(tf.Module):
@@ -410,24 +443,15 @@ class RetrievalModule(tf.Module):
             return _chunked(self._serve, [user_id, exclude_movie_ids], self._outputs)
 
     def _serve_history(self, user_id, history_movie_ids, exclude_movie_ids):
-        rows = self.users.rows.lookup(user_id)
-        history = self.history.positions(self.catalogue, history_movie_ids)
-        known = _known_from(rows, history)
-        excluded = tf.concat([self.catalogue.lookup(exclude_movie_ids), history], axis=1)
-        features = self.retriever.space.user_features(user_id,
-                                                      history_movie_ids=history_movie_ids)
-        scores, positions = self.retriever(rows, excluded, self.retriever.query(features),
-                                           ~known)
-        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, scores),
-                "scores": scores, "known": known}
+        got = _retrieve_with_history(self, user_id, history_movie_ids, exclude_movie_ids)
+        return {"movie_ids": self.catalogue.strings(self.catalogue.ids, got.positions,
+                                                    got.scores),
+                "scores": got.scores, "known": got.known}
 
     @tf.function(input_signature=input_specs(contract.signature("retrieval",
                                                                 contract.WITH_HISTORY)))
     def serve_with_history(self, user_id, history_movie_ids, exclude_movie_ids):
-        with tf.control_dependencies(_history_rows(user_id, history_movie_ids,
-                                                   exclude_movie_ids)):
-            return _chunked(self._serve_history,
-                            [user_id, history_movie_ids, exclude_movie_ids], self._outputs)
+        return _history_chunks(self, user_id, history_movie_ids, exclude_movie_ids)
 
 
 class RatingModule(tf.Module):
@@ -471,22 +495,15 @@ class RecommenderModule(tf.Module):
         return self._best(rows, scores, positions, ratings, rows > 0)
 
     def _serve_history(self, user_id, history_movie_ids, exclude_movie_ids):
-        rows = self.users.rows.lookup(user_id)
-        history = self.history.positions(self.catalogue, history_movie_ids)
-        known = _known_from(rows, history)
-        excluded = tf.concat([self.catalogue.lookup(exclude_movie_ids), history], axis=1)
-        features = self.retriever.space.user_features(user_id,
-                                                      history_movie_ids=history_movie_ids)
-        scores, positions = self.retriever(rows, excluded, self.retriever.query(features),
-                                           ~known)
-        rating = self.stars.rating
+        got = _retrieve_with_history(self, user_id, history_movie_ids, exclude_movie_ids)
+        rating, features = self.stars.rating, got.features
         if rating.space is not self.retriever.space:  # models trained on other feature tables
             features = rating.space.user_features(user_id, history_movie_ids=history_movie_ids)
-        users = rating.user_of(features)
-        ratings = tf.where(tf.math.is_inf(scores), _NEG,
-                           self.stars.rating.of_users(users, tf.maximum(positions, 0)))
-        return self._best(rows, scores, positions, ratings, known,
-                          self.history.new(rows, history))
+        ratings = tf.where(tf.math.is_inf(got.scores), _NEG,
+                           rating.of_users(rating.user_of(features),
+                                           tf.maximum(got.positions, 0)))
+        return self._best(got.rows, got.scores, got.positions, ratings, got.known,
+                          self.history.new(got.rows, got.history))
 
     def _best(self, rows, scores, positions, ratings, known, history=None):
         """The best n of the candidates, by the re-ranker (``history``: a request's new
@@ -513,10 +530,7 @@ class RecommenderModule(tf.Module):
     @tf.function(input_signature=input_specs(contract.signature("recommender",
                                                                 contract.WITH_HISTORY)))
     def serve_with_history(self, user_id, history_movie_ids, exclude_movie_ids):
-        with tf.control_dependencies(_history_rows(user_id, history_movie_ids,
-                                                   exclude_movie_ids)):
-            return _chunked(self._serve_history,
-                            [user_id, history_movie_ids, exclude_movie_ids], self._outputs)
+        return _history_chunks(self, user_id, history_movie_ids, exclude_movie_ids)
 
 
 class SimilarMoviesModule(tf.Module):
