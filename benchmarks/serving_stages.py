@@ -10,6 +10,12 @@ the table the export freezes when it fits, else the rating head run on them; bot
 timed), the re-ranker's features (``reranker.FeatureLookup``), its MLP, and the top n with
 its gathers and strings. Each is called on the previous stage's outputs for the same requests
 of B known users (median of ``--calls`` after a warm-up). Writes ``stages.json`` and ``stages.md``.
+
+The ``with_history`` rows time that signature's own stages on the same users, each bringing
+``HISTORY`` movies they have not rated (``serving_cost.histories``): the request's history in
+catalogue positions, the user feature dict with the history, each user tower on it, the rating
+head on the candidates, and the re-ranker's features with the history's EASE and session
+scores.
 """
 from __future__ import annotations
 
@@ -23,8 +29,10 @@ import numpy as np
 
 import tfrs_movies  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from benchmarks import one_line_errors
+from benchmarks.serving_cost import histories
 
 BATCHES = (1, 64, 256)
+HISTORY = 50
 
 
 def _median_ms(fn, args, calls: int, warmup: int = 5) -> float:
@@ -73,9 +81,22 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
                 tf.gather(scores, top, batch_dims=1), tf.gather(ratings, top, batch_dims=1))
 
     whole = tf.function(rec._serve)
+    movies = dict(zip(users, histories(run.vocab, list(users), HISTORY)))
+    space = rec.retriever.space
+    history_positions = tf.function(lambda h: rec.history.positions(rec.catalogue, h))
+    user_features = tf.function(lambda u, h: space.user_features(u, history_movie_ids=h))
+    query = tf.function(lambda u, h: rec.retriever.query(space.user_features(
+        u, history_movie_ids=h)))
+    rating_user = tf.function(lambda u, h: rec.stars.rating.user_of(space.user_features(
+        u, history_movie_ids=h)))
+    head_of = tf.function(lambda users_in, p: rec.stars.rating.of_users(users_in, p))
+    history_features = tf.function(lambda r, p, s, st, h: rec.rerank.features(
+        r, p, s, st, rec.history.new(r, h)))
+    whole_history = tf.function(rec._serve_history)
     out = {}
     for b in batches:
-        u = tf.constant(rng.choice(users, b))
+        picked = rng.choice(users, b)
+        u = tf.constant(picked)
         e = tf.fill([b, 1], "")
         rows, excluded = ids(u, e)
         scores, positions = search(rows, excluded)
@@ -98,6 +119,27 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
             "recommender signature (chunked)": _median_ms(rec.serve, (u, e), calls),
             "retrieval signature": _median_ms(retrieval.serve, (u, e), calls),
         }
+        h = tf.constant(np.stack([movies[x] for x in picked]))
+        history = history_positions(h)
+        users_in = rating_user(u, h)
+        out[b].update({
+            f"with_history (H = {HISTORY}): the history's catalogue positions": _median_ms(
+                history_positions, (h,), calls),
+            "with_history: user features with the history": _median_ms(user_features, (u, h),
+                                                                       calls),
+            "with_history: retrieval tower (features included)": _median_ms(query, (u, h),
+                                                                            calls),
+            "with_history: rating tower (features included)": _median_ms(rating_user, (u, h),
+                                                                         calls),
+            "with_history: rating head on the K candidates": _median_ms(
+                head_of, (users_in, tf.maximum(positions, 0)), calls),
+            "with_history: re-ranker features with the history": _median_ms(
+                history_features, (rows, positions, scores, ratings, history), calls),
+            "with_history: recommender, one tf.function": _median_ms(whole_history, (u, h, e),
+                                                                     calls),
+            "with_history: recommender signature (chunked)": _median_ms(
+                rec.serve_with_history, (u, h, e), calls),
+        })
     return out
 
 
