@@ -446,17 +446,25 @@ def test_quality_protocols_flag_rejects_unknown_names(tmp_path, capsys):
     assert "'top-n,nightly'" in err and "new-users" in err and not out.exists()
 
 
-def test_new_users_protocol_end_to_end_on_tiny_data(tmp_path):
-    """Split, train (1 epoch), export, ask with_history, score beside EASE and popularity."""
+def test_new_users_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
+    """Split, train (one multitask model, 1 epoch: the plumbing, not the model, is tested
+    here), export, ask with_history, score beside EASE and popularity."""
     from benchmarks import quality
     from tfrs_movies.config import TrainConfig
 
+    train = quality._train
+    monkeypatch.setattr(quality, "_train", lambda data, out, kind="all", fit=None:
+                        train(data, out, "multitask", fit))
     data = synthetic(60, 30, 900, seed=0)
     rows = quality.history_protocol("new-users", data, 1, tmp_path,
                                     fit=TrainConfig(epochs=1, reranker_epochs=1))
-    served, ease, popularity = list(rows)
+    served, ease, popularity, retrieval, before = list(rows)
+    assert before.endswith("via serving_default (the history as exclusions, as before "
+                           "with_history)") and rows[before]["known"] == 0.0
     assert served.startswith(quality.SERVED) and (ease, popularity) == (quality.EASE_ROW,
                                                                         "popularity")
+    assert retrieval.startswith("ours: exported retrieval via")
+    assert 0.0 <= rows[retrieval]["recall@30"] <= 1.0  # K = min(100, the 30 movies)
     assert rows[served]["users"] == 12  # 20% of 60 users, each with a test rating
     assert rows[served]["known mismatches"] == 0.0
     assert rows[served]["known"] == (1.0 if "with_history" in served.split("(")[0] else 0.0)
