@@ -82,7 +82,8 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
             "leave the user's rated movies out of the user tower")
     _flag(g, "--new-user-rate", m.new_user_rate, "share of training examples whose user tower "
           "sees a new user (no id, no demographics, only the history), so that with_history "
-          "requests for unseen ids get a trained embedding", type=float)
+          "requests for unseen ids get a trained embedding (0.3: new users +0.008 nDCG@10, "
+          "known users -0.002; docs/quality.md)", type=float)
     _flag(g, "--temperature", m.temperature, "softmax temperature of the retrieval task",
           type=float)
     _flag(g, "--num-sampled-negatives", m.num_sampled_negatives,
