@@ -126,14 +126,14 @@ class FeatureTables:
         bins, cumulative = recent.tables(user_ids, movie_ids)
         ease = session = ease_weights = session_weights = None
         if config.use_ease:
+            # Each fit's [N, N] float64 weights are dropped (or made float32) before the next
+            # fit: ml-latest-small's are 760 MB each.
+            keep = history_fits(len(movie_ids))
             ease, ease_weights = ease_fit(known, user_ids, movie_ids, config.ease_lambda)
+            ease_weights = ease_weights.astype(np.float32) if keep else None
             session, session_weights = session_fit(known, user_ids, movie_ids, sittings,
                                                    config.session_lambda)
-            if history_fits(len(movie_ids)):
-                ease_weights = ease_weights.astype(np.float32)
-                session_weights = session_weights.astype(np.float32)
-            else:
-                ease_weights = session_weights = None
+            session_weights = session_weights.astype(np.float32) if keep else None
         return cls(popularity, bins, cumulative, recent.window, ease, session,
                    np.asarray(user_ids, str), np.asarray(movie_ids, str), ease_weights,
                    session_weights)
