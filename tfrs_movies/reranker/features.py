@@ -186,12 +186,6 @@ class FeatureLookup(tf.Module):
             self.session_weights = tf.Variable(tables.session_weights.reshape(-1),
                                                trainable=False, name="session_weights")
 
-    @property
-    def reads_history(self) -> bool:
-        """Whether a request's history moves the item-item and session features (``history``
-        of ``__call__``): the weights were kept (``history_fits``)."""
-        return self.ease is None or self.ease_weights is not None
-
     def __call__(self, rows: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor,
                  stars: tf.Tensor, history: tf.Tensor | None = None) -> tf.Tensor:
         """``history`` [B, L]: catalogue positions of a request's movies not already in the
