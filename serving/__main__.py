@@ -102,7 +102,7 @@ def _recommend(args, client, out) -> None:
     if history is None:
         _notice_unknown("user", unknown)
     elif unknown:
-        print(cli.history_fallback_notice([u for u in unknown if u]), file=sys.stderr)
+        print(contract.history_fallback_notice([u for u in unknown if u]), file=sys.stderr)
     per_user = list(zip(users, results, results.known, strict=True))
     rows = [(user or "-", i + 1, r.movie_id, r.title, r.score, r.rating, r.rank_score)
             for user, recs, _ in per_user for i, r in enumerate(recs)]

@@ -47,7 +47,7 @@ from serving.backends import LocalBackend, RestBackend, ServingError, tf_error_t
 from serving.client import (NoHistorySignature, Recommendation, RecommenderClient,  # noqa: E402
                             make_client)
 from tfrs_movies import contract, serving_graph  # noqa: E402
-from tfrs_movies.cli import history_fallback_notice  # noqa: E402
+from tfrs_movies.contract import history_fallback_notice  # noqa: E402
 from tfrs_movies.errors import UserError  # noqa: E402
 
 MOVIES = ["1", "2", "3", "4", "5"]

@@ -190,6 +190,18 @@ def fallback_notice(what: str, ids: list[str]) -> str:
             "popular movies instead (score: log(1 + train ratings))")
 
 
+def history_fallback_notice(users: list[str]) -> str:
+    """The line both CLIs print when a request with a history got the popularity fallback
+    (``known`` false): ``users`` the ids asked (none: a new user, the history alone)."""
+    shown = ", ".join(repr(str(u)) for u in users)
+    subject = (f"user {shown} is unknown to the model (not in its run's data) and none of its "
+               if len(users) == 1 else
+               f"users {shown} are unknown to the model (not in its run's data) and none of "
+               "their " if users else "none of the ")
+    return (f"notice: {subject}history movies is in the model's catalogue: showing the most "
+            "popular movies instead (score: log(1 + train ratings))")
+
+
 def decode(values) -> np.ndarray:
     """A model's string output (bytes, as TensorFlow returns them, or str) -> a same-shape
     ``object`` array of ``str``. The contract's strings are UTF-8; numpy's ``astype(str)``

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfrs_movies import cli, contract, movie_names
+from tfrs_movies import contract, movie_names
 from tfrs_movies.config import ExportConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.runs import resume_hint
@@ -80,7 +80,7 @@ def recommend(run, user_id: str, k: int = 10, candidates: int = ExportConfig.k,
         out = {key: v.numpy()[0] for key, v in answer.items()}
         if not out["known"]:  # the export's own answer: its popularity fallback
             notices.append(contract.fallback_notice("user", [user_id]) if history is None
-                           else cli.history_fallback_notice([user_id] if user_id else []))
+                           else contract.history_fallback_notice([user_id] if user_id else []))
         columns = {"score": out["scores"]}
         if rates:
             columns["rating"] = out["ratings"]
