@@ -147,23 +147,26 @@ def _histories(known: pd.DataFrame, user_ids: np.ndarray) -> np.ndarray:
     return out.astype(str)
 
 
-def _as_new_users(retrieval, rating, known: pd.DataFrame, user_ids: np.ndarray,
-                  movie_ids: np.ndarray, top: np.ndarray, batch: int = 1024):
-    """(queries [U, D], stars [U, K] or None) of ``user_ids`` asked as unseen ids bringing
-    their ``known`` movies as the request's history (``with_history``), candidates ``top``."""
-    history = _histories(known, user_ids)
-    queries, stars = [], []
-    for start in range(0, len(user_ids), batch):
-        ids = tf.fill([len(user_ids[start:start + batch])], "")
-        movies = tf.constant(history[start:start + batch])
-        queries.append(retrieval.user_embedding(ids, history_movie_ids=movies).numpy())
-        if rating is not None:
-            candidates = rating.rating_movie(tf.constant(movie_ids[top[start:start + batch]]
-                                                         .ravel()))
-            candidates = tf.reshape(candidates, [len(movies), top.shape[1], -1])
-            stars.append(rating.rate(rating.rating_user(ids, history_movie_ids=movies),
-                                     candidates).numpy())
-    return np.concatenate(queries), (np.concatenate(stars) if rating is not None else None)
+def _new_user_queries(retrieval, history: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """[U, D]: the query of an unseen id ("") bringing each ``history`` row (``_histories``)."""
+    return np.concatenate([
+        retrieval.user_embedding(tf.fill([len(rows)], ""),
+                                 history_movie_ids=tf.constant(rows)).numpy()
+        for rows in (history[i:i + batch] for i in range(0, len(history), batch))])
+
+
+def _new_user_stars(rating, history: np.ndarray, movie_ids: np.ndarray, top: np.ndarray,
+                    batch: int = 1024) -> np.ndarray:
+    """[U, K]: the predicted stars of the candidates ``top`` for an unseen id bringing each
+    ``history`` row."""
+    stars = []
+    for i in range(0, len(history), batch):
+        rows, picked = tf.constant(history[i:i + batch]), top[i:i + batch]
+        candidates = tf.reshape(rating.rating_movie(tf.constant(movie_ids[picked].ravel())),
+                                [len(picked), top.shape[1], -1])
+        users = rating.rating_user(tf.fill([len(picked)], ""), history_movie_ids=rows)
+        stars.append(rating.rate(users, candidates).numpy())
+    return np.concatenate(stars)
 
 
 def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
@@ -181,16 +184,15 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
     k = min(config.candidates, n)
     new = np.zeros(len(user_ids), bool) if new_users is None else np.asarray(new_users, bool)
     queries = embed(retrieval.user_embedding, user_ids)
+    history = _histories(known, user_ids[new]) if new.any() else None
     if new.any():
-        queries[new] = _as_new_users(retrieval, None, known, user_ids[new], movie_ids,
-                                     np.zeros((int(new.sum()), 0), np.int64))[0]
+        queries[new] = _new_user_queries(retrieval, history)
     top, scores = _top_unseen(queries, embed(retrieval.movie_embedding, movie_ids),
                               seen_rows * n + seen_cols, k)
     stars = np.zeros_like(scores) if rating is None else predict_ratings(rating, pd.DataFrame(
         {"user_id": np.repeat(user_ids, k), "movie_id": movie_ids[top.ravel()]})).reshape(top.shape)
     if new.any() and rating is not None:
-        stars[new] = _as_new_users(retrieval, rating, known, user_ids[new], movie_ids,
-                                   top[new])[1]
+        stars[new] = _new_user_stars(rating, history, movie_ids, top[new])
     tables = reranker.FeatureTables.build(
         known, user_ids, movie_ids, config,
         reranker.Recent.build(known, config.recent_window_days),
