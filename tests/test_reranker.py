@@ -86,6 +86,26 @@ def test_session_scores_are_ease_fitted_on_sittings():
         reranker.ease_scores(ratings, np.asarray(["u1", "u2"]), movies, lam), rtol=1e-5)
 
 
+def test_ease_weights_are_computed_in_the_gram_matrix_own_memory():
+    from tfrs_movies.reranker.item_item import _mirror_lower, ease_from_gram
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((40, 30)) < 0.3).astype(np.float64)
+    lam = 4.0
+    p = np.linalg.inv(x.T @ x + lam * np.eye(30))
+    want = -p / np.diag(p)
+    np.fill_diagonal(want, 0.0)
+    gram = x.T @ x
+    got = ease_from_gram(gram, lam)
+    assert np.shares_memory(got, gram)  # no [N, N] copy
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    square = np.tril(rng.random((7, 7)))
+    _mirror_lower(square, block=3)  # blocks that do not divide the size
+    np.testing.assert_array_equal(square, square.T)
+    with pytest.raises(ValueError, match="lambda=-100"):
+        ease_from_gram(x.T @ x, -100.0)
+
+
 def test_session_rows_add_windows_of_consecutive_ratings():
     # u1 rates a..e one second apart (one sitting), u2 rates c, a an hour apart (two).
     ratings = pd.DataFrame([("u1", m, t) for t, m in enumerate("abcde")]
