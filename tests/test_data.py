@@ -17,7 +17,8 @@ import pytest
 
 import tfrs_movies  # noqa: F401  sets TF_USE_LEGACY_KERAS before anything imports TensorFlow
 from tfrs_movies.config import DataConfig
-from tfrs_movies.data import (GENRES, OCCUPATIONS, MovieLensData, Split, carve_validation, load,
+from tfrs_movies.data import (GENRES, OCCUPATIONS, MovieLensData, Split, carve_latest,
+                               carve_validation, follows_in_time, load,
                               load_split, make_split, save_split)
 from tfrs_movies.data.movielens import read_movielens_dir
 from tfrs_movies.data.schema import MOVIE_COLUMNS, RATING_COLUMNS, USER_COLUMNS, conform
@@ -512,6 +513,20 @@ def test_carve_validation_per_user(small):
     pd.testing.assert_frame_equal(val, carve_validation(train, 0.1, seed=1)[1])
     assert len(carve_validation(train, 0.0, seed=1)[1]) == 0
     assert len(carve_validation(_tiny().ratings, 0.9, seed=0)[0]) == 4  # 1 left per user
+
+
+def test_carve_latest_holds_out_each_users_latest_ratings(small):
+    train = make_split(small, _cfg("random")).train
+    fit, latest = carve_latest(train, 0.25, seed=1)
+    assert len(fit) + len(latest) == len(train) and not _pairs(fit) & _pairs(latest)
+    assert set(latest["user_id"]) <= set(fit["user_id"])
+    # Per user, nothing held out is older than what is kept: the test follows train.
+    assert follows_in_time(fit, latest) and not follows_in_time(latest, fit)
+    counts = train.groupby("user_id").size()
+    held = latest.groupby("user_id").size().reindex(counts.index, fill_value=0)
+    assert (held == np.minimum(np.round(0.25 * counts), counts - 1)).all()
+    assert not follows_in_time(*carve_validation(train, 0.25, seed=1))  # at random: no
+    assert not follows_in_time(fit, latest.iloc[:0])  # no user in both
 
 
 @pytest.mark.parametrize("split", ["random", "strong"])

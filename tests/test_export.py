@@ -323,7 +323,10 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     known_users = sorted(set(vocab.catalogue_users) | set(vocab.user_ids))
     pairs = pd.DataFrame([(u, m) for u, h in zip(vocab.catalogue_users, vocab.history) for m in h],
                          columns=["user_id", "movie_id"])
-    ease = reranker.ease_scores(pairs, np.asarray(known_users), catalogue, 500.0)
+    ease, weights = reranker.ease_fit(pairs, np.asarray(known_users), catalogue, 500.0)
+    # The latest family: each history's movies weighted by recency (vocab order: oldest first).
+    latest = reranker.latest_weights(pairs, np.asarray(known_users), catalogue,
+                                     trained.reranker.config.latest_decay) @ weights
     counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
     popularity = np.asarray([counts.get(m, 0) for m in catalogue], np.float32)
     bins, cumulative = trained.reranker.recent.tables(np.asarray(known_users), catalogue)
@@ -348,7 +351,8 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
                                    tf.constant(cumulative), tf.constant(want[row][None]),
                                    trained.reranker.recent.window),
             tf.constant(session[known_users.index(user)][want[row]][None]),
-            tf.constant(stars[None]))
+            tf.constant(stars[None]),
+            tf.constant(latest[known_users.index(user)][want[row]][None], tf.float32))
         learned = trained.reranker.model(x).numpy()[0]
         order = np.argsort(-learned, kind="stable")[:5]
         np.testing.assert_allclose(rec["rank_scores"].numpy()[row], learned[order], rtol=1e-4,
@@ -411,6 +415,13 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
 
         picked = want[0]
         multi_hot = np.isin(catalogue, list(both)).astype(np.float64)
+        # Latest: the stored history, then the request's new movies (each once, at its later
+        # place); a stored movie sent again keeps its stored place.
+        sent = [m for m in extra if m in set(catalogue) and m not in stored.get(user, [])]
+        order_of = stored.get(user, []) + [m for i, m in enumerate(sent) if m not in sent[i + 1:]]
+        recency = np.zeros(len(catalogue))
+        recency[[list(catalogue).index(m) for m in order_of]] = np.exp(
+            -np.arange(len(order_of))[::-1] / trained.reranker.config.latest_decay)
         users_in = ranking.rating_user(tf.constant([user]), history_movie_ids=request)
         stars = ranking.rate(users_in, ranking.rating_movie(tf.constant(catalogue[picked]))[None])
         bin_row = known_users.index(user) + 1 if user in known_users else 0
@@ -419,7 +430,8 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
             tf.constant(popularity[picked][None]),
             reranker.recent_counts(tf.constant(bins[bin_row])[None], tf.constant(cumulative),
                                    tf.constant(picked[None]), trained.reranker.recent.window),
-            tf.constant((multi_hot @ session)[picked][None], tf.float32), stars)
+            tf.constant((multi_hot @ session)[picked][None], tf.float32), stars,
+            tf.constant((recency @ ease)[picked][None], tf.float32))
         learned = trained.reranker.model(x).numpy()[0]
         order = np.argsort(-learned, kind="stable")[:5]
         rec = got["recommender"]

@@ -18,7 +18,7 @@ def test_reranker_features_are_normalized_within_each_list():
     z = x[..., reranker.FEATURES.index("retrieval_z")]
     # The same list shifted by 6 scores the same z: only the order within a list counts.
     np.testing.assert_allclose(z[0, :3], [1.2247, 0.0, -1.2247], atol=1e-3)
-    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1]] + [0.0] * 5  # empty slot
+    assert z[0, 3] == 0 and x[0, 3].tolist() == [0.0, x[0, 3, 1]] + [0.0] * 6  # empty slot
     np.testing.assert_allclose(z[1], [1.3416, 0.4472, -0.4472, -1.3416], atol=1e-3)
     rank = x[..., reranker.FEATURES.index("rank")]
     assert rank[0, 0] == 0 and np.all(np.diff(rank[1]) > 0)
@@ -84,6 +84,32 @@ def test_session_scores_are_ease_fitted_on_sittings():
     np.testing.assert_allclose(
         reranker.session_scores(ratings, np.asarray(["u1", "u2"]), movies, whole, lam),
         reranker.ease_scores(ratings, np.asarray(["u1", "u2"]), movies, lam), rtol=1e-5)
+
+
+def test_latest_weights_count_back_from_each_users_latest_movie():
+    ratings = pd.DataFrame([("u1", "a", 5), ("u1", "b", 1), ("u1", "c", 3), ("u1", "b", 9),
+                            ("u2", "c", 0), ("x", "a", 0)],
+                           columns=["user_id", "movie_id", "timestamp"])
+    got = reranker.latest_weights(ratings, np.asarray(["u1", "u2", "?"]),
+                                  np.asarray(["a", "b", "c", "d"]), decay=2.0)
+    # u1 in time order: b, c, a, b again (b counts at its later place): c, a, b.
+    np.testing.assert_allclose(got[0], [np.exp(-0.5), 1.0, np.exp(-1.0), 0.0])
+    np.testing.assert_allclose(got[1:], [[0, 0, 1.0, 0], [0, 0, 0, 0]])
+    # Without timestamps, row order is time order.
+    np.testing.assert_allclose(reranker.latest_weights(
+        ratings.drop(columns="timestamp"), np.asarray(["u1"]), np.asarray(["a", "b", "c"]),
+        2.0)[0], [np.exp(-1.0), 1.0, np.exp(-0.5)])
+
+
+def test_rerankers_saved_before_the_latest_family_read_their_seven_features():
+    old = reranker.ReRankerConfig(features=reranker.config.FEATURES_BEFORE_LATEST, hidden=())
+    model = reranker.build(old)
+    x = np.random.default_rng(0).normal(size=(1, 3, len(reranker.FEATURES))).astype(np.float32)
+    changed = x.copy()
+    changed[..., reranker.FEATURES.index("latest_z")] += 5.0
+    np.testing.assert_array_equal(model(x).numpy(), model(changed).numpy())
+    assert model.out.kernel.shape[0] == 7
+    assert reranker.build(reranker.ReRankerConfig(hidden=())).out.kernel.shape[0] == 8
 
 
 def test_ease_weights_are_computed_in_the_gram_matrix_own_memory():

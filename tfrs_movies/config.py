@@ -30,6 +30,9 @@ OPTIMIZERS = ("auto", "lazy-adam", "adam")
 AUTO_DENSE_ROWS = 50_000
 # ``TrainConfig.reranker_loss``: the served re-ranker's loss over a list (``tfrs_movies.reranker``).
 RERANKER_LOSSES = ("listwise", "pairwise")
+# ``TrainConfig.reranker_folds``: how the re-ranker's lists cut train (``auto``: ``latest`` when
+# the run's test follows its train in time for every user, else ``random``).
+RERANKER_FOLDS = ("auto", "random", "latest")
 MODELS = kinds.CHOICES  # every model kind (``tfrs_movies.kinds``) and ``all``
 
 
@@ -222,6 +225,10 @@ class TrainConfig:
         its MLP's hidden sizes (empty: linear), its epochs over the training lists, its Adam
         learning rate and its loss (one of ``RERANKER_LOSSES``); chosen on validation,
         searched by ``trainer tune --model reranker``.
+      reranker_folds: how its lists cut train (``RERANKER_FOLDS``): ``random`` holds out a
+        random share of each user's ratings, ``latest`` their latest (what next); ``auto``
+        is ``latest`` when the run's test follows its train in time for every user (a
+        ``temporal`` or ``leave-last`` split, or such a test file), else ``random``.
     """
 
     model: str = "all"
@@ -240,6 +247,7 @@ class TrainConfig:
     reranker_epochs: int = 20
     reranker_learning_rate: float = 3e-3
     reranker_loss: str = "listwise"
+    reranker_folds: str = "auto"
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -268,6 +276,9 @@ class TrainConfig:
         if not self.reranker_learning_rate > 0:
             raise UserError(
                 f"reranker_learning_rate must be > 0, got {self.reranker_learning_rate}")
+        if self.reranker_folds not in RERANKER_FOLDS:
+            raise UserError(f"unknown reranker_folds {self.reranker_folds!r}: choose one of "
+                            f"{', '.join(RERANKER_FOLDS)}")
         if self.reranker_loss not in RERANKER_LOSSES:
             raise UserError(f"unknown reranker_loss {self.reranker_loss!r}: choose one of "
                             f"{', '.join(RERANKER_LOSSES)}")

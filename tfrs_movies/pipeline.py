@@ -134,8 +134,15 @@ def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
                   train_config: cfg.TrainConfig):
     """Trains and saves the served recommender's second stage (``tfrs_movies.reranker``)."""
     users = len(set(run.vocab.catalogue_users) | set(run.vocab.user_ids)) + 1
+    folds = train_config.reranker_folds
+    if folds == "auto":
+        folds = "latest" if data_lib.follows_in_time(run.split.train, run.split.test) else "random"
+        log.info(f"[reranker] folds {folds}: the test "
+                 f"{'follows' if folds == 'latest' else 'does not follow'} train in time for "
+                 f"every user (--reranker-folds)")
     config = reranker.ReRankerConfig.from_train(
-        train_config, use_ease=reranker.ease_fits(users, len(run.vocab.catalogue_movies)))
+        train_config, folds=folds,
+        use_ease=reranker.ease_fits(users, len(run.vocab.catalogue_movies)))
     log.info(f"[reranker] learning the served order from lists of {config.candidates} retrieved "
              f"movies{'' if config.use_ease else ' (catalogue too large for EASE: without it)'}")
     bundle = reranker_lists.fit(

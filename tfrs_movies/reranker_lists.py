@@ -1,7 +1,7 @@
 """The re-ranker's learning lists, and the re-ranker ``train`` fits on them.
 
 Learning without leaks (``fit``): the train split is cut per user into a fold A (75%) and a
-fold B (25%). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
+fold B (25%: at random, or each user's latest ratings with ``ReRankerConfig.folds`` "latest"). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
 A; the movies of B among them are the positives, the rest the hard negatives (what the
 re-ranker sees when serving). The feature tables (EASE, sittings, popularity, recent counts)
 come from A too, through the same ``reranker.FeatureTables`` the export builds from train, and
@@ -72,9 +72,11 @@ def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_i
           model_config, train_config, config: ReRankerConfig, seed: int) -> Lists | None:
     """The training lists (see the module docstring): the rows with a positive, or None when
     none has one."""
-    fold_a, fold_b = data_lib.carve_validation(train, config.fold_fraction, seed)
+    carve = data_lib.carve_latest if config.folds == "latest" else data_lib.carve_validation
+    fold_a, fold_b = carve(train, config.fold_fraction, seed)
     log.info(f"[reranker] training a retrieval and a rating model on fold A ({len(fold_a):,} "
-             f"ratings; the {len(fold_b):,} of fold B are its targets)")
+             f"ratings; the {len(fold_b):,} of fold B, each user's "
+             f"{'latest' if config.folds == 'latest' else 'random'} share, are its targets)")
     retrieval, rating, vocab = fold_models(fold_a, movies, users, fold_in, model_config,
                                            train_config)
     user_ids = np.asarray(sorted(set(train["user_id"])), dtype=str)

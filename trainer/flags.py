@@ -129,6 +129,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
           type=float)
     _flag(g, "--reranker-loss", t.reranker_loss, "listwise (softmax over each list) or pairwise",
           choices=cfg.RERANKER_LOSSES)
+    _flag(g, "--reranker-folds", t.reranker_folds, "which of each user's train ratings its "
+          "lists hold out: random, latest (what next), or auto (latest when the test follows "
+          "train in time)", choices=cfg.RERANKER_FOLDS)
     g = p.add_argument_group("hyperparameter file")
     g.add_argument("--hparams", metavar="FILE", help="JSON object of ModelConfig/TrainConfig "
                    "values (from tune): they replace the defaults; flags given replace them")

@@ -101,6 +101,34 @@ def carve_validation(train: pd.DataFrame, fraction: float,
     return _rows(train, ~picked), _rows(train, picked)
 
 
+def carve_latest(train: pd.DataFrame, fraction: float,
+                 seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each user's latest ``fraction`` of ``train`` (by timestamp; equal times in a seeded
+    order) held out, as ``carve_validation`` holds out a random share: (the rest, held out)."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"validation fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0 or len(train) == 0:
+        return train, train.iloc[:0].reset_index(drop=True)
+    codes = pd.factorize(train["user_id"])[0]
+    noise = np.random.default_rng(seed).random(len(train))
+    order = np.lexsort((noise, train["timestamp"].to_numpy(), codes))
+    sorted_codes = codes[order]
+    rank = np.empty(len(codes), dtype=np.int64)
+    rank[order] = np.arange(len(codes)) - np.searchsorted(sorted_codes, sorted_codes)
+    count = np.bincount(codes)[codes]
+    picked = rank >= count - np.minimum(np.round(fraction * count), count - 1)
+    return _rows(train, ~picked), _rows(train, picked)
+
+
+def follows_in_time(before: pd.DataFrame, after: pd.DataFrame) -> bool:
+    """Whether ``after`` comes after ``before`` for every user in both (none of their rows in
+    ``after`` is older than one in ``before``), with at least one such user."""
+    first = after.groupby("user_id")["timestamp"].min()
+    last = before.groupby("user_id")["timestamp"].max()
+    both = first.index.intersection(last.index)
+    return bool(len(both)) and bool((first[both] >= last[both]).all())
+
+
 def save_split(split: Split, run_dir) -> Path:
     """Writes ``run_dir/split/{train,test,fold_in}.parquet`` (atomically, file by file)."""
     folder = Path(run_dir) / "split"

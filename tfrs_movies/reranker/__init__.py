@@ -2,7 +2,7 @@
 
 The served ``recommender`` retrieves ``K`` candidates and orders them by this model's score,
 from features the two towers cannot express on their own (``features``: retrieval score and
-rank, item-item and session EASE scores, popularity, recent popularity, predicted stars,
+rank, item-item, session and latest EASE scores, popularity, recent popularity, predicted stars,
 each z-scored within the user's list). Modules, bottom up:
 
   config     ``ReRankerConfig``, the feature names and families, EASE's size limits
@@ -22,8 +22,8 @@ from tfrs_movies.reranker.bundle import Bundle, load, save, weights_path
 from tfrs_movies.reranker.config import (FAMILIES, FEATURES, MAX_EASE_CELLS, MAX_EASE_MOVIES,
                                          ReRankerConfig, ease_fits)
 from tfrs_movies.reranker.features import FeatureLookup, FeatureTables, features
-from tfrs_movies.reranker.item_item import (Sittings, ease_fit, ease_scores, session_fit,
-                                            session_scores)
+from tfrs_movies.reranker.item_item import (Sittings, ease_fit, ease_scores, latest_weights,
+                                            session_fit, session_scores)
 from tfrs_movies.reranker.model import (LOSSES, Lists, ReRanker, build, listwise_loss,
                                         pairwise_loss, top_n, train_on)
 from tfrs_movies.reranker.recency import MAX_RECENT_BINS, RECENT_BIN_DAYS, Recent, recent_counts
@@ -31,6 +31,6 @@ from tfrs_movies.reranker.recency import MAX_RECENT_BINS, RECENT_BIN_DAYS, Recen
 __all__ = ["Bundle", "FAMILIES", "FEATURES", "FeatureLookup", "FeatureTables", "LOSSES",
            "Lists", "MAX_EASE_CELLS", "MAX_EASE_MOVIES", "MAX_RECENT_BINS",
            "RECENT_BIN_DAYS", "ReRanker", "ReRankerConfig", "Recent", "Sittings", "build",
-           "ease_fit", "ease_fits", "ease_scores", "features", "listwise_loss", "load",
+           "ease_fit", "ease_fits", "ease_scores", "features", "latest_weights", "listwise_loss", "load",
            "pairwise_loss", "recent_counts", "save", "session_fit", "session_scores", "top_n",
            "train_on", "weights_path"]

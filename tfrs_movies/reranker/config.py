@@ -8,11 +8,15 @@ import numpy as np
 from tfrs_movies.config import RERANKER_LOSSES, ExportConfig, TrainConfig
 
 FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z", "session_z",
-            "stars_z")
+            "stars_z", "latest_z")
+# What re-rankers saved before the latest family read (their config.json names no features).
+FEATURES_BEFORE_LATEST = FEATURES[:7]
 # Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
 FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
             "popularity": ("popularity_z",), "recent": ("recent_z",),
-            "session": ("session_z",), "rating": ("stars_z",)}
+            "session": ("session_z",), "rating": ("stars_z",), "latest": ("latest_z",)}
+# How the train split is cut into the lists' fold A and fold B (``ReRankerConfig.folds``).
+FOLDS = ("random", "latest")
 # The item-item and session families are used up to this catalogue and [users, catalogue]
 # table (``ease_fits``): EASE inverts a catalogue x catalogue matrix.
 MAX_EASE_MOVIES = 10_000
@@ -32,6 +36,9 @@ class ReRankerConfig:
     Attributes:
       candidates: list length K it learns on (the export's ``k``).
       fold_fraction: share of each user's train ratings held out as fold B (the positives).
+      folds: which share: ``random`` (at random per user) or ``latest`` (each user's latest
+        ratings: the lists then ask "what next", as a run whose test follows its train in
+        time does; ``TrainConfig.reranker_folds``).
       ease_lambda: EASE's L2 weight.
       hidden: the MLP's hidden sizes.
       epochs, batch_size, learning_rate: Adam on lists (batch_size lists per step).
@@ -45,10 +52,15 @@ class ReRankerConfig:
       session_gap_seconds, session_window, session_lambda: the session family's sittings
         (no gap between two ratings longer than this), windows (this many consecutive
         ratings of a user; 0: none) and L2 weight (``item_item.Sittings``).
+      latest_decay: the latest family is EASE's score of the history with each movie weighted
+        ``exp(-back / latest_decay)``, ``back`` the number of the user's movies rated after it.
+      features: the ``FEATURES`` its model reads (re-rankers saved before the latest family:
+        ``FEATURES_BEFORE_LATEST``).
     """
 
     candidates: int = ExportConfig.k
     fold_fraction: float = 0.25
+    folds: str = "random"
     ease_lambda: float = 500.0
     hidden: tuple[int, ...] = TrainConfig.reranker_hidden
     epochs: int = TrainConfig.reranker_epochs
@@ -61,11 +73,19 @@ class ReRankerConfig:
     session_gap_seconds: int = 60
     session_window: int = 10
     session_lambda: float = 100.0
+    latest_decay: float = 10.0
+    features: tuple[str, ...] = FEATURES
 
     def __post_init__(self):
         unknown = sorted(set(self.without) - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
+        if self.folds not in FOLDS:
+            raise ValueError(f"folds must be one of {FOLDS}, got {self.folds!r}")
+        if not self.latest_decay > 0:
+            raise ValueError(f"latest_decay must be > 0, got {self.latest_decay}")
+        if set(self.features) - set(FEATURES):
+            raise ValueError(f"unknown features {sorted(set(self.features) - set(FEATURES))}")
         if self.loss not in RERANKER_LOSSES:
             raise ValueError(f"loss must be one of {RERANKER_LOSSES}, got {self.loss!r}")
         if self.recent_window_days < 0:
@@ -77,13 +97,21 @@ class ReRankerConfig:
 
     @classmethod
     def from_train(cls, train_config: TrainConfig, **fields) -> "ReRankerConfig":
-        """The re-ranker ``train_config`` asks for (its ``reranker_*`` fields), plus ``fields``."""
+        """The re-ranker ``train_config`` asks for (its ``reranker_*`` fields), plus ``fields``
+        (``folds`` there resolves ``reranker_folds="auto"``; else ``auto`` is ``random``)."""
+        folds = fields.pop("folds", None) or (
+            train_config.reranker_folds if train_config.reranker_folds in FOLDS else "random")
         return cls(hidden=tuple(train_config.reranker_hidden), epochs=train_config.reranker_epochs,
                    learning_rate=train_config.reranker_learning_rate,
-                   loss=train_config.reranker_loss, **fields)
+                   loss=train_config.reranker_loss, folds=folds, **fields)
 
     @property
     def mask(self) -> np.ndarray:
-        """[F] 1.0 for each used feature of ``FEATURES``, 0.0 for those of ``without``."""
+        """[F] 1.0 for each of ``features`` it uses, 0.0 for those of ``without``."""
         off = {name for family in self.without for name in FAMILIES[family]}
-        return np.asarray([name not in off for name in FEATURES], np.float32)
+        return np.asarray([name not in off for name in self.features], np.float32)
+
+    @property
+    def columns(self) -> list[int]:
+        """Where its ``features`` are in ``FEATURES`` (the columns ``FeatureLookup`` gives)."""
+        return [FEATURES.index(name) for name in self.features]

@@ -56,6 +56,27 @@ def _mirror_lower(p: np.ndarray, block: int = 512) -> None:
         square[upper] = square.T[upper]
 
 
+def latest_weights(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+                   decay: float) -> np.ndarray:
+    """[len(user_ids), len(movie_ids)] float64: each user's movies in ``ratings`` weighted
+    ``exp(-back / decay)``, ``back`` the number of their (distinct) movies rated after it: 1.0
+    for the latest. Time order is the ``timestamp`` column's where there is one (equal times
+    in row order), else row order; a movie rated twice counts at its later place."""
+    user_pos, movie_pos = position_of(user_ids), position_of(movie_ids)
+    frame = ratings[["user_id", "movie_id"]].assign(
+        row=user_pos.reindex(ratings["user_id"]).to_numpy(),
+        column=movie_pos.reindex(ratings["movie_id"]).to_numpy())
+    if "timestamp" in ratings:
+        frame = frame.assign(timestamp=ratings["timestamp"].to_numpy()).sort_values(
+            ["row", "timestamp"], kind="stable")
+    frame = frame.dropna(subset=["row", "column"])
+    frame = frame.drop_duplicates(["row", "column"], keep="last")
+    back = frame.groupby("row", sort=False).cumcount(ascending=False).to_numpy()
+    x = np.zeros((len(user_ids), len(movie_ids)), np.float64)
+    x[frame["row"].to_numpy(np.int64), frame["column"].to_numpy(np.int64)] = np.exp(-back / decay)
+    return x
+
+
 def ease_fit(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
              lam: float) -> tuple[np.ndarray, np.ndarray]:
     """EASE fitted on the rows ``user_ids`` of ``ratings`` (ids absent get zero rows) over the

@@ -12,17 +12,21 @@ from tfrs_movies.reranker.config import FEATURES, ReRankerConfig
 
 
 class ReRanker(tf.keras.Model):
-    """[B, K, F] features -> [B, K] scores (higher first); an MLP per candidate. The features
-    of ``config.without`` are zeroed before the MLP, in training and serving alike."""
+    """[B, K, F] features (``FEATURES``) -> [B, K] scores (higher first); an MLP per candidate
+    on the columns of ``config.features``. The features of ``config.without`` are zeroed
+    before the MLP, in training and serving alike."""
 
     def __init__(self, config: ReRankerConfig, **kwargs):
         super().__init__(**kwargs)
         self.config_ = config
         self.mask = tf.constant(config.mask)
+        self.columns = None if tuple(config.features) == FEATURES else tf.constant(config.columns)
         self.hidden = [tf.keras.layers.Dense(u, activation="relu") for u in config.hidden]
         self.out = tf.keras.layers.Dense(1)
 
     def call(self, x, training=False):
+        if self.columns is not None:
+            x = tf.gather(x, self.columns, axis=-1)
         x = x * self.mask
         for layer in self.hidden:
             x = layer(x)
@@ -31,7 +35,7 @@ class ReRanker(tf.keras.Model):
 
 def build(config: ReRankerConfig) -> ReRanker:
     model = ReRanker(config, name="reranker")
-    model(tf.zeros([1, 1, len(FEATURES)]))
+    model(tf.zeros([1, 1, len(FEATURES)]))  # every column; it reads its own
     return model
 
 
