@@ -39,6 +39,7 @@ VARIANTS = {
     "default": {},
     **{f"without its {family} features": {"without": (family,)}
        for family in reranker.FAMILIES},
+    "with its latest features": {"features": reranker.FEATURES},
     "pairwise loss": {"loss": "pairwise"},
     "10 epochs": {"epochs": 10},
     "40 epochs": {"epochs": 40},

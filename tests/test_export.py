@@ -41,7 +41,9 @@ def trained(tiny_tables):
         models[kind] = model
     second = reranker_lists.fit(train, movies, users, train.iloc[:0], ModelConfig(embedding_dim=8),
                                 TrainConfig(epochs=2, verbose=0, batch_size=64),
-                                reranker.ReRankerConfig(candidates=20, epochs=3), seed=0)
+                                # Latest folds: the export reads all eight features.
+                                reranker.ReRankerConfig(candidates=20, epochs=3, folds="latest"),
+                                seed=0)
     return types.SimpleNamespace(
         vocab=space.vocab, retrieval_model=lambda: models["retrieval"],
         rating_model=lambda: models["ranking"], embedding_model=lambda: models["retrieval"],

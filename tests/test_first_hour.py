@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import shutil
 
 import numpy as np
@@ -85,6 +86,9 @@ def test_train_says_one_epoch_and_evaluates_non_ascii_ids(trained):
     assert "for 1 epoch\n" in printed and "1 epochs" not in printed
     assert "[recommender, as served] ndcg@10=" in printed  # evaluate_served decoded the ids
     assert (run / "metrics.json").exists()
+    # A random split: the re-ranker's lists hold out random ratings, without the latest family.
+    config = json.loads((run / "models" / "reranker" / "config.json").read_text())
+    assert config["folds"] == "random" and "latest_z" not in config["features"]
 
 
 def test_recommend_and_similar_print_utf8_aligned(trained, capsys):

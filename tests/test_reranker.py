@@ -101,15 +101,17 @@ def test_latest_weights_count_back_from_each_users_latest_movie():
         2.0)[0], [np.exp(-1.0), 1.0, np.exp(-0.5)])
 
 
-def test_rerankers_saved_before_the_latest_family_read_their_seven_features():
-    old = reranker.ReRankerConfig(features=reranker.config.FEATURES_BEFORE_LATEST, hidden=())
+def test_rerankers_on_random_folds_and_saved_before_the_latest_family_read_seven():
+    old = reranker.ReRankerConfig(features=reranker.config.WITHOUT_LATEST, hidden=())
     model = reranker.build(old)
     x = np.random.default_rng(0).normal(size=(1, 3, len(reranker.FEATURES))).astype(np.float32)
     changed = x.copy()
     changed[..., reranker.FEATURES.index("latest_z")] += 5.0
     np.testing.assert_array_equal(model(x).numpy(), model(changed).numpy())
     assert model.out.kernel.shape[0] == 7
-    assert reranker.build(reranker.ReRankerConfig(hidden=())).out.kernel.shape[0] == 8
+    latest = reranker.ReRankerConfig(hidden=(), folds="latest")
+    assert reranker.build(latest).out.kernel.shape[0] == 8
+    assert reranker.ReRankerConfig().features == reranker.config.WITHOUT_LATEST  # random folds
 
 
 def test_ease_weights_are_computed_in_the_gram_matrix_own_memory():

@@ -9,8 +9,10 @@ from tfrs_movies.config import RERANKER_LOSSES, ExportConfig, TrainConfig
 
 FEATURES = ("retrieval_z", "rank", "ease_z", "popularity_z", "recent_z", "session_z",
             "stars_z", "latest_z")
-# What re-rankers saved before the latest family read (their config.json names no features).
-FEATURES_BEFORE_LATEST = FEATURES[:7]
+# What a re-ranker on random folds reads, and those saved before the latest family did (their
+# config.json names no features): on random folds, the latest family is a noisier copy of the
+# item-item one (docs/quality.md, "The re-ranker on validation").
+WITHOUT_LATEST = FEATURES[:7]
 # Feature families (``ReRankerConfig.without`` leaves some out: the ablations of benchmarks.quality)
 FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
             "popularity": ("popularity_z",), "recent": ("recent_z",),
@@ -54,8 +56,8 @@ class ReRankerConfig:
         ratings of a user; 0: none) and L2 weight (``item_item.Sittings``).
       latest_decay: the latest family is EASE's score of the history with each movie weighted
         ``exp(-back / latest_decay)``, ``back`` the number of the user's movies rated after it.
-      features: the ``FEATURES`` its model reads (re-rankers saved before the latest family:
-        ``FEATURES_BEFORE_LATEST``).
+      features: the ``FEATURES`` its model reads; by default all with ``latest`` folds,
+        ``WITHOUT_LATEST`` with ``random`` ones.
     """
 
     candidates: int = ExportConfig.k
@@ -74,9 +76,13 @@ class ReRankerConfig:
     session_window: int = 10
     session_lambda: float = 100.0
     latest_decay: float = 10.0
-    features: tuple[str, ...] = FEATURES
+    features: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        if self.features is None:
+            object.__setattr__(self, "features",
+                               FEATURES if self.folds == "latest" else WITHOUT_LATEST)
+        object.__setattr__(self, "features", tuple(self.features))
         unknown = sorted(set(self.without) - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
