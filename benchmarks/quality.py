@@ -168,6 +168,9 @@ def reranker_ablations(trained, work: Path) -> dict:
     split, movies, out = trained.split, trained.vocab.catalogue_movies, {}
     try:
         for label, change in RERANKER_ABLATIONS.items():
+            family = (change or {}).get("without", ("",))[0]
+            if family and not set(FAMILIES[family]) & set(base.used_features):
+                continue  # a family this re-ranker does not read
             print(f"ablation: {label}")
             config = dataclasses.replace(base, **change) if change is not None else None
             trained.reranker = None

@@ -38,7 +38,8 @@ from tfrs_movies.config import DataConfig, ModelConfig, TrainConfig
 VARIANTS = {
     "default": {},
     **{f"without its {family} features": {"without": (family,)}
-       for family in reranker.FAMILIES},
+       for family in reranker.FAMILIES
+       if set(reranker.FAMILIES[family]) & set(reranker.ReRankerConfig().used_features)},
     "with its latest features": {"features": reranker.FEATURES},
     "pairwise loss": {"loss": "pairwise"},
     "10 epochs": {"epochs": 10},
@@ -64,9 +65,11 @@ def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
     train_config = TrainConfig(verbose=0, seed=seed)
     print(f"seed {seed}: fit {len(fit):,} ratings, validation {len(validation):,}", flush=True)
     default = reranker.ReRankerConfig()  # no variant changes what the lists hold
+    # The lists hold every feature's column (the latest family's too), each variant's model
+    # reads its own.
     train_lists, scored = reranker_lists.validation_lists(
         fit, validation, dataset.movies, dataset.users, split.fold_in, model_config,
-        train_config, default, seed)
+        train_config, dataclasses.replace(default, features=reranker.FEATURES), seed)
     column = list(reranker.FEATURES)
     out = {"retrieval order": _ndcg(scored, scored.features[..., column.index("retrieval_z")]),
            "EASE order": _ndcg(scored, scored.features[..., column.index("ease_z")])}

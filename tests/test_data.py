@@ -527,10 +527,14 @@ def test_carve_latest_holds_out_each_users_latest_ratings(small):
     assert (held == np.minimum(np.round(0.25 * counts), counts - 1)).all()
     assert not follows_in_time(*carve_validation(train, 0.25, seed=1))  # at random: no
     assert not follows_in_time(fit, latest.iloc[:0])  # no user in both
-    from tfrs_movies.pipeline import reranker_folds
-    assert reranker_folds("auto", Split(fit, latest, fit.iloc[:0])) == "latest"
-    assert reranker_folds("auto", make_split(small, _cfg("random"))) == "random"
-    assert reranker_folds("random", Split(fit, latest, fit.iloc[:0])) == "random"
+    from tfrs_movies.reranker_lists import folds_for
+    assert folds_for("auto", Split(fit, latest, fit.iloc[:0])) == "latest"
+    assert folds_for("auto", make_split(small, _cfg("random"))) == "random"
+    assert folds_for("random", Split(fit, latest, fit.iloc[:0])) == "random"
+    # Ratings without times (every timestamp 0) say nothing of order.
+    timeless = Split(fit.assign(timestamp=0), latest.assign(timestamp=0), fit.iloc[:0])
+    assert not follows_in_time(timeless.train, timeless.test)
+    assert folds_for("auto", timeless) == "random"
 
 
 @pytest.mark.parametrize("split", ["random", "strong"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import json
 import shutil
 
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from serving import __main__ as serving_cli
-from tfrs_movies import cli
+from tfrs_movies import cli, reranker
 from trainer.__main__ import main as trainer
 
 GENRES = ("Comedy", "Drama", "Animation", "Romance")
@@ -87,8 +86,8 @@ def test_train_says_one_epoch_and_evaluates_non_ascii_ids(trained):
     assert "[recommender, as served] ndcg@10=" in printed  # evaluate_served decoded the ids
     assert (run / "metrics.json").exists()
     # A random split: the re-ranker's lists hold out random ratings, without the latest family.
-    config = json.loads((run / "models" / "reranker" / "config.json").read_text())
-    assert config["folds"] == "random" and "latest_z" not in config["features"]
+    config = reranker.load(run).config
+    assert config.folds == "random" and "latest_z" not in config.used_features
 
 
 def test_recommend_and_similar_print_utf8_aligned(trained, capsys):

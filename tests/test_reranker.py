@@ -1,6 +1,8 @@
 """The re-ranker package: its features, losses, recent and session tables, and masks."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -111,7 +113,10 @@ def test_rerankers_on_random_folds_and_saved_before_the_latest_family_read_seven
     assert model.out.kernel.shape[0] == 7
     latest = reranker.ReRankerConfig(hidden=(), folds="latest")
     assert reranker.build(latest).out.kernel.shape[0] == 8
-    assert reranker.ReRankerConfig().features == reranker.config.WITHOUT_LATEST  # random folds
+    assert reranker.ReRankerConfig().used_features == reranker.config.WITHOUT_LATEST
+    # Latest folds read all eight, also when set on a random-fold config.
+    assert dataclasses.replace(reranker.ReRankerConfig(), folds="latest").used_features == \
+        reranker.FEATURES
 
 
 def test_ease_weights_are_computed_in_the_gram_matrix_own_memory():
@@ -126,6 +131,10 @@ def test_ease_weights_are_computed_in_the_gram_matrix_own_memory():
     gram = x.T @ x
     got = ease_from_gram(gram, lam)
     assert np.shares_memory(got, gram)  # no [N, N] copy
+    fortran = np.asfortranarray(x.T @ x)  # as a sparse product's toarray() gives it
+    got = ease_from_gram(fortran, lam)
+    assert np.shares_memory(got, fortran)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     square = np.tril(rng.random((7, 7)))
     _mirror_lower(square, block=3)  # blocks that do not divide the size

@@ -130,25 +130,12 @@ def train(output: str | Path, data_config: cfg.DataConfig, model_config: cfg.Mod
     return metrics
 
 
-def reranker_folds(requested: str, split) -> str:
-    """``TrainConfig.reranker_folds`` for ``split``: ``auto`` is ``latest`` when its test
-    follows its train in time for every user (the lists then ask what the test asks: what
-    next), else ``random``."""
-    if requested != "auto":
-        return requested
-    folds = "latest" if data_lib.follows_in_time(split.train, split.test) else "random"
-    log.info(f"[reranker] {folds} folds: the test "
-             f"{'follows' if folds == 'latest' else 'does not follow'} train in time for every "
-             f"user (--reranker-folds)")
-    return folds
-
-
 def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
                   train_config: cfg.TrainConfig):
     """Trains and saves the served recommender's second stage (``tfrs_movies.reranker``)."""
     users = len(set(run.vocab.catalogue_users) | set(run.vocab.user_ids)) + 1
     config = reranker.ReRankerConfig.from_train(
-        train_config, folds=reranker_folds(train_config.reranker_folds, run.split),
+        train_config, folds=reranker_lists.folds_for(train_config.reranker_folds, run.split),
         use_ease=reranker.ease_fits(users, len(run.vocab.catalogue_movies)))
     log.info(f"[reranker] learning the served order from lists of {config.candidates} retrieved "
              f"movies{'' if config.use_ease else ' (catalogue too large for EASE: without it)'}")

@@ -1,7 +1,8 @@
 """The re-ranker's learning lists, and the re-ranker ``train`` fits on them.
 
 Learning without leaks (``fit``): the train split is cut per user into a fold A (75%) and a
-fold B (25%: at random, or each user's latest ratings with ``ReRankerConfig.folds`` "latest"). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
+fold B (25%: at random, or each user's latest with ``ReRankerConfig.folds`` "latest":
+``folds_for``). A retrieval model trained on A only retrieves each user's top ``K`` movies not in
 A; the movies of B among them are the positives, the rest the hard negatives (what the
 re-ranker sees when serving). The feature tables (EASE, sittings, popularity, recent counts)
 come from A too, through the same ``reranker.FeatureTables`` the export builds from train, and
@@ -55,6 +56,19 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
                                 config.session_gap_seconds, config.session_window))
     log.info(f"[reranker] trained in {time.perf_counter() - start:.1f}s")
     return bundle
+
+
+def folds_for(requested: str, split) -> str:
+    """``TrainConfig.reranker_folds`` for ``split``: ``auto`` is ``latest`` when its test
+    follows its train in time for every user (the lists then ask what the test asks: what
+    next), else ``random``."""
+    if requested != "auto":
+        return requested
+    folds = "latest" if data_lib.follows_in_time(split.train, split.test) else "random"
+    log.info(f"[reranker] {folds} folds: the test "
+             f"{'follows' if folds == 'latest' else 'does not follow'} train in time for every "
+             f"user (--reranker-folds)")
+    return folds
 
 
 def fold_models(ratings: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,

@@ -200,6 +200,7 @@ class _SearchData:
     validation: pd.DataFrame
     space: FeatureSpace
     lists: tuple | None = None
+    folds: str = "random"
 
 
 def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_history: int,
@@ -207,8 +208,12 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_histor
              train_config: cfg.TrainConfig) -> _SearchData:
     dataset = data_lib.load(data_config)
     split = data_lib.make_split(dataset, data_config)
-    fit, validation = data_lib.carve_validation(split.train, validation_fraction,
-                                                data_config.seed)
+    # A re-ranker search asks what the run's re-ranker will: its folds (and so the validation
+    # share) are each user's latest ratings where the test follows train in time.
+    folds = (reranker_lists.folds_for(train_config.reranker_folds, split)
+             if kind == RERANKER else "random")
+    carve = data_lib.carve_latest if folds == "latest" else data_lib.carve_validation
+    fit, validation = carve(split.train, validation_fraction, data_config.seed)
     if not len(validation):
         raise UserError(f"validation fraction {validation_fraction} of {len(split.train)} train "
                         f"ratings left no validation ratings; raise --validation-fraction")
@@ -223,11 +228,13 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_histor
                  f"epoch{'' if train_config.epochs == 1 else 's'} on the fit part)")
         found = reranker_lists.validation_lists(
             fit, validation, dataset.movies, dataset.users, split.fold_in, model_config,
-            train_config, reranker.ReRankerConfig.from_train(train_config), data_config.seed)
+            train_config, reranker.ReRankerConfig.from_train(train_config, folds=folds),
+            data_config.seed)
         if found is None:
             raise UserError("no re-ranker list holds a held-out movie of its user: too little "
                             "data to tune the re-ranker")
-    return _SearchData(fit, validation, FeatureSpace(vocab, max_history=max_history), found)
+    return _SearchData(fit, validation, FeatureSpace(vocab, max_history=max_history), found,
+                       folds)
 
 
 def _measure(kind: str, model, data: _SearchData, objective: Objective) -> float:
@@ -272,7 +279,7 @@ def _run_reranker(train_config: cfg.TrainConfig, data: _SearchData,
     the mean, ``values`` each one's; ``epoch`` is the re-ranker's own ``reranker_epochs``."""
     start = time.perf_counter()
     learn, scored = data.lists
-    config = reranker.ReRankerConfig.from_train(train_config)
+    config = reranker.ReRankerConfig.from_train(train_config, folds=data.folds)
     values = []
     for init in range(RERANKER_INITS):
         try:

@@ -122,11 +122,12 @@ def carve_latest(train: pd.DataFrame, fraction: float,
 
 def follows_in_time(before: pd.DataFrame, after: pd.DataFrame) -> bool:
     """Whether ``after`` comes after ``before`` for every user in both (none of their rows in
-    ``after`` is older than one in ``before``), with at least one such user."""
+    ``after`` is older than one in ``before``), and strictly for at least one (equal times
+    everywhere, as ratings without timestamps have, say nothing of order)."""
     first = after.groupby("user_id")["timestamp"].min()
     last = before.groupby("user_id")["timestamp"].max()
     both = first.index.intersection(last.index)
-    return bool(len(both)) and bool((first[both] >= last[both]).all())
+    return bool((first[both] >= last[both]).all()) and bool((first[both] > last[both]).any())
 
 
 def save_split(split: Split, run_dir) -> Path:

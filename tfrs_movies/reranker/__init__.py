@@ -31,6 +31,6 @@ from tfrs_movies.reranker.recency import MAX_RECENT_BINS, RECENT_BIN_DAYS, Recen
 __all__ = ["Bundle", "FAMILIES", "FEATURES", "FeatureLookup", "FeatureTables", "LOSSES",
            "Lists", "MAX_EASE_CELLS", "MAX_EASE_MOVIES", "MAX_RECENT_BINS",
            "RECENT_BIN_DAYS", "ReRanker", "ReRankerConfig", "Recent", "Sittings", "build",
-           "ease_fit", "ease_fits", "ease_scores", "features", "latest_weights", "listwise_loss", "load",
-           "pairwise_loss", "recent_counts", "save", "session_fit", "session_scores", "top_n",
-           "train_on", "weights_path"]
+           "ease_fit", "ease_fits", "ease_scores", "features", "latest_weights",
+           "listwise_loss", "load", "pairwise_loss", "recent_counts", "save", "session_fit",
+           "session_scores", "top_n", "train_on", "weights_path"]

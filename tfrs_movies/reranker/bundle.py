@@ -13,7 +13,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tfrs_movies.reranker.config import WITHOUT_LATEST, ReRankerConfig
+from tfrs_movies.reranker.config import ReRankerConfig
 from tfrs_movies.reranker.features import FeatureTables
 from tfrs_movies.reranker.item_item import Sittings
 from tfrs_movies.reranker.model import ReRanker, build
@@ -59,7 +59,6 @@ def load(run_dir: Path) -> Bundle | None:
     if not Path(f"{path}.index").exists():
         return None
     values = json.loads((path.parent / "config.json").read_text())
-    values.setdefault("features", WITHOUT_LATEST)
     config = ReRankerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in values.items()})
     model = build(config)

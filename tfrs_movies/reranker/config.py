@@ -56,8 +56,8 @@ class ReRankerConfig:
         ratings of a user; 0: none) and L2 weight (``item_item.Sittings``).
       latest_decay: the latest family is EASE's score of the history with each movie weighted
         ``exp(-back / latest_decay)``, ``back`` the number of the user's movies rated after it.
-      features: the ``FEATURES`` its model reads; by default all with ``latest`` folds,
-        ``WITHOUT_LATEST`` with ``random`` ones.
+      features: the ``FEATURES`` its model reads; None (the default): all with ``latest``
+        folds, ``WITHOUT_LATEST`` with ``random`` ones (``used_features``).
     """
 
     candidates: int = ExportConfig.k
@@ -79,10 +79,8 @@ class ReRankerConfig:
     features: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        if self.features is None:
-            object.__setattr__(self, "features",
-                               FEATURES if self.folds == "latest" else WITHOUT_LATEST)
-        object.__setattr__(self, "features", tuple(self.features))
+        if self.features is not None:
+            object.__setattr__(self, "features", tuple(self.features))
         unknown = sorted(set(self.without) - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
@@ -90,8 +88,9 @@ class ReRankerConfig:
             raise ValueError(f"folds must be one of {FOLDS}, got {self.folds!r}")
         if not self.latest_decay > 0:
             raise ValueError(f"latest_decay must be > 0, got {self.latest_decay}")
-        if set(self.features) - set(FEATURES):
-            raise ValueError(f"unknown features {sorted(set(self.features) - set(FEATURES))}")
+        if self.features is not None and (not self.features
+                                          or set(self.features) - set(FEATURES)):
+            raise ValueError(f"features must name some of {FEATURES}, got {self.features}")
         if self.loss not in RERANKER_LOSSES:
             raise ValueError(f"loss must be one of {RERANKER_LOSSES}, got {self.loss!r}")
         if self.recent_window_days < 0:
@@ -112,12 +111,20 @@ class ReRankerConfig:
                    loss=train_config.reranker_loss, folds=folds, **fields)
 
     @property
+    def used_features(self) -> tuple[str, ...]:
+        """The features its model reads: ``features``, or by default every one with
+        ``latest`` folds and ``WITHOUT_LATEST`` with ``random`` ones."""
+        if self.features is not None:
+            return self.features
+        return FEATURES if self.folds == "latest" else WITHOUT_LATEST
+
+    @property
     def mask(self) -> np.ndarray:
-        """[F] 1.0 for each of ``features`` it uses, 0.0 for those of ``without``."""
+        """[F] 1.0 for each of ``used_features``, 0.0 for those of ``without``."""
         off = {name for family in self.without for name in FAMILIES[family]}
-        return np.asarray([name not in off for name in self.features], np.float32)
+        return np.asarray([name not in off for name in self.used_features], np.float32)
 
     @property
     def columns(self) -> list[int]:
-        """Where its ``features`` are in ``FEATURES`` (the columns ``FeatureLookup`` gives)."""
-        return [FEATURES.index(name) for name in self.features]
+        """Where ``used_features`` are in ``FEATURES`` (the columns ``FeatureLookup`` gives)."""
+        return [FEATURES.index(name) for name in self.used_features]

@@ -143,7 +143,7 @@ class FeatureTables:
             # fit: ml-latest-small's are 760 MB each.
             keep = history_fits(len(movie_ids))
             ease, ease_weights = ease_fit(known, user_ids, movie_ids, config.ease_lambda)
-            if "latest_z" in config.features:
+            if "latest_z" in config.used_features:
                 latest = (latest_weights(known, user_ids, movie_ids, config.latest_decay)
                           @ ease_weights).astype(np.float32)
             ease_weights = ease_weights.astype(np.float32) if keep else None
@@ -204,10 +204,10 @@ class FeatureLookup(tf.Module):
         if tables.ease_weights is not None:
             # [(N + 1) * N, 2]: cell (i, j) holds both weights of history movie i for candidate
             # j (one gather reads both: one cache line), then a row of zeros for empty slots.
-            pair = np.stack([tables.ease_weights, tables.session_weights], axis=-1)
-            self.history_weights = tf.Variable(
-                np.concatenate([pair, np.zeros((1, self.n, 2), np.float32)]).reshape(-1, 2),
-                trainable=False, name="history_weights")
+            pair = np.zeros((self.n + 1, self.n, 2), np.float32)
+            pair[:-1, :, 0], pair[:-1, :, 1] = tables.ease_weights, tables.session_weights
+            self.history_weights = tf.Variable(pair.reshape(-1, 2), trainable=False,
+                                               name="history_weights")
 
     def __call__(self, rows: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor,
                  stars: tf.Tensor, history: tf.Tensor | None = None) -> tf.Tensor:

@@ -30,14 +30,16 @@ def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
     array and the weights are computed there. One [N, N] float64 array in all (760 MB at
     ml-latest-small's 9.7k movies), where ``inv(gram + lam * eye)`` held three."""
     gram[np.diag_indices_from(gram)] += lam
-    # gram.T is the same symmetric matrix in Fortran order: LAPACK then writes in place.
-    factor, info = lapack.dpotrf(gram.T, lower=False, overwrite_a=True, clean=False)
+    # LAPACK writes in place into a Fortran-ordered array: gram itself, or gram.T (the same
+    # symmetric matrix) when gram is C-ordered.
+    fortran = gram.T if gram.flags.c_contiguous else gram
+    factor, info = lapack.dpotrf(fortran, lower=False, overwrite_a=True, clean=False)
     if info == 0:
         inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
     if info != 0:
         raise ValueError(f"EASE: the Gram matrix plus lambda={lam} is not positive definite "
                          f"(LAPACK info {info}); use a larger lambda")
-    p = inverse.T  # gram's memory: its lower triangle holds the inverse
+    p = inverse.T  # gram's memory (a view of it): its lower triangle holds the inverse
     _mirror_lower(p)
     p /= -np.diag(p).copy()
     np.fill_diagonal(p, 0.0)
@@ -61,14 +63,15 @@ def latest_weights(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.nd
     """[len(user_ids), len(movie_ids)] float64: each user's movies in ``ratings`` weighted
     ``exp(-back / decay)``, ``back`` the number of their (distinct) movies rated after it: 1.0
     for the latest. Time order is the ``timestamp`` column's where there is one (equal times
-    in row order), else row order; a movie rated twice counts at its later place."""
+    by movie id), else row order; a movie rated twice counts at its later place."""
     user_pos, movie_pos = position_of(user_ids), position_of(movie_ids)
     frame = ratings[["user_id", "movie_id"]].assign(
         row=user_pos.reindex(ratings["user_id"]).to_numpy(),
         column=movie_pos.reindex(ratings["movie_id"]).to_numpy())
     if "timestamp" in ratings:
+        # Equal times by movie id, as the vocabulary orders each user's history.
         frame = frame.assign(timestamp=ratings["timestamp"].to_numpy()).sort_values(
-            ["row", "timestamp"], kind="stable")
+            ["row", "timestamp", "movie_id"], kind="stable")
     frame = frame.dropna(subset=["row", "column"])
     frame = frame.drop_duplicates(["row", "column"], keep="last")
     back = frame.groupby("row", sort=False).cumcount(ascending=False).to_numpy()

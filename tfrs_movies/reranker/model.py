@@ -13,14 +13,15 @@ from tfrs_movies.reranker.config import FEATURES, ReRankerConfig
 
 class ReRanker(tf.keras.Model):
     """[B, K, F] features (``FEATURES``) -> [B, K] scores (higher first); an MLP per candidate
-    on the columns of ``config.features``. The features of ``config.without`` are zeroed
+    on the columns of ``config.used_features``. The features of ``config.without`` are zeroed
     before the MLP, in training and serving alike."""
 
     def __init__(self, config: ReRankerConfig, **kwargs):
         super().__init__(**kwargs)
         self.config_ = config
         self.mask = tf.constant(config.mask)
-        self.columns = None if tuple(config.features) == FEATURES else tf.constant(config.columns)
+        self.columns = (None if config.used_features == FEATURES
+                        else tf.constant(config.columns))
         self.hidden = [tf.keras.layers.Dense(u, activation="relu") for u in config.hidden]
         self.out = tf.keras.layers.Dense(1)
 
