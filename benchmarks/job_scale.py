@@ -5,7 +5,10 @@ one `trainer recommend`, each in its own process, as the README's first command 
 
 Catalogues: ML-100K (1,682 movies; ``DATA/ml-100k``) and ml-latest-small (9,742 movies, the
 same 100k ratings; ``DATA/ml-latest-small.zip``, the official zip, extracted into the work
-folder), one after the other in one run, so their ratio is measured on the same machine state.
+folder), and with ``--synthetic-movies 30000,100000`` synthetic catalogues of those sizes with
+ML-100K's 100,000 ratings and 943 users, one after the other in one run, so their ratios are
+measured on the same machine state (``--catalogues`` keeps some of them; ML-100K, the base of
+the ratios, is always run first).
 Each job's wall time and peak resident memory (``ru_maxrss`` of its process) go into
 ``jobs.json`` and ``jobs.md``.
 """
@@ -38,8 +41,9 @@ def _job(args: list[str], log: Path) -> dict:
             "peak_mb": round(usage.ru_maxrss / 1024)}
 
 
-def catalogues(data: Path, work: Path) -> dict[str, list[str]]:
-    """Name -> the data flags of ``train`` for each catalogue found under ``data``."""
+def catalogues(data: Path, work: Path, synthetic: tuple[int, ...] = ()) -> dict[str, list[str]]:
+    """Name -> the data flags of ``train`` for each catalogue found under ``data``, then the
+    ``synthetic`` catalogues (movie counts)."""
     found = {}
     if (data / "ml-100k" / "u.data").exists():
         found["ml-100k"] = ["--data-dir", str(data / "ml-100k")]
@@ -50,20 +54,38 @@ def catalogues(data: Path, work: Path) -> dict[str, list[str]]:
                                     str(work / "ml-latest-small")]
     if not found:
         raise UserError(f"--data-dir {data}: holds neither ml-100k/ nor ml-latest-small.zip")
+    for movies in synthetic:
+        found[f"synthetic, {movies:,} movies"] = [
+            "--dataset", "synthetic", "--movies", str(movies), "--ratings", "100000",
+            "--users", "943"]
     return found
 
 
-def run(data: Path, work: Path, user: str = "1") -> dict:
+def _a_user(run_dir: Path) -> str:
+    """A user of the run's train split (what ``recommend`` asks for on synthetic data)."""
+    import pandas as pd
+
+    return str(pd.read_parquet(run_dir / "split" / "train.parquet", columns=["user_id"])
+               ["user_id"].iloc[0])
+
+
+def run(data: Path, work: Path, user: str = "1", synthetic: tuple[int, ...] = (),
+        keep: tuple[str, ...] = ()) -> dict:
     out = {}
-    for name, flags in catalogues(data, work).items():
-        run_dir, export_dir = work / "runs" / name, work / "exports" / name
+    for name, flags in catalogues(data, work, synthetic).items():
+        if keep and name != "ml-100k" and not any(k in name for k in keep):
+            continue
+        folder = name.replace(", ", "-").replace(",", "")
+        run_dir, export_dir = work / "runs" / folder, work / "exports" / folder
         print(f"{name}: train, export, recommend", flush=True)
-        out[name] = {
-            "train": _job(["train", *flags, "--output", str(run_dir)], work / f"{name}.train.log"),
-            "export": _job(["export", "--run", str(run_dir), "--export-dir", str(export_dir)],
-                           work / f"{name}.export.log"),
-            "recommend": _job(["recommend", "--run", str(run_dir), "--user", user],
-                              work / f"{name}.recommend.log")}
+        jobs = {"train": _job(["train", *flags, "--output", str(run_dir)],
+                              work / f"{folder}.train.log"),
+                "export": _job(["export", "--run", str(run_dir), "--export-dir", str(export_dir)],
+                               work / f"{folder}.export.log")}
+        asked = user if name.startswith("ml-") else _a_user(run_dir)
+        jobs["recommend"] = _job(["recommend", "--run", str(run_dir), "--user", asked],
+                                 work / f"{folder}.recommend.log")
+        out[name] = jobs
     return out
 
 
@@ -87,10 +109,20 @@ def main(argv) -> int:
     parser.add_argument("--data-dir", type=Path, required=True,
                         help="folder holding ml-100k/ and/or ml-latest-small.zip")
     parser.add_argument("--output", type=Path, default=Path("bench/jobs"))
+    parser.add_argument("--synthetic-movies", default="",
+                        help="comma-separated catalogue sizes of synthetic runs, e.g. 30000,100000")
+    parser.add_argument("--catalogues", default="",
+                        help="comma-separated parts of the names to run (ML-100K always runs)")
     args = parser.parse_args(argv)
+    try:
+        synthetic = tuple(int(float(x)) for x in args.synthetic_movies.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--synthetic-movies {args.synthetic_movies!r}: give movie counts, "
+                        f"e.g. 30000,100000") from None
+    keep = tuple(x.strip() for x in args.catalogues.split(",") if x.strip())
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="jobs-", dir=args.output) as work:
-        result = run(args.data_dir, Path(work))
+        result = run(args.data_dir, Path(work), synthetic=synthetic, keep=keep)
     (args.output / "jobs.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.output / "jobs.md").write_text(table(result) + "\n")
     print(table(result))

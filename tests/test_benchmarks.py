@@ -316,6 +316,12 @@ def test_job_scale_needs_a_catalogue_and_tabulates_the_ratio(tmp_path):
 
     with pytest.raises(UserError, match="neither ml-100k/ nor ml-latest-small.zip"):
         job_scale.catalogues(tmp_path, tmp_path)
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "u.data").write_text("")
+    found = job_scale.catalogues(tmp_path, tmp_path, synthetic=(30000,))
+    assert list(found) == ["ml-100k", "synthetic, 30,000 movies"]
+    assert found["synthetic, 30,000 movies"] == ["--dataset", "synthetic", "--movies", "30000",
+                                                "--ratings", "100000", "--users", "943"]
     jobs = {"train": {"seconds": 100.0, "peak_mb": 1300}, "export": {"seconds": 20.0,
                                                                      "peak_mb": 1000},
             "recommend": {"seconds": 10.0, "peak_mb": 900}}
