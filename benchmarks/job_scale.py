@@ -75,7 +75,7 @@ def run(data: Path, work: Path, user: str = "1", synthetic: tuple[int, ...] = ()
     for name, flags in catalogues(data, work, synthetic).items():
         if keep and name != "ml-100k" and not any(k in name for k in keep):
             continue
-        folder = name.replace(", ", "-").replace(",", "")
+        folder = name.replace(", ", "-").replace(",", "").replace(" ", "-")
         run_dir, export_dir = work / "runs" / folder, work / "exports" / folder
         print(f"{name}: train, export, recommend", flush=True)
         jobs = {"train": _job(["train", *flags, "--output", str(run_dir)],
