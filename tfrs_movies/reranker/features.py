@@ -81,8 +81,8 @@ class FeatureTables:
       ease, session: [U, N] float32 item-item and session scores of each user row, or None
         when the config leaves them out (``use_ease``).
       latest: [U, N] float32 the latest family's scores (EASE's weights on each row's history
-        weighted by recency, ``item_item.latest_weights``), None without EASE; ``decay`` its
-        ``latest_decay``.
+        weighted by recency, ``item_item.latest_weights``), None without EASE or where the
+        config does not read it (``used_features``); ``decay`` its ``latest_decay``.
       user_ids, movie_ids: the [U] user rows and [N] catalogue movies they were built for.
       ease_weights, session_weights: [N, N] float32, the two EASE fits' weights, so that a
         history a request brings scores as ``history @ weights`` (``FeatureLookup``); None
