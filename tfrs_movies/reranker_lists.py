@@ -71,6 +71,14 @@ def folds_for(requested: str, split) -> str:
     return folds
 
 
+def carve(train: pd.DataFrame, fraction: float, seed: int,
+          folds: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``train`` less each user's held-out ``fraction``, and that share: their latest ratings
+    with ``latest`` folds, a random share with ``random`` ones."""
+    held_out = data_lib.carve_latest if folds == "latest" else data_lib.carve_validation
+    return held_out(train, fraction, seed)
+
+
 def fold_models(ratings: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
                 fold_in: pd.DataFrame, model_config, train_config):
     """(retrieval model, rating model, their vocabulary), both trained (``train_config``'s
@@ -86,11 +94,10 @@ def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_i
           model_config, train_config, config: ReRankerConfig, seed: int) -> Lists | None:
     """The training lists (see the module docstring): the rows with a positive, or None when
     none has one."""
-    carve = data_lib.carve_latest if config.folds == "latest" else data_lib.carve_validation
-    fold_a, fold_b = carve(train, config.fold_fraction, seed)
+    fold_a, fold_b = carve(train, config.fold_fraction, seed, config.folds)
     log.info(f"[reranker] training a retrieval and a rating model on fold A ({len(fold_a):,} "
-             f"ratings; the {len(fold_b):,} of fold B, each user's "
-             f"{'latest' if config.folds == 'latest' else 'random'} share, are its targets)")
+             f"ratings; the {len(fold_b):,} of fold B, each user's {config.folds} share, are "
+             f"its targets)")
     retrieval, rating, vocab = fold_models(fold_a, movies, users, fold_in, model_config,
                                            train_config)
     user_ids = np.asarray(sorted(set(train["user_id"])), dtype=str)

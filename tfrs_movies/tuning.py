@@ -212,8 +212,8 @@ def _prepare(data_config: cfg.DataConfig, validation_fraction: float, max_histor
     # share) are each user's latest ratings where the test follows train in time.
     folds = (reranker_lists.folds_for(train_config.reranker_folds, split)
              if kind == RERANKER else "random")
-    carve = data_lib.carve_latest if folds == "latest" else data_lib.carve_validation
-    fit, validation = carve(split.train, validation_fraction, data_config.seed)
+    fit, validation = reranker_lists.carve(split.train, validation_fraction, data_config.seed,
+                                           folds)
     if not len(validation):
         raise UserError(f"validation fraction {validation_fraction} of {len(split.train)} train "
                         f"ratings left no validation ratings; raise --validation-fraction")

@@ -109,13 +109,10 @@ def carve_latest(train: pd.DataFrame, fraction: float,
         raise DataError(f"validation fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0 or len(train) == 0:
         return train, train.iloc[:0].reset_index(drop=True)
-    codes = pd.factorize(train["user_id"])[0]
     noise = np.random.default_rng(seed).random(len(train))
-    order = np.lexsort((noise, train["timestamp"].to_numpy(), codes))
-    sorted_codes = codes[order]
-    rank = np.empty(len(codes), dtype=np.int64)
-    rank[order] = np.arange(len(codes)) - np.searchsorted(sorted_codes, sorted_codes)
-    count = np.bincount(codes)[codes]
+    by_time = np.empty(len(train), dtype=np.int64)  # each row's place in time, ties seeded
+    by_time[np.lexsort((noise, train["timestamp"].to_numpy()))] = np.arange(len(train))
+    rank, count = _rank_within(pd.factorize(train["user_id"])[0], by_time)
     picked = rank >= count - np.minimum(np.round(fraction * count), count - 1)
     return _rows(train, ~picked), _rows(train, picked)
 

@@ -65,7 +65,7 @@ def features(scores: tf.Tensor, ease: tf.Tensor, popularity: tf.Tensor,
              _zscore(tf.math.log1p(tf.cast(popularity, tf.float32)), valid),
              _zscore(tf.math.log1p(tf.cast(recent, tf.float32)), valid),
              _zscore(session, valid), _zscore(stars, valid),
-             _zscore(tf.zeros_like(scores) if latest is None else latest, valid)]
+             tf.zeros_like(scores) if latest is None else _zscore(latest, valid)]
     return tf.stack(parts, axis=-1)
 
 
