@@ -15,7 +15,9 @@ nDCG@10 over the data seeds and, per data seed, over ``--reranker-seeds`` (the r
 initialisation), so a difference is not one lucky initialisation. Rows ``retrieval order`` and
 ``EASE order`` sort the same candidates by one feature. ``--l2`` sets the retrieval models' L2
 (how the served path was checked when retrieval's ``default_l2`` changed); ``--default-only``
-scores only the default re-ranker.
+scores only the default re-ranker; ``--ease-movies 1682,1000`` scores it (and the EASE order)
+with the item-item families fitted on that many most-rated movies, each on lists of its own
+(``ReRankerConfig.ease_movies``: how catalogues past EASE's limit keep the family).
 
 Writes ``reranker_validation.json`` and ``reranker_validation.md`` into ``--output``.
 """
@@ -56,7 +58,8 @@ def _ndcg(found: reranker.Lists, scores: np.ndarray) -> float:
 
 
 def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
-             l2: float | None = None, variants: dict = VARIANTS) -> dict[str, float]:
+             l2: float | None = None, variants: dict = VARIANTS,
+             ease_movies: int = reranker.MAX_EASE_MOVIES) -> dict[str, float]:
     config = DataConfig(data_dir=str(data_dir), split="user", test_fraction=0.25, seed=seed)
     dataset = data_lib.load(config)
     split = data_lib.make_split(dataset, config)
@@ -64,7 +67,8 @@ def one_seed(data_dir: Path, seed: int, reranker_seeds: tuple[int, ...],
     model_config = ModelConfig(l2=l2)  # None: the retrieval kind's default
     train_config = TrainConfig(verbose=0, seed=seed)
     print(f"seed {seed}: fit {len(fit):,} ratings, validation {len(validation):,}", flush=True)
-    default = reranker.ReRankerConfig()  # no variant changes what the lists hold
+    # No variant changes what the lists hold.
+    default = reranker.ReRankerConfig(ease_movies=ease_movies)
     # The lists hold every feature's column (the latest family's too), each variant's model
     # reads its own.
     train_lists, scored = reranker_lists.validation_lists(
@@ -96,12 +100,24 @@ def _main(argv) -> int:
                         help="the retrieval models' L2 (default: the retrieval kind's)")
     parser.add_argument("--default-only", action="store_true",
                         help="score the default re-ranker only, not every variant")
+    parser.add_argument("--ease-movies", default="",
+                        help="comma-separated: the default re-ranker (and EASE order) with the "
+                             "item-item families fitted on this many most-rated movies, each "
+                             "on its own lists (implies --default-only)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     inits = tuple(int(s) for s in args.reranker_seeds.split(",") if s.strip())
     variants = {"default": {}} if args.default_only else VARIANTS
-    per_seed = {seed: one_seed(args.data_dir, seed, inits, args.l2, variants) for seed in seeds}
+    sizes = [int(m) for m in args.ease_movies.split(",") if m.strip()]
+    if sizes:
+        per_seed = {seed: {f"{row}, EASE on the {m:,} most-rated movies": value
+                           for m in sizes for row, value in one_seed(
+                               args.data_dir, seed, inits, args.l2, {"default": {}}, m).items()}
+                    for seed in seeds}
+    else:
+        per_seed = {seed: one_seed(args.data_dir, seed, inits, args.l2, variants)
+                    for seed in seeds}
     rows = list(next(iter(per_seed.values())))
     mean = {row: float(np.mean([per_seed[s][row] for s in seeds])) for row in rows}
     lines = [f"| re-ranker (validation, one change from the default) | nDCG@{K} mean | "

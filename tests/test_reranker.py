@@ -103,6 +103,40 @@ def test_latest_weights_count_back_from_each_users_latest_movie():
         2.0)[0], [np.exp(-1.0), 1.0, np.exp(-0.5)])
 
 
+def test_past_ease_movies_the_item_item_families_are_fitted_on_the_most_rated():
+    rng = np.random.default_rng(5)
+    movies = np.asarray([f"m{i}" for i in range(8)])
+    users = np.asarray([f"u{i}" for i in range(12)])
+    # Movie i is rated by about (8 - i) / 8 of the users: m0 the most, m7 the least.
+    rated = rng.random((12, 8)) < np.linspace(0.9, 0.15, 8)
+    rows, cols = np.nonzero(rated)
+    known = pd.DataFrame({"user_id": users[rows], "movie_id": movies[cols],
+                          "timestamp": rng.permutation(len(rows)) * 100})
+    counts = rated.sum(axis=0)
+    head = reranker.most_rated(known, movies, 5)
+    assert head.tolist() == sorted(np.argsort(-counts, kind="stable")[:5].tolist())
+    assert reranker.most_rated(known, movies, 8).tolist() == list(range(8))
+    recent = reranker.Recent.build(known, 14)
+    sittings = reranker.Sittings.build(known, 60, 4)
+    config = reranker.ReRankerConfig(folds="latest", ease_movies=5)
+    tables = reranker.FeatureTables.build(known, users, movies, config, recent, sittings)
+    on_head = reranker.FeatureTables.build(known, users, movies[head],
+                                           dataclasses.replace(config, ease_movies=8),
+                                           recent, sittings)
+    tail = np.setdiff1d(np.arange(8), head)
+    for name in ("ease", "session", "latest"):
+        got = getattr(tables, name)
+        assert got.shape == (12, 8)
+        np.testing.assert_array_equal(got[:, head], getattr(on_head, name))
+        assert not got[:, tail].any()
+    # A request's history cannot use weights over part of the catalogue: none are kept, and
+    # such tables still count as complete.
+    assert tables.ease_weights is None and on_head.ease_weights is not None
+    assert tables.fits(users, movies, config.ease_movies)
+    with pytest.raises(ValueError, match="ease_movies must be >= 1, got 0"):
+        reranker.ReRankerConfig(ease_movies=0)
+
+
 def test_rerankers_on_random_folds_and_saved_before_the_latest_family_read_seven():
     old = reranker.ReRankerConfig(features=reranker.config.WITHOUT_LATEST, hidden=())
     model = reranker.build(old)

@@ -137,8 +137,17 @@ def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
     config = reranker.ReRankerConfig.from_train(
         train_config, folds=reranker_lists.folds_for(train_config.reranker_folds, run.split),
         use_ease=reranker.ease_fits(users, len(run.vocab.catalogue_movies)))
+    movies = len(run.vocab.catalogue_movies)
+    if not config.use_ease:
+        families = (" (users x catalogue too large for the item-item, session and latest "
+                    "tables: without them)")
+    elif movies > config.ease_movies:
+        families = (f" (item-item, session and latest families fitted on the "
+                    f"{config.ease_movies:,} most-rated of {movies:,} movies)")
+    else:
+        families = ""
     log.info(f"[reranker] learning the served order from lists of {config.candidates} retrieved "
-             f"movies{'' if config.use_ease else ' (catalogue too large for EASE: without it)'}")
+             f"movies{families}")
     bundle = reranker_lists.fit(
         fit, run.movies, run.users, run.split.fold_in, model_config,
         dataclasses.replace(train_config, strategy="default", verbose=0), config,

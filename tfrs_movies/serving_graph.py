@@ -126,7 +126,7 @@ def rerank_tables(bundle: reranker.Bundle, vocab) -> reranker.FeatureTables:
     """The re-ranker's ``FeatureTables`` for the serving graph: every user row's, from their
     train (and fold-in) history; ``bundle.tables`` when they are those."""
     rows, movies = user_rows(vocab), np.asarray(vocab.catalogue_movies, str)
-    if bundle.tables is not None and bundle.tables.fits(rows, movies):
+    if bundle.tables is not None and bundle.tables.fits(rows, movies, bundle.config.ease_movies):
         return bundle.tables
     known = pd.DataFrame([(u, m) for u, h in zip(vocab.catalogue_users, vocab.history)
                           for m in h], columns=["user_id", "movie_id"])

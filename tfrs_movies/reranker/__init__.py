@@ -23,7 +23,7 @@ from tfrs_movies.reranker.config import (FAMILIES, FEATURES, MAX_EASE_CELLS, MAX
                                          ReRankerConfig, ease_fits)
 from tfrs_movies.reranker.features import FeatureLookup, FeatureTables, features
 from tfrs_movies.reranker.item_item import (Sittings, ease_fit, ease_scores, latest_weights,
-                                            session_fit, session_scores)
+                                            most_rated, session_fit, session_scores)
 from tfrs_movies.reranker.model import (LOSSES, Lists, ReRanker, build, listwise_loss,
                                         pairwise_loss, top_n, train_on)
 from tfrs_movies.reranker.recency import MAX_RECENT_BINS, RECENT_BIN_DAYS, Recent, recent_counts
@@ -32,5 +32,5 @@ __all__ = ["Bundle", "FAMILIES", "FEATURES", "FeatureLookup", "FeatureTables", "
            "Lists", "MAX_EASE_CELLS", "MAX_EASE_MOVIES", "MAX_RECENT_BINS",
            "RECENT_BIN_DAYS", "ReRanker", "ReRankerConfig", "Recent", "Sittings", "build",
            "ease_fit", "ease_fits", "ease_scores", "features", "latest_weights",
-           "listwise_loss", "load", "pairwise_loss", "recent_counts", "save", "session_fit",
-           "session_scores", "top_n", "train_on", "weights_path"]
+           "listwise_loss", "load", "most_rated", "pairwise_loss", "recent_counts", "save",
+           "session_fit", "session_scores", "top_n", "train_on", "weights_path"]

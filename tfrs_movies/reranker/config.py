@@ -19,14 +19,17 @@ FAMILIES = {"retrieval": ("retrieval_z", "rank"), "item-item": ("ease_z",),
             "session": ("session_z",), "rating": ("stars_z",), "latest": ("latest_z",)}
 # How the train split is cut into the lists' fold A and fold B (``ReRankerConfig.folds``).
 FOLDS = ("random", "latest")
-# The item-item and session families are used up to this catalogue and [users, catalogue]
-# table (``ease_fits``): EASE inverts a catalogue x catalogue matrix.
+# EASE inverts a catalogue x catalogue matrix: past this many movies the item-item, session
+# and latest families are fitted on the most-rated ones (``ReRankerConfig.ease_movies``), the
+# others scoring 0. The families are used while their [users, catalogue] tables hold at most
+# MAX_EASE_CELLS cells (``ease_fits``).
 MAX_EASE_MOVIES = 10_000
 MAX_EASE_CELLS = 50_000_000
 
 
 def ease_fits(users: int, movies: int) -> bool:
-    return movies <= MAX_EASE_MOVIES and users * movies <= MAX_EASE_CELLS
+    """Whether the item-item, session and latest families' [users, movies] tables are kept."""
+    return users * movies <= MAX_EASE_CELLS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,10 +45,12 @@ class ReRankerConfig:
         ratings: the lists then ask "what next", as a run whose test follows its train in
         time does; ``TrainConfig.reranker_folds``).
       ease_lambda: EASE's L2 weight.
+      ease_movies: the item-item, session and latest families are fitted on at most this many
+        movies, the most rated (ties: catalogue order); the others score 0 in them.
       hidden: the MLP's hidden sizes.
       epochs, batch_size, learning_rate: Adam on lists (batch_size lists per step).
-      use_ease: whether the item-item and session families are used (decided from the
-        catalogue's size: ``ease_fits``).
+      use_ease: whether the item-item, session and latest families are used (decided from
+        the size of their [users, catalogue] tables: ``ease_fits``).
       without: ``FAMILIES`` whose features are zeroed, in training and serving alike.
       loss: ``listwise`` (softmax over the list) or ``pairwise`` (logistic loss of every
         positive against every negative of its list).
@@ -64,6 +69,7 @@ class ReRankerConfig:
     fold_fraction: float = 0.25
     folds: str = "random"
     ease_lambda: float = 500.0
+    ease_movies: int = MAX_EASE_MOVIES
     hidden: tuple[int, ...] = TrainConfig.reranker_hidden
     epochs: int = TrainConfig.reranker_epochs
     batch_size: int = 32
@@ -84,6 +90,8 @@ class ReRankerConfig:
         unknown = sorted(set(self.without) - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
+        if self.ease_movies < 1:
+            raise ValueError(f"ease_movies must be >= 1, got {self.ease_movies}")
         if self.folds not in FOLDS:
             raise ValueError(f"folds must be one of {FOLDS}, got {self.folds!r}")
         if not self.latest_decay > 0:

@@ -26,8 +26,9 @@ import tensorflow as tf
 
 from tfrs_movies.index import NEG
 from tfrs_movies.inference import gather_cells, pairs, position_of
-from tfrs_movies.reranker.config import MAX_EASE_CELLS, ReRankerConfig
-from tfrs_movies.reranker.item_item import Sittings, ease_fit, latest_weights, session_fit
+from tfrs_movies.reranker.config import MAX_EASE_CELLS, MAX_EASE_MOVIES, ReRankerConfig
+from tfrs_movies.reranker.item_item import (Sittings, ease_fit, latest_weights, most_rated,
+                                            session_fit)
 from tfrs_movies.reranker.recency import Recent, recent_counts
 
 
@@ -79,14 +80,16 @@ class FeatureTables:
       bins: [U] int32 each user row's time bin, ``cumulative`` [N, T + 1] float32 the movies'
         cumulative counts per bin and ``window`` the bins either side (``Recent.tables``).
       ease, session: [U, N] float32 item-item and session scores of each user row, or None
-        when the config leaves them out (``use_ease``).
+        when the config leaves them out (``use_ease``); past ``ease_movies`` fitted on the
+        most-rated movies, the others' columns 0.
       latest: [U, N] float32 the latest family's scores (EASE's weights on each row's history
         weighted by recency, ``item_item.latest_weights``), None without EASE or where the
         config does not read it (``used_features``); ``decay`` its ``latest_decay``.
       user_ids, movie_ids: the [U] user rows and [N] catalogue movies they were built for.
       ease_weights, session_weights: [N, N] float32, the two EASE fits' weights, so that a
         history a request brings scores as ``history @ weights`` (``FeatureLookup``); None
-        without the families or where N^2 exceeds ``MAX_EASE_CELLS`` (``history_fits``).
+        without the families, where N^2 exceeds ``MAX_EASE_CELLS`` (``history_fits``) or the
+        fits saw only part of the catalogue.
     """
 
     popularity: np.ndarray
@@ -102,11 +105,14 @@ class FeatureTables:
     latest: np.ndarray | None = None
     decay: float = 10.0
 
-    def fits(self, user_ids: np.ndarray, movie_ids: np.ndarray) -> bool:
+    def fits(self, user_ids: np.ndarray, movie_ids: np.ndarray,
+             ease_movies: int = MAX_EASE_MOVIES) -> bool:
         """Whether these are the tables of exactly these user rows and catalogue, with the
-        weights a request's history needs (tables saved before them lack them)."""
+        weights a request's history needs where there are any (tables saved before them lack
+        them; ``ease_movies`` the config's)."""
         complete = (self.ease is None or self.ease_weights is not None
-                    or not history_fits(len(self.movie_ids)))
+                    or not history_fits(len(self.movie_ids))
+                    or len(self.movie_ids) > ease_movies)
         return (complete and np.array_equal(self.user_ids, np.asarray(user_ids, str))
                 and np.array_equal(self.movie_ids, np.asarray(movie_ids, str)))
 
@@ -139,16 +145,28 @@ class FeatureTables:
         bins, cumulative = recent.tables(user_ids, movie_ids)
         ease = session = ease_weights = session_weights = latest = None
         if config.use_ease:
-            # Each fit's [N, N] float64 weights are dropped (or made float32) before the next
-            # fit: ml-latest-small's are 760 MB each.
-            keep = history_fits(len(movie_ids))
-            ease, ease_weights = ease_fit(known, user_ids, movie_ids, config.ease_lambda)
+            # Past ``ease_movies`` the fits see the most-rated movies only (``head``); the
+            # others' columns stay 0. Each fit's [M, M] float64 weights are dropped (or made
+            # float32) before the next fit: ml-latest-small's are 760 MB each.
+            head = most_rated(known, movie_ids, config.ease_movies)
+            fitted = np.asarray(movie_ids)[head]
+            keep = len(head) == len(movie_ids) and history_fits(len(movie_ids))
+
+            def widen(scores: np.ndarray) -> np.ndarray:
+                if len(head) == len(movie_ids):
+                    return scores
+                out = np.zeros((len(user_ids), len(movie_ids)), np.float32)
+                out[:, head] = scores
+                return out
+
+            ease, ease_weights = ease_fit(known, user_ids, fitted, config.ease_lambda)
             if "latest_z" in config.used_features:
-                latest = (latest_weights(known, user_ids, movie_ids, config.latest_decay)
-                          @ ease_weights).astype(np.float32)
+                latest = widen((latest_weights(known, user_ids, fitted, config.latest_decay)
+                                @ ease_weights).astype(np.float32))
             ease_weights = ease_weights.astype(np.float32) if keep else None
-            session, session_weights = session_fit(known, user_ids, movie_ids, sittings,
+            session, session_weights = session_fit(known, user_ids, fitted, sittings,
                                                    config.session_lambda)
+            ease, session = widen(ease), widen(session)
             session_weights = session_weights.astype(np.float32) if keep else None
         return cls(popularity, bins, cumulative, recent.window, ease, session,
                    np.asarray(user_ids, str), np.asarray(movie_ids, str), ease_weights,

@@ -23,6 +23,17 @@ def interactions(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndar
     return x
 
 
+def most_rated(ratings: pd.DataFrame, movie_ids: np.ndarray, limit: int) -> np.ndarray:
+    """Positions in ``movie_ids`` of its ``limit`` movies with the most ratings in ``ratings``
+    (ties: the earlier position), in catalogue order: every position when there are no more
+    than ``limit``. What the EASE fits are fitted on past ``ReRankerConfig.ease_movies``."""
+    if len(movie_ids) <= limit:
+        return np.arange(len(movie_ids))
+    columns = position_of(movie_ids).reindex(ratings["movie_id"]).dropna().to_numpy(np.int64)
+    counts = np.bincount(columns, minlength=len(movie_ids))
+    return np.sort(np.argsort(-counts, kind="stable")[:limit])
+
+
 def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item weights ``B`` [N, N] (zero diagonal) from the rows' Gram matrix
     ``X^T X`` [N, N] float64, which it overwrites: ``gram + lam I`` is symmetric positive
