@@ -130,14 +130,18 @@ def table(r: dict) -> str:
                      if k.startswith("serving_p50_ms.")})
     if labels:
         out += ["| exported `recommender` (retrieve 100, re-rank, top 10) | batch | p50 ms | "
-                "p99 ms | signature alone p50 ms |", "|---|---:|---:|---:|---:|"]
+                "p99 ms | signature alone p50 ms | retrieval signature p50 ms | "
+                "recommender / retrieval |", "|---|---:|---:|---:|---:|---:|---:|"]
         for label in labels:
             for batch in (1, 64):
                 key = f"recommender.{label}.batch{batch}"
+                retrieval = f"serving_signature_p50_ms.retrieval.{label}.batch{batch}"
                 if f"serving_p50_ms.{key}" in r:
                     out.append(f"| {label} | {batch} | {_fmt(r[f'serving_p50_ms.{key}'], 2)} | "
                                f"{_fmt(r[f'serving_p99_ms.{key}'], 2)} | "
-                               f"{_fmt(r.get(f'serving_signature_p50_ms.{key}'), 2)} |")
+                               f"{_fmt(r.get(f'serving_signature_p50_ms.{key}'), 2)} | "
+                               f"{_fmt(r.get(retrieval), 2)} | "
+                               f"{_fmt(r.get(f'serving_cost_ratio.{label}.batch{batch}'), 2)} |")
         out += ["", "| closed loop, batch-1 requests | client threads | requests/s | p50 ms | "
                 "p99 ms |", "|---|---:|---:|---:|---:|"]
         for key in sorted((k for k in r if k.startswith("serving_concurrent_rps.")),

@@ -13,6 +13,9 @@ catalogue; ``.scann`` marks the ScaNN-indexed export, the rest are brute force):
   serving_p99_ms.recommender.CAT[.scann].batchB   99th percentile of the same calls
   serving_signature_p50_ms.recommender.CAT[.scann].batchB   the SavedModel signature alone
                                                   (the difference is the client's own work)
+  serving_signature_p50_ms.retrieval.CAT[.scann].batchB     the retrieval signature alone,
+                                                  its calls alternating with the recommender's
+  serving_cost_ratio.CAT[.scann].batchB           recommender / retrieval of those two p50s
   serving_concurrent_rps.recommender.CAT.threadsN   closed loop: N threads each send batch-1
                                                   requests back to back for a fixed time;
                                                   requests completed per second
@@ -73,18 +76,31 @@ def _requests(users: list[str], batch: int):
 
 
 def latency(client, users: list[str], batch: int, calls: int, warmup: int) -> dict:
-    """p50/p99 (ms) of ``client.recommend`` and of the bare signature on the same requests."""
+    """p50/p99 (ms) of ``client.recommend``, and p50 of the bare recommender and retrieval
+    signatures on the same requests (their calls alternate, so the machine's drift hits both
+    alike)."""
     import tensorflow as tf
 
     request = _requests(users, batch)
     seconds = time_calls(lambda i: client.recommend(request(i)), calls, warmup)
-    signature, _ = client.backend._signature(MODEL, None)
     empty = tf.fill([batch, 1], "")
-    bare = time_calls(lambda i: signature(user_id=tf.constant(request(i)),
-                                          exclude_movie_ids=empty)["ratings"].numpy(),
-                      calls, warmup)
+    bare = {}
+    signatures = {model: client.backend._signature(model, None)[0]
+                  for model in (MODEL, "retrieval")}
+
+    def both(i: int) -> None:
+        ids = tf.constant(request(i))
+        for model, signature in signatures.items():
+            start = time.perf_counter()
+            signature(user_id=ids, exclude_movie_ids=empty)["movie_ids"].numpy()
+            if i >= warmup:
+                bare.setdefault(model, []).append(time.perf_counter() - start)
+
+    for i in range(warmup + calls):
+        both(i)
     return {"p50": percentile_ms(seconds, 50), "p99": percentile_ms(seconds, 99),
-            "signature_p50": percentile_ms(bare, 50)}
+            "signature_p50": percentile_ms(bare[MODEL], 50),
+            "retrieval_p50": percentile_ms(bare["retrieval"], 50)}
 
 
 def closed_loop(client, users: list[str], threads: int, seconds: float) -> dict:
@@ -126,6 +142,10 @@ def measure(export_dir: Path, users: list[str], label: str, plan: Plan) -> dict:
             out[f"serving_p99_ms.{MODEL}.{label}.batch{batch}"] = round(got["p99"], 3)
             out[f"serving_signature_p50_ms.{MODEL}.{label}.batch{batch}"] = round(
                 got["signature_p50"], 3)
+            out[f"serving_signature_p50_ms.retrieval.{label}.batch{batch}"] = round(
+                got["retrieval_p50"], 3)
+            out[f"serving_cost_ratio.{label}.batch{batch}"] = round(
+                got["signature_p50"] / got["retrieval_p50"], 2)
         for threads in plan.threads:
             got = closed_loop(client, users, threads, plan.loop_seconds)
             key = f"{MODEL}.{label}.threads{threads}"

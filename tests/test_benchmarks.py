@@ -100,6 +100,9 @@ def test_serving_section_measures_each_batch_and_thread_count(tiny_export):
         key = f"recommender.tiny.batch{batch}"
         assert 0 < got[f"serving_p50_ms.{key}"] <= got[f"serving_p99_ms.{key}"]
         assert got[f"serving_signature_p50_ms.{key}"] > 0
+        retrieval = got[f"serving_signature_p50_ms.retrieval.tiny.batch{batch}"]
+        assert retrieval > 0 and got[f"serving_cost_ratio.tiny.batch{batch}"] == pytest.approx(
+            got[f"serving_signature_p50_ms.{key}"] / retrieval, abs=0.011)
     for threads in (1, 2):
         assert got[f"serving_concurrent_rps.recommender.tiny.threads{threads}"] > 0
 

@@ -138,12 +138,13 @@ def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
         train_config, folds=reranker_lists.folds_for(train_config.reranker_folds, run.split),
         use_ease=reranker.ease_fits(users, len(run.vocab.catalogue_movies)))
     movies = len(run.vocab.catalogue_movies)
+    names = ("item-item, session and latest" if "latest_z" in config.used_features
+             else "item-item and session")
     if not config.use_ease:
-        families = (" (users x catalogue too large for the item-item, session and latest "
-                    "tables: without them)")
+        families = f" (users x catalogue too large for the {names} tables: without them)"
     elif movies > config.ease_movies:
-        families = (f" (item-item, session and latest families fitted on the "
-                    f"{config.ease_movies:,} most-rated of {movies:,} movies)")
+        families = (f" ({names} families fitted on the {config.ease_movies:,} most-rated of "
+                    f"{movies:,} movies)")
     else:
         families = ""
     log.info(f"[reranker] learning the served order from lists of {config.candidates} retrieved "
