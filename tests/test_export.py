@@ -16,7 +16,7 @@ from tfrs_movies.config import ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.export import export
 from tfrs_movies.tf_serving_config import models_config
-from tfrs_movies.index import BruteForce, Popular, ScaNN
+from tfrs_movies.index import GROUPED_TOP_MIN, BruteForce, Popular, ScaNN
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.training import make_dataset
@@ -290,6 +290,33 @@ def test_index_is_exact_and_never_short(kind):
     # Fewer allowed movies than k: the rest of the row is empty (-inf).
     scores, _ = index(tf.constant(queries[:1]), tf.constant([list(range(495))]), 10)
     assert np.isfinite(scores.numpy()[0]).sum() == 5
+
+
+def test_brute_force_over_a_long_catalogue_answers_as_a_full_sort():
+    """Past GROUPED_TOP_MIN columns the top k ranks group maxima first: the same positions,
+    in the same order, as sorting every score (ties to the lower position), also with ties
+    everywhere, exclusions short and long, and fewer allowed movies than k."""
+    rng = np.random.default_rng(4)
+    n = GROUPED_TOP_MIN + 480  # a multiple of 32
+    # Small integers: every dot product is exact in float32, and ties are everywhere.
+    embeddings = rng.integers(-2, 3, size=(n, 3)).astype(np.float32)
+    queries = rng.integers(-2, 3, size=(5, 3)).astype(np.float32)
+    queries[4] = 0.0  # one row of equal scores
+    index = BruteForce(embeddings)
+    few = rng.integers(-1, n, size=(5, 7))
+    for excluded in (few, np.full((5, 1), -1)):
+        scores, positions = index(tf.constant(queries), tf.constant(excluded), 100)
+        want_scores, want = _exact(embeddings, queries, excluded, 100)
+        np.testing.assert_array_equal(positions.numpy(), want)
+        np.testing.assert_array_equal(scores.numpy(), want_scores)
+    # A long list (the whole matrix masked, k static) leaving 3 movies for the first row.
+    long = np.tile(np.arange(n - 3), (2, 1))
+    long[1, 500:] = -1
+    scores, positions = index(tf.constant(queries[:2]), tf.constant(long), 100)
+    want_scores, want = _exact(embeddings, queries[:2], long, 100)
+    np.testing.assert_array_equal(scores.numpy(), want_scores)
+    np.testing.assert_array_equal(positions.numpy(), want)
+    assert np.isfinite(scores.numpy()[0]).sum() == 3
 
 
 @pytest.mark.parametrize("index", ["brute-force", "scann"])
