@@ -51,7 +51,7 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
     served = pd.concat([train, fold_in])
     bundle = reranker.Bundle(
         model, reranker.Recent.build(served, config.recent_window_days),
-        # Only the session family reads them: none beyond EASE's catalogue limits (ML-20M).
+        # Only the session family reads them: none without the families (``ease_fits``: ML-20M).
         reranker.Sittings.build(served if config.use_ease else served.iloc[:0],
                                 config.session_gap_seconds, config.session_window))
     log.info(f"[reranker] trained in {time.perf_counter() - start:.1f}s")
