@@ -111,7 +111,9 @@ def _main(argv) -> int:
     variants = {"default": {}} if args.default_only else VARIANTS
     sizes = [int(m) for m in args.ease_movies.split(",") if m.strip()]
     if sizes:
-        per_seed = {seed: {f"{row}, EASE on the {m:,} most-rated movies": value
+        # Each size builds lists of its own (their retrieval order is the same each time).
+        per_seed = {seed: {row if row == "retrieval order" else
+                           f"{row}, EASE on the {m:,} most-rated movies": value
                            for m in sizes for row, value in one_seed(
                                args.data_dir, seed, inits, args.l2, {"default": {}}, m).items()}
                     for seed in seeds}

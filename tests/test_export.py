@@ -304,11 +304,17 @@ def test_brute_force_over_a_long_catalogue_answers_as_a_full_sort():
     queries[4] = 0.0  # one row of equal scores
     index = BruteForce(embeddings)
     few = rng.integers(-1, n, size=(5, 7))
-    for excluded in (few, np.full((5, 1), -1)):
+    # 300 exclusions: k + E is too wide for the groups' first stage (the plain top k).
+    wider = rng.integers(-1, n, size=(5, 300))
+    for excluded in (few, np.full((5, 1), -1), wider):
         scores, positions = index(tf.constant(queries), tf.constant(excluded), 100)
         want_scores, want = _exact(embeddings, queries, excluded, 100)
         np.testing.assert_array_equal(positions.numpy(), want)
         np.testing.assert_array_equal(scores.numpy(), want_scores)
+    # A prime catalogue size (20,483) has no groups: the plain top k.
+    prime = np.concatenate([embeddings, embeddings[:3]])
+    _, positions = BruteForce(prime)(tf.constant(queries), tf.constant(few), 100)
+    np.testing.assert_array_equal(positions.numpy(), _exact(prime, queries, few, 100)[1])
     # A long list (the whole matrix masked, k static) leaving 3 movies for the first row.
     long = np.tile(np.arange(n - 3), (2, 1))
     long[1, 500:] = -1

@@ -126,15 +126,25 @@ def test_past_ease_movies_the_item_item_families_are_fitted_on_the_most_rated():
     tail = np.setdiff1d(np.arange(8), head)
     for name in ("ease", "session", "latest"):
         got = getattr(tables, name)
-        assert got.shape == (12, 8)
-        np.testing.assert_array_equal(got[:, head], getattr(on_head, name))
-        assert not got[:, tail].any()
+        assert got.shape == (12, 8) and not got[:, tail].any()
+        if name != "latest":
+            np.testing.assert_array_equal(got[:, head], getattr(on_head, name))
+    # The latest family counts back over every movie a user rated later, fitted or not.
+    every = reranker.latest_weights(known, users, movies, config.latest_decay)
+    np.testing.assert_array_equal(
+        reranker.latest_weights(known, users, movies, config.latest_decay, columns=head),
+        every[:, head])
+    weights = reranker.ease_fit(known, users, movies[head], config.ease_lambda)[1]
+    np.testing.assert_allclose(tables.latest[:, head], every[:, head] @ weights, rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(tables.latest[:, head], on_head.latest)
     # A request's history cannot use weights over part of the catalogue: none are kept, and
     # such tables still count as complete.
     assert tables.ease_weights is None and on_head.ease_weights is not None
-    assert tables.fits(users, movies, config.ease_movies)
-    with pytest.raises(ValueError, match="ease_movies must be >= 1, got 0"):
-        reranker.ReRankerConfig(ease_movies=0)
+    assert tables.fits(users, movies, config.ease_movies) and not tables.fits(users, movies)
+    for bad in (0, reranker.MAX_EASE_MOVIES + 1):
+        with pytest.raises(ValueError, match=f"ease_movies must be within 1..10000, got {bad}"):
+            reranker.ReRankerConfig(ease_movies=bad)
 
 
 def test_rerankers_on_random_folds_and_saved_before_the_latest_family_read_seven():

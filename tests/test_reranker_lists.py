@@ -63,3 +63,16 @@ def test_new_user_lists_are_what_a_history_request_of_an_unseen_id_gets():
     assert asked[-1] == ([b""], [[b"2", b"3", b""]])  # u2's movies, oldest first
     assert found.positions.tolist() == [[3, 2], [0, 3]]  # its own "2" and "3" left out
     assert found.labels.tolist() == [[0.0, 0.0], [0.0, 1.0]]
+    # Where the export keeps no EASE weights for a request's history (here: the fits see 3
+    # of the 4 movies), an unseen id's item-item and session scores are 0, as served.
+    more = pd.concat([known, pd.DataFrame({"user_id": ["u1", "u3", "u3", "u4", "u4"],
+                                           "movie_id": ["4", "1", "4", "2", "1"],
+                                           "timestamp": [60, 120, 180, 240, 300]})])
+    columns = [reranker.FEATURES.index(name) for name in ("ease_z", "session_z")]
+    for ease_movies, served in ((4, True), (3, False)):
+        config = reranker.ReRankerConfig(candidates=2, ease_movies=ease_movies)
+        found = reranker_lists.candidate_lists(
+            stub, more, held_out, np.asarray(["u1", "u2", "u3", "u4"]),
+            np.asarray(["1", "2", "3", "4"]), config,
+            new_users=np.asarray([False, True, True, False]))
+        assert found.features[1:3][..., columns].any() == served

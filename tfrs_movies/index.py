@@ -126,8 +126,8 @@ def _top(scores: tf.Tensor, positions: tf.Tensor | None, k):
 
 
 # From this many columns a whole-catalogue top k ranks group maxima first (``_grouped_top_k``):
-# on this machine's CPU ``tf.math.top_k`` of k = 104 over [64, 10^6] took 120-215 ms, the
-# grouped one 22-32 ms; at 10^4 columns they tie (docs/speed.md).
+# on the 2-core CPU of docs/speed.md (2026-12-07) ``tf.math.top_k`` of k = 104 over
+# [64, 10^6] took 120-215 ms, the grouped one 22-32 ms; at 10^4 columns they tie.
 GROUPED_TOP_MIN = 20_000
 
 
@@ -161,7 +161,8 @@ def _grouped_top_k(scores: tf.Tensor, k, size: int):
     ``tf.math.top_k`` gives them. Each row is cut into groups of ``size`` columns; each of
     its k best scores is at most its group's maximum, and at most k groups' maxima reach the
     k-th best, so the k groups with the best maxima (ties: the lower group) hold all of them.
-    Only those groups' k * size scores, in column order, are ranked."""
+    Only those groups' k * size scores, in column order, are ranked. (NaN scores, a broken
+    model's, may be ranked otherwise than ``tf.math.top_k`` ranks them.)"""
     b = tf.shape(scores)[0]
     blocks = tf.reshape(scores, [b, scores.shape[1] // size, size])
     best = tf.sort(tf.math.top_k(tf.reduce_max(blocks, axis=2), k, sorted=False).indices,

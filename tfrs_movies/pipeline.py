@@ -134,10 +134,10 @@ def _fit_reranker(run, fit: pd.DataFrame, model_config: cfg.ModelConfig,
                   train_config: cfg.TrainConfig):
     """Trains and saves the served recommender's second stage (``tfrs_movies.reranker``)."""
     users = len(set(run.vocab.catalogue_users) | set(run.vocab.user_ids)) + 1
+    movies = len(run.vocab.catalogue_movies)
     config = reranker.ReRankerConfig.from_train(
         train_config, folds=reranker_lists.folds_for(train_config.reranker_folds, run.split),
-        use_ease=reranker.ease_fits(users, len(run.vocab.catalogue_movies)))
-    movies = len(run.vocab.catalogue_movies)
+        use_ease=reranker.ease_fits(users, movies))
     names = ("item-item, session and latest" if "latest_z" in config.used_features
              else "item-item and session")
     if not config.use_ease:

@@ -224,6 +224,13 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
     if new.any():  # an unseen id is at the end of the data (``Recent.tables``)
         tables = dataclasses.replace(tables, bins=np.where(
             new, tables.cumulative.shape[1] - 2, tables.bins).astype(tables.bins.dtype))
+        if tables.ease is not None and tables.ease_weights is None:
+            # Served without the weights a request's history needs (a catalogue past
+            # ``history_fits`` or the fits' ``ease_movies``), an unseen id's item-item,
+            # session and latest scores are 0: so are its list's.
+            tables = dataclasses.replace(tables, **{
+                name: np.where(new[:, None], 0.0, getattr(tables, name)).astype(np.float32)
+                for name in ("ease", "session", "latest") if getattr(tables, name) is not None})
     x = reranker.FeatureLookup(tables)(tf.range(len(user_ids)), tf.constant(top),
                                        tf.constant(scores), tf.constant(stars)).numpy()
     b_rows, b_cols = pairs(held_out, user_pos, movie_pos)

@@ -46,7 +46,8 @@ class ReRankerConfig:
         time does; ``TrainConfig.reranker_folds``).
       ease_lambda: EASE's L2 weight.
       ease_movies: the item-item, session and latest families are fitted on at most this many
-        movies, the most rated (ties: catalogue order); the others score 0 in them.
+        movies (at most ``MAX_EASE_MOVIES``), the most rated (ties: catalogue order); the
+        others score 0 in them.
       hidden: the MLP's hidden sizes.
       epochs, batch_size, learning_rate: Adam on lists (batch_size lists per step).
       use_ease: whether the item-item, session and latest families are used (decided from
@@ -90,8 +91,10 @@ class ReRankerConfig:
         unknown = sorted(set(self.without) - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
-        if self.ease_movies < 1:
-            raise ValueError(f"ease_movies must be >= 1, got {self.ease_movies}")
+        if not 1 <= self.ease_movies <= MAX_EASE_MOVIES:
+            # Beyond, EASE's [M, M] float64 inverse alone outgrows a machine (8 GB at 3x10^4).
+            raise ValueError(f"ease_movies must be within 1..{MAX_EASE_MOVIES}, "
+                             f"got {self.ease_movies}")
         if self.folds not in FOLDS:
             raise ValueError(f"folds must be one of {FOLDS}, got {self.folds!r}")
         if not self.latest_decay > 0:

@@ -161,8 +161,9 @@ class FeatureTables:
 
             ease, ease_weights = ease_fit(known, user_ids, fitted, config.ease_lambda)
             if "latest_z" in config.used_features:
-                latest = widen((latest_weights(known, user_ids, fitted, config.latest_decay)
-                                @ ease_weights).astype(np.float32))
+                # ``back`` counts every catalogue movie rated later, fitted or not.
+                latest = widen((latest_weights(known, user_ids, movie_ids, config.latest_decay,
+                                               columns=head) @ ease_weights).astype(np.float32))
             ease_weights = ease_weights.astype(np.float32) if keep else None
             session, session_weights = session_fit(known, user_ids, fitted, sittings,
                                                    config.session_lambda)

@@ -70,11 +70,13 @@ def _mirror_lower(p: np.ndarray, block: int = 512) -> None:
 
 
 def latest_weights(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
-                   decay: float) -> np.ndarray:
+                   decay: float, columns: np.ndarray | None = None) -> np.ndarray:
     """[len(user_ids), len(movie_ids)] float64: each user's movies in ``ratings`` weighted
-    ``exp(-back / decay)``, ``back`` the number of their (distinct) movies rated after it: 1.0
-    for the latest. Time order is the ``timestamp`` column's where there is one (equal times
-    by movie id), else row order; a movie rated twice counts at its later place."""
+    ``exp(-back / decay)``, ``back`` the number of their (distinct) catalogue movies rated
+    after it: 1.0 for the latest. Time order is the ``timestamp`` column's where there is one
+    (equal times by movie id), else row order; a movie rated twice counts at its later place.
+    ``columns``: positions in ``movie_ids`` to return, in that order (``back`` still counts
+    every catalogue movie): [len(user_ids), len(columns)]."""
     user_pos, movie_pos = position_of(user_ids), position_of(movie_ids)
     frame = ratings[["user_id", "movie_id"]].assign(
         row=user_pos.reindex(ratings["user_id"]).to_numpy(),
@@ -86,8 +88,15 @@ def latest_weights(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.nd
     frame = frame.dropna(subset=["row", "column"])
     frame = frame.drop_duplicates(["row", "column"], keep="last")
     back = frame.groupby("row", sort=False).cumcount(ascending=False).to_numpy()
-    x = np.zeros((len(user_ids), len(movie_ids)), np.float64)
-    x[frame["row"].to_numpy(np.int64), frame["column"].to_numpy(np.int64)] = np.exp(-back / decay)
+    rows, cols = frame["row"].to_numpy(np.int64), frame["column"].to_numpy(np.int64)
+    if columns is not None:
+        place = np.full(len(movie_ids), -1, np.int64)
+        place[np.asarray(columns, np.int64)] = np.arange(len(columns))
+        kept = place[cols] >= 0
+        rows, cols, back = rows[kept], place[cols[kept]], back[kept]
+    x = np.zeros((len(user_ids), len(movie_ids) if columns is None else len(columns)),
+                 np.float64)
+    x[rows, cols] = np.exp(-back / decay)
     return x
 
 
