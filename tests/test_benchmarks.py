@@ -150,6 +150,15 @@ def test_batch_section_scores_every_user(monkeypatch, tmp_path):
     assert got[f"batch_users_per_s.{name}"] > 0 and got[f"batch_users_per_s.{name}.one_by_one"] > 0
 
 
+def test_top_k_speed_times_both_and_checks_they_agree(capsys):
+    from benchmarks import top_k_speed
+
+    assert top_k_speed.main(["--k", "10", "--calls", "1", "--shapes", "3x20480,2x500"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.endswith("identical: True") for line in lines)
+    assert "(groups of 32)" in lines[0] and "(groups of -)" in lines[1]
+
+
 def test_scann_shapes_sweep_prints_a_line_per_setting(tmp_path, capsys):
     from benchmarks import scann_shapes
 

@@ -126,8 +126,8 @@ def _top(scores: tf.Tensor, positions: tf.Tensor | None, k):
 
 
 # From this many columns a whole-catalogue top k ranks group maxima first (``_grouped_top_k``):
-# on the 2-core CPU of docs/speed.md (2026-12-07) ``tf.math.top_k`` of k = 104 over
-# [64, 10^6] took 120-215 ms, the grouped one 22-32 ms; at 10^4 columns they tie.
+# k = 104 over [64, 10^6] 7x faster than ``tf.math.top_k``, at 10^4 columns a tie
+# (``python -m benchmarks.top_k_speed``; docs/speed.md).
 GROUPED_TOP_MIN = 20_000
 
 
