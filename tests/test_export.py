@@ -19,6 +19,7 @@ from tfrs_movies.tf_serving_config import models_config
 from tfrs_movies.index import GROUPED_TOP_MIN, BruteForce, Popular, ScaNN
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
+from tfrs_movies.reranker.item_item import ease_factors
 from tfrs_movies.training import make_dataset
 
 
@@ -405,8 +406,9 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
 def test_with_history_answers_what_the_towers_answer(exported, with_history, trained):
     """``with_history``: the towers run on the stored history followed by the request's, the
     re-ranker's item-item and session scores read the combined history, and the history's
-    movies are never served. An unseen id, a known user with new and old movies in the
-    request, and a known user with none (then the answer is serving_default's)."""
+    movies are never served. An unseen id (its candidates: retrieval's best K - E and the E
+    best of its history's low-rank item-item scores), a known user with new and old movies in
+    the request, and a known user with none (then the answer is serving_default's)."""
     _, models, _ = exported[:3]
     vocab = trained.vocab
     retrieval, ranking = trained.retrieval_model(), trained.rating_model()
@@ -429,6 +431,9 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
     pairs = pd.DataFrame([(u, m) for u, h in stored.items() for m in h],
                          columns=["user_id", "movie_id"])
     _, ease = reranker.ease_fit(pairs, np.asarray(known_users), catalogue, 500.0)
+    left, right = ease_factors(pairs, np.asarray(known_users), catalogue, ease, 500.0)
+    from_history = trained.reranker.config.ease_candidates(20)
+    assert from_history > 0
     _, session = reranker.session_fit(pairs, np.asarray(known_users), catalogue,
                                       trained.reranker.sittings,
                                       trained.reranker.config.session_lambda)
@@ -448,8 +453,19 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
                                    atol=1e-5)
         np.testing.assert_array_equal(_strings(out["movie_ids"])[row], catalogue[want[0]])
 
-        picked = want[0]
+        picked, scored = want[0], want_scores
         multi_hot = np.isin(catalogue, list(both)).astype(np.float64)
+        if user not in known_users:  # E of the K from the history's item-item scores
+            item_item = (multi_hot @ left) @ right.T
+            item_item[excluded] = -np.inf
+            item_item[picked[:-from_history]] = -np.inf
+            added = np.argsort(-item_item, kind="stable")[:from_history]
+            pool = np.concatenate([picked[:-from_history], added])
+            pool_scores = np.concatenate([want_scores[0, :-from_history],
+                                          candidates[added] @ query[0]])
+            by_score = np.argsort(-pool_scores, kind="stable")
+            picked, scored = pool[by_score], pool_scores[by_score][None]
+            assert set(added) - set(want[0])  # the history brought movies retrieval did not
         # Latest: the stored history, then the request's new movies (each once, at its later
         # place); a stored movie sent again keeps its stored place.
         sent = [m for m in extra if m in set(catalogue) and m not in stored.get(user, [])]
@@ -461,7 +477,7 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
         stars = ranking.rate(users_in, ranking.rating_movie(tf.constant(catalogue[picked]))[None])
         bin_row = known_users.index(user) + 1 if user in known_users else 0
         x = reranker.features(
-            tf.constant(want_scores), tf.constant((multi_hot @ ease)[picked][None], tf.float32),
+            tf.constant(scored), tf.constant((multi_hot @ ease)[picked][None], tf.float32),
             tf.constant(popularity[picked][None]),
             reranker.recent_counts(tf.constant(bins[bin_row])[None], tf.constant(cumulative),
                                    tf.constant(picked[None]), trained.reranker.recent.window),

@@ -226,6 +226,10 @@ class ScaNN(Index):
     def complete(self, query, excluded, k):
         return self.exact_index(query, excluded, k)
 
+    def vectors(self, positions: tf.Tensor) -> tf.Tensor:
+        """Candidate embeddings at ``positions`` [...] -> [..., D]."""
+        return self.exact_index.vectors(positions)
+
 
 class Popular(Index):
     """The most popular catalogue positions (ties in catalogue order), whatever the query;

@@ -192,6 +192,33 @@ def _new_user_stars(rating, history: np.ndarray, movie_ids: np.ndarray, top: np.
     return np.concatenate(stars)
 
 
+def _with_item_item(tables: reranker.FeatureTables, queries: np.ndarray, candidates: np.ndarray,
+                    top: np.ndarray, scores: np.ndarray, seen: list[np.ndarray], extra: int,
+                    batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(top, scores) of lists that a history alone brings, ``extra`` of their candidates the
+    history's best item-item movies (``reranker.with_item_item``, the serving graph's code):
+    ``seen`` each row's history positions, ``queries`` [U, D] and ``candidates`` [N, D] the
+    retrieval embeddings that score the movies added."""
+    n = len(tables.movie_ids)
+    tops, all_scores = [], []
+    for start in range(0, len(top), batch):
+        rows = seen[start:start + batch]
+        multi_hot = np.zeros((len(rows), n), np.float32)
+        blocked = np.full((len(rows), max(map(len, rows), default=0) + 1), -1, np.int64)
+        for i, row in enumerate(rows):
+            multi_hot[i, row] = 1.0
+            blocked[i, :len(row)] = row
+        item_item = (multi_hot @ tables.ease_left) @ tables.ease_right.T
+        query = tf.constant(queries[start:start + batch])
+        got = reranker.with_item_item(
+            tf.constant(scores[start:start + batch]), tf.constant(top[start:start + batch]),
+            tf.constant(item_item), tf.constant(blocked), extra,
+            lambda p: tf.einsum("bd,bmd->bm", query, tf.gather(candidates, p)))
+        all_scores.append(got[0].numpy())
+        tops.append(got[1].numpy())
+    return np.concatenate(tops), np.concatenate(all_scores)
+
+
 def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
                     user_ids: np.ndarray, movie_ids: np.ndarray, config: ReRankerConfig,
                     rating=None, new_users: np.ndarray | None = None) -> Lists:
@@ -210,17 +237,25 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
     history = _histories(known, user_ids[new]) if new.any() else None
     if new.any():
         queries[new] = _new_user_queries(retrieval, history)
-    top, scores = _top_unseen(queries, embed(retrieval.movie_embedding, movie_ids),
-                              seen_rows * n + seen_cols, k)
-    stars = np.zeros_like(scores) if rating is None else predict_ratings(rating, pd.DataFrame(
-        {"user_id": np.repeat(user_ids, k), "movie_id": movie_ids[top.ravel()]})).reshape(top.shape)
-    if new.any() and rating is not None:
-        stars[new] = _new_user_stars(rating, history, movie_ids, top[new])
+    candidates = embed(retrieval.movie_embedding, movie_ids)
+    top, scores = _top_unseen(queries, candidates, seen_rows * n + seen_cols, k)
     tables = reranker.FeatureTables.build(
         known, user_ids, movie_ids, config,
         reranker.Recent.build(known, config.recent_window_days),
         reranker.Sittings.build(known, config.session_gap_seconds, config.session_window)
         if config.use_ease else None)
+    extra = config.ease_candidates(k)
+    if new.any() and extra and tables.ease_left is not None:
+        rows = np.flatnonzero(new)
+        by_row = np.argsort(seen_rows, kind="stable")
+        bounds = np.searchsorted(seen_rows[by_row], np.stack([rows, rows + 1]))
+        top[rows], scores[rows] = _with_item_item(
+            tables, queries[rows], candidates, top[rows], scores[rows],
+            [seen_cols[by_row[a:b]] for a, b in bounds.T], extra)
+    stars = np.zeros_like(scores) if rating is None else predict_ratings(rating, pd.DataFrame(
+        {"user_id": np.repeat(user_ids, k), "movie_id": movie_ids[top.ravel()]})).reshape(top.shape)
+    if new.any() and rating is not None:
+        stars[new] = _new_user_stars(rating, history, movie_ids, top[new])
     if new.any():  # an unseen id is at the end of the data (``Recent.tables``)
         tables = dataclasses.replace(tables, bins=np.where(
             new, tables.cumulative.shape[1] - 2, tables.bins).astype(tables.bins.dtype))

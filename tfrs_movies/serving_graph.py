@@ -375,6 +375,7 @@ class _ReRank(tf.Module):
         super().__init__()
         self.model = bundle.model
         self.features = reranker.FeatureLookup(rerank_tables(bundle, vocab))
+        self.config = bundle.config
 
     def __call__(self, rows, positions, scores, ratings, history=None):
         """``history`` [B, L]: a request's movies the rows' tables do not hold (``_History``)."""
@@ -384,8 +385,9 @@ class _ReRank(tf.Module):
 
 class _Retrieved(NamedTuple):
     """What `_retrieve_with_history` found: user rows, the history's catalogue positions
-    (``_History.positions``), ``known``, the user feature dict the towers read, and the
-    candidates' scores and positions."""
+    (``_History.positions``), ``known``, the user feature dict the towers read, the
+    candidates' scores and positions, the excluded positions (the request's and its
+    history's) and the query embeddings."""
 
     rows: tf.Tensor
     history: tf.Tensor
@@ -393,6 +395,8 @@ class _Retrieved(NamedTuple):
     features: dict
     scores: tf.Tensor
     positions: tf.Tensor
+    excluded: tf.Tensor
+    queries: tf.Tensor
 
 
 def _retrieve_with_history(module, user_id, history_movie_ids, exclude_movie_ids) -> _Retrieved:
@@ -406,9 +410,9 @@ def _retrieve_with_history(module, user_id, history_movie_ids, exclude_movie_ids
     excluded = tf.concat([module.catalogue.lookup(exclude_movie_ids), history], axis=1)
     features = module.retriever.space.user_features(user_id,
                                                     history_movie_ids=history_movie_ids)
-    scores, positions = module.retriever(rows, excluded, module.retriever.query(features),
-                                         ~known)
-    return _Retrieved(rows, history, known, features, scores, positions)
+    queries = module.retriever.query(features)
+    scores, positions = module.retriever(rows, excluded, queries, ~known)
+    return _Retrieved(rows, history, known, features, scores, positions, excluded, queries)
 
 
 def _history_chunks(module, user_id, history_movie_ids, exclude_movie_ids):
@@ -496,6 +500,7 @@ class RecommenderModule(tf.Module):
 
     def _serve_history(self, user_id, history_movie_ids, exclude_movie_ids):
         got = _retrieve_with_history(self, user_id, history_movie_ids, exclude_movie_ids)
+        got = got._replace(**dict(zip(("scores", "positions"), self._with_item_item(got))))
         rating, features = self.stars.rating, got.features
         if rating.space is not self.retriever.space:  # models trained on other feature tables
             features = rating.space.user_features(user_id, history_movie_ids=history_movie_ids)
@@ -504,6 +509,27 @@ class RecommenderModule(tf.Module):
                                            tf.maximum(got.positions, 0)))
         return self._best(got.rows, got.scores, got.positions, ratings, got.known,
                           self.history.new(got.rows, got.history))
+
+    def _with_item_item(self, got: _Retrieved) -> tuple[tf.Tensor, tf.Tensor]:
+        """The candidates (scores, positions) of a ``with_history`` request: an unseen id
+        answered from its history gets the re-ranker's ``ease_candidates`` best item-item
+        movies of its history in the place of retrieval's last (``reranker.with_item_item``,
+        the code its training lists ran); other rows keep retrieval's."""
+        lookup = None if self.rerank is None else self.rerank.features
+        extra = 0 if lookup is None else self.rerank.config.ease_candidates(self.retriever.k)
+        if not extra or lookup.ease_left is None:
+            return got.scores, got.positions
+        alone = (got.rows == 0) & got.known
+        vectors = self.retriever.index.vectors
+
+        def merged():
+            scores, positions = reranker.with_item_item(
+                got.scores, got.positions, lookup.history_scores(got.history), got.excluded,
+                extra, lambda p: tf.einsum("bd,bmd->bm", got.queries, vectors(p)))
+            return (tf.where(alone[:, None], scores, got.scores),
+                    tf.where(alone[:, None], positions, got.positions))
+
+        return tf.cond(tf.reduce_any(alone), merged, lambda: (got.scores, got.positions))
 
     def _best(self, rows, scores, positions, ratings, known, history=None):
         """The best n of the candidates, by the re-ranker (``history``: a request's new

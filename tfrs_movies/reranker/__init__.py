@@ -21,7 +21,8 @@ chosen on a validation split carved from train, never the test split
 from tfrs_movies.reranker.bundle import Bundle, load, save, weights_path
 from tfrs_movies.reranker.config import (FAMILIES, FEATURES, MAX_EASE_CELLS, MAX_EASE_MOVIES,
                                          ReRankerConfig, ease_fits)
-from tfrs_movies.reranker.features import FeatureLookup, FeatureTables, features
+from tfrs_movies.reranker.features import (FeatureLookup, FeatureTables, features,
+                                           with_item_item)
 from tfrs_movies.reranker.item_item import (Sittings, ease_fit, ease_scores, latest_weights,
                                             most_rated, session_fit, session_scores)
 from tfrs_movies.reranker.model import (LOSSES, Lists, ReRanker, build, listwise_loss,
@@ -33,4 +34,5 @@ __all__ = ["Bundle", "FAMILIES", "FEATURES", "FeatureLookup", "FeatureTables", "
            "RECENT_BIN_DAYS", "ReRanker", "ReRankerConfig", "Recent", "Sittings", "build",
            "ease_fit", "ease_fits", "ease_scores", "features", "latest_weights",
            "listwise_loss", "load", "most_rated", "pairwise_loss", "recent_counts", "save",
-           "session_fit", "session_scores", "top_n", "train_on", "weights_path"]
+           "session_fit", "session_scores", "top_n", "train_on", "weights_path",
+           "with_item_item"]

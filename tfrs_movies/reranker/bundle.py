@@ -59,6 +59,7 @@ def load(run_dir: Path) -> Bundle | None:
     if not Path(f"{path}.index").exists():
         return None
     values = json.loads((path.parent / "config.json").read_text())
+    values.setdefault("ease_share", 0.0)  # re-rankers trained before it learned on none
     config = ReRankerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in values.items()})
     model = build(config)

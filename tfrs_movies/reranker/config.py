@@ -45,6 +45,12 @@ class ReRankerConfig:
         ratings: the lists then ask "what next", as a run whose test follows its train in
         time does; ``TrainConfig.reranker_folds``).
       ease_lambda: EASE's L2 weight.
+      ease_share: in a list that a history alone brings (an unseen id's ``with_history``
+        request, and the training lists of the users learned as such), this share of the K
+        candidates (``ease_candidates``) are the history's best item-item movies that
+        retrieval did not rank in its best K - that many (``features.with_item_item``); 0:
+        retrieval's K alone. Only where the tables keep the item-item weights
+        (``history_fits``).
       ease_movies: the item-item, session and latest families are fitted on at most this many
         movies (at most ``MAX_EASE_MOVIES``), the most rated (ties: catalogue order); the
         others score 0 in them.
@@ -70,6 +76,7 @@ class ReRankerConfig:
     fold_fraction: float = 0.25
     folds: str = "random"
     ease_lambda: float = 500.0
+    ease_share: float = 0.2
     ease_movies: int = MAX_EASE_MOVIES
     hidden: tuple[int, ...] = TrainConfig.reranker_hidden
     epochs: int = TrainConfig.reranker_epochs
@@ -95,6 +102,8 @@ class ReRankerConfig:
             # Beyond, EASE's [M, M] float64 inverse alone outgrows a machine (8 GB at 3x10^4).
             raise ValueError(f"ease_movies must be within 1..{MAX_EASE_MOVIES}, "
                              f"got {self.ease_movies}")
+        if not 0 <= self.ease_share < 1:
+            raise ValueError(f"ease_share must be within [0, 1), got {self.ease_share}")
         if self.folds not in FOLDS:
             raise ValueError(f"folds must be one of {FOLDS}, got {self.folds!r}")
         if not self.latest_decay > 0:
@@ -120,6 +129,10 @@ class ReRankerConfig:
         return cls(hidden=tuple(train_config.reranker_hidden), epochs=train_config.reranker_epochs,
                    learning_rate=train_config.reranker_learning_rate,
                    loss=train_config.reranker_loss, folds=folds, **fields)
+
+    def ease_candidates(self, k: int) -> int:
+        """How many of a list of ``k`` candidates are item-item ones (``ease_share``)."""
+        return int(round(self.ease_share * k))
 
     @property
     def used_features(self) -> tuple[str, ...]:
