@@ -103,14 +103,17 @@ def table(r: dict) -> str:
     if batches:
         out += ["| ML-100K, brute force: the served path vs retrieval | batch | retrieval p50 ms "
                 "| recommender p50 ms | recommender / retrieval | with_history (H = 50) p50 ms "
-                "| with_history / recommender |", "|---|---:|---:|---:|---:|---:|---:|"]
+                "| with_history / recommender | unseen id with_history p50 ms | unseen id / "
+                "recommender |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for b in batches:
             out.append(f"| retrieve 100, re-rank, top 10 | {b} | "
                        f"{_fmt(r[f'cost_p50_ms.retrieval.batch{b}'], 2)} | "
                        f"{_fmt(r[f'cost_p50_ms.recommender.batch{b}'], 2)} | "
                        f"{_fmt(r[f'cost_ratio.batch{b}'], 2)} | "
                        f"{_fmt(r.get(f'cost_p50_ms.recommender_with_history.batch{b}'), 2)} | "
-                       f"{_fmt(r.get(f'cost_history_ratio.batch{b}'), 2)} |")
+                       f"{_fmt(r.get(f'cost_history_ratio.batch{b}'), 2)} | "
+                       f"{_fmt(r.get(f'cost_p50_ms.recommender_new_user.batch{b}'), 2)} | "
+                       f"{_fmt(r.get(f'cost_new_user_ratio.batch{b}'), 2)} |")
         memory = [k for k in r if k.startswith("cost_memory_growth_mb.users")]
         history = [k for k in r if k.startswith("cost_memory_growth_mb.history.")]
         out += ["", f"One recommender call of {memory[0].rsplit('users', 1)[1]} users grows "

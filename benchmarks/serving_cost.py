@@ -13,6 +13,11 @@ On the ML-100K export of `speed_exports` (brute force; retrieve 100, rank, top 1
                                     (50) movies they have not rated (alternating with the two
                                     above)
   cost_history_ratio.batchB         with_history / the recommender's serving_default
+  cost_p50_ms.recommender_new_user.batchB   the same with_history requests from an unseen
+                                    id (""): the path a new user takes (the towers on the
+                                    history alone, item-item candidates added)
+  cost_new_user_ratio.batchB        that / the recommender's serving_default (reported; the
+                                    target is the known users')
   cost_memory_growth_mb.history.usersU   as below, for one with_history call of U users
   cost_memory_growth_mb.usersU      peak resident memory during one recommender call of U
                                     users, minus the resident memory before it (a fresh child
@@ -47,6 +52,7 @@ from tfrs_movies import contract
 
 MODELS = ("retrieval", "recommender")
 HISTORY = "recommender_with_history"
+NEW_USER = "recommender_new_user"
 
 TARGETS = (
     *(Target(f"recommender_vs_retrieval.batch{b}", f"cost_ratio.batch{b}", "<=", goal,
@@ -106,30 +112,31 @@ def latencies(export_dir: Path, users: list[str], settings: Plan, history: dict)
     rng = np.random.default_rng(0)
     out = {}
     for batch in settings.batches:
-        seconds = {m: [] for m in (*MODELS, HISTORY)}
+        seconds = {m: [] for m in (*MODELS, HISTORY, NEW_USER)}
         empty = tf.fill([batch, 1], "")
         for i in range(settings.warmup + settings.calls):
             picked = list(rng.choice(users, batch))
             request = tf.constant(picked)
             movies = tf.constant(np.stack([history[u] for u in picked]))
-            for m in (*MODELS, HISTORY):
+            for m in (*MODELS, HISTORY, NEW_USER):
                 start = time.perf_counter()
-                if m == HISTORY:
-                    got = with_history(user_id=request, history_movie_ids=movies,
-                                       exclude_movie_ids=empty)
+                if m in (HISTORY, NEW_USER):
+                    got = with_history(user_id=request if m == HISTORY else empty[:, 0],
+                                       history_movie_ids=movies, exclude_movie_ids=empty)
                 else:
                     got = fns[m](user_id=request, exclude_movie_ids=empty)
                 got["movie_ids"].numpy()
                 if i >= settings.warmup:
                     seconds[m].append(time.perf_counter() - start)
-        for m in (*MODELS, HISTORY):
+        for m in (*MODELS, HISTORY, NEW_USER):
             out[f"cost_p50_ms.{m}.batch{batch}"] = round(median(seconds[m]) * 1000, 3)
         out[f"cost_ratio.batch{batch}"] = round(
             out[f"cost_p50_ms.recommender.batch{batch}"]
             / out[f"cost_p50_ms.retrieval.batch{batch}"], 2)
-        out[f"cost_history_ratio.batch{batch}"] = round(
-            out[f"cost_p50_ms.{HISTORY}.batch{batch}"]
-            / out[f"cost_p50_ms.recommender.batch{batch}"], 2)
+        for m, key in ((HISTORY, "cost_history_ratio"), (NEW_USER, "cost_new_user_ratio")):
+            out[f"{key}.batch{batch}"] = round(
+                out[f"cost_p50_ms.{m}.batch{batch}"]
+                / out[f"cost_p50_ms.recommender.batch{batch}"], 2)
     return out
 
 

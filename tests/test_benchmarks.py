@@ -128,6 +128,9 @@ def test_cost_section_compares_the_served_path_with_retrieval(tiny_export, tmp_p
         ratio = (got[f"cost_p50_ms.recommender_with_history.batch{batch}"]
                  / got[f"cost_p50_ms.recommender.batch{batch}"])
         assert got[f"cost_history_ratio.batch{batch}"] == pytest.approx(ratio, abs=0.01)
+        ratio = (got[f"cost_p50_ms.recommender_new_user.batch{batch}"]
+                 / got[f"cost_p50_ms.recommender.batch{batch}"])
+        assert got[f"cost_new_user_ratio.batch{batch}"] == pytest.approx(ratio, abs=0.01)
     serving_cost.memory_child(str(export_dir), tiny_export.users * 3, str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text())["growth_mb"] >= 0
     np.save(tmp_path / "h.npy", np.concatenate([movies] * 3))
@@ -221,11 +224,13 @@ def test_table_renders_every_section():
               "cost_ratio.batch64": 1.25, "cost_memory_growth_mb.users2000": 120.0,
               "cost_p50_ms.recommender_with_history.batch64": 9.0,
               "cost_history_ratio.batch64": 1.2, "cost_memory_growth_mb.history.users2000": 150.0,
+              "cost_p50_ms.recommender_new_user.batch64": 12.0, "cost_new_user_ratio.batch64": 1.6,
               "cost_batch_users": 943, "cost_batch_users_per_s": 12000.0,
               "cost_first_pass_users_per_s.batch": 900.0,
               "cost_first_pass_users_per_s.signature": 1200.0, "cost_first_pass_ratio": 0.75})
     text = bench.table(r)
-    assert "| retrieve 100, re-rank, top 10 | 64 | 6.00 | 7.50 | 1.25 | 9.00 | 1.20 |" in text
+    assert ("| retrieve 100, re-rank, top 10 | 64 | 6.00 | 7.50 | 1.25 | 9.00 | 1.20 | 12.00 | "
+            "1.60 |") in text
     assert "call of 2000 users grows peak memory by 120 MB (150 MB through with_history" in text
     assert "943 ML-100K users: 12,000 users/s" in text
     assert "reports 900 users/s where the bare signature, looped 128 users a call, gives " \

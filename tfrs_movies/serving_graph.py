@@ -18,7 +18,9 @@ Retrieval and the recommender have a third, ``with_history`` (``serve_with_histo
 answer from the history the request brings (``_History``). There the user towers run in the
 graph on the stored history followed by the request's (``FeatureSpace.user_features``), the
 rating head runs on the K candidates, and the re-ranker's item-item and session scores add the
-request's new movies times the EASE weights (``FeatureLookup``).
+request's new movies times the EASE weights (``FeatureLookup``). An unseen id answered from
+its history gets the history's best item-item movies among its candidates
+(``RecommenderModule._with_item_item``).
 
 Towers are computed once, here: every known user's query embedding and rating representation
 and every catalogue movie's candidate embedding and rating representation are stored as
