@@ -102,10 +102,19 @@ def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_i
                                            train_config)
     user_ids = np.asarray(sorted(set(train["user_id"])), dtype=str)
     rate = model_config.new_user_rate if model_config.use_history else 0.0
-    new_users = np.random.default_rng(seed).random(len(user_ids)) < rate
-    found = candidate_lists(retrieval, fold_a, fold_b, user_ids,
-                            np.asarray(vocab.catalogue_movies, dtype=str), config, rating,
+    rng = np.random.default_rng(seed)
+    new_users = rng.random(len(user_ids)) < rate
+    movie_ids = np.asarray(vocab.catalogue_movies, dtype=str)
+    found = candidate_lists(retrieval, fold_a, fold_b, user_ids, movie_ids, config, rating,
                             new_users)
+    again = rng.random(len(user_ids)) < (config.history_lists if model_config.use_history
+                                         else 0.0)
+    again &= ~new_users
+    if again.any():  # the same users' lists once more, as their requests of an unseen id
+        log.info(f"[reranker] {int(again.sum()):,} users' lists again as an unseen id's "
+                 f"request with their fold A movies")
+        found = found.then(candidate_lists(retrieval, fold_a, fold_b, user_ids, movie_ids,
+                                           config, rating, again).rows(again))
     keep = found.labels.sum(axis=1) > 0
     k = found.labels.shape[1]
     if not keep.any():

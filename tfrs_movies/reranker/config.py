@@ -51,6 +51,10 @@ class ReRankerConfig:
         retrieval did not rank in its best K - that many (``features.with_item_item``); 0:
         retrieval's K alone. Only where the tables keep the item-item weights
         (``history_fits``).
+      history_lists: this share of the users (at random) also gives a second list, learned as
+        what a ``with_history`` request of an unseen id bringing their fold A movies gets
+        (the towers' query and stars from the history alone, the recent family at the end of
+        the data, ``ease_share`` of item-item candidates); with towers that read a history.
       ease_movies: the item-item, session and latest families are fitted on at most this many
         movies (at most ``MAX_EASE_MOVIES``), the most rated (ties: catalogue order); the
         others score 0 in them.
@@ -77,6 +81,7 @@ class ReRankerConfig:
     folds: str = "random"
     ease_lambda: float = 500.0
     ease_share: float = 0.2
+    history_lists: float = 0.3
     ease_movies: int = MAX_EASE_MOVIES
     hidden: tuple[int, ...] = TrainConfig.reranker_hidden
     epochs: int = TrainConfig.reranker_epochs
@@ -102,6 +107,8 @@ class ReRankerConfig:
             # Beyond, EASE's [M, M] float64 inverse alone outgrows a machine (8 GB at 3x10^4).
             raise ValueError(f"ease_movies must be within 1..{MAX_EASE_MOVIES}, "
                              f"got {self.ease_movies}")
+        if not 0 <= self.history_lists <= 1:
+            raise ValueError(f"history_lists must be within [0, 1], got {self.history_lists}")
         if not 0 <= self.ease_share < 1:
             raise ValueError(f"ease_share must be within [0, 1), got {self.ease_share}")
         if self.folds not in FOLDS:
