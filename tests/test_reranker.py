@@ -223,3 +223,55 @@ def test_a_left_out_family_changes_nothing_the_reranker_scores():
     assert not np.allclose(model(x).numpy(), model(other).numpy())
     with pytest.raises(ValueError, match="unknown feature families \\['genre'\\]"):
         reranker.ReRankerConfig(without=("genre",))
+
+
+def test_ease_factors_score_a_history_as_the_weights_do_outside_it():
+    """At full rank the low-rank form is the weights, off the history's own movies; at a
+    lower rank it keeps the largest eigenvalues' share (closer than a random rank-r form)."""
+    from tfrs_movies.reranker.item_item import ease_factors
+
+    rng = np.random.default_rng(5)
+    rows = [(f"u{u}", f"m{m:02d}") for u in range(120)
+            for m in rng.choice(40, rng.integers(3, 15), replace=False)]
+    known = pd.DataFrame(rows, columns=["user_id", "movie_id"])
+    users, movies = np.unique(known["user_id"]), np.unique(known["movie_id"])
+    _, weights = reranker.ease_fit(known, users, movies, 20.0)
+    history = np.zeros(len(movies))
+    history[[2, 7, 30]] = 1.0
+    outside = history == 0
+    left, right = ease_factors(known, users, movies, weights, 20.0, rank=len(movies))
+    assert left.shape == right.shape == (len(movies), len(movies))
+    np.testing.assert_allclose(((history @ left) @ right.T)[outside],
+                               (history @ weights)[outside], atol=1e-5)
+    left, right = ease_factors(known, users, movies, weights, 20.0, rank=20)
+    assert left.shape == (len(movies), 20)
+    error = np.abs((history @ left) @ right.T - history @ weights)[outside].max()
+    assert error < np.abs(history @ weights)[outside].max()
+
+
+def test_item_item_candidates_take_the_last_slots_and_keep_retrieval_order():
+    """``with_item_item``: retrieval keeps its best K - E, the E best item-item movies not
+    kept and not blocked fill the rest, and the list is sorted by retrieval score."""
+    scores = tf.constant([[0.9, 0.8, 0.7, 0.6], [0.5, float("-inf"), float("-inf"),
+                                                  float("-inf")]])
+    positions = tf.constant([[0, 1, 2, 3], [4, 0, 0, 0]], tf.int64)
+    # Movie 5 is the best item-item movie of row 0 but blocked; 3 is retrieval's, not kept.
+    item_item = tf.constant([[9.0, 8.0, 1.0, 7.0, 6.0, 10.0], [1.0, 2.0, 3.0, 4.0, 0.0, 5.0]])
+    blocked = tf.constant([[5, -1], [-1, -1]], tf.int64)
+    retrieval = tf.constant([0.1, 0.2, 0.3, 0.65, 0.95, 0.4])
+    got_scores, got = reranker.with_item_item(
+        scores, positions, item_item, blocked, 2,
+        lambda p: tf.gather(retrieval, p))
+    assert got.numpy().tolist()[0] == [4, 0, 1, 3]  # 2 dropped; 3 and 4 added, by score
+    np.testing.assert_allclose(got_scores.numpy()[0], [0.95, 0.9, 0.8, 0.65])
+    # Row 1: one retrieved movie kept (4), the item-item best (5, 3) added, an empty slot.
+    assert got.numpy().tolist()[1][:3] == [3, 4, 5]
+    assert np.isinf(got_scores.numpy()[1, 3])
+
+
+def test_item_item_candidate_settings_are_checked():
+    for field, value in (("ease_share", 1.0), ("ease_share", -0.1), ("history_lists", 1.5)):
+        with pytest.raises(ValueError, match=field):
+            reranker.ReRankerConfig(**{field: value})
+    assert reranker.ReRankerConfig().ease_candidates(100) == 20
+    assert reranker.ReRankerConfig(ease_share=0.0).ease_candidates(100) == 0

@@ -9,10 +9,13 @@ come from A too, through the same ``reranker.FeatureTables`` the export builds f
 the stars from a rating model trained on A (``fold_models``). The loss is a softmax over the
 list with the positives sharing the target mass.
 
-With ``ModelConfig.new_user_rate`` > 0, that share of the users' lists is computed as a
-``with_history`` request of an unseen id would be: their fold A movies sent as the request's
-history to towers that do not know the id (query and stars), the recent family at the end of
-the data; so the re-ranker also learns on the features a new user's request gives.
+A new user's lists: a ``with_history`` request of an unseen id, computed as the export would
+answer it: their fold A movies sent as the request's history to towers that do not know the
+id (query and stars), the recent family at the end of the data, and ``ease_share`` of the
+candidates the history's best item-item movies (``reranker.with_item_item``). With
+``ModelConfig.new_user_rate`` > 0 that share of the users' lists is computed so; and
+``ReRankerConfig.history_lists`` of the others give such a list besides their own, so the
+re-ranker also learns on what a new user's request gives.
 
 This module sits above ``training`` (it fits the fold models) and below the train job
 (``pipeline``) and tuning, which call it.
@@ -40,11 +43,12 @@ log = logging.getLogger(__name__)
 def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in: pd.DataFrame,
         model_config, train_config, config: ReRankerConfig, seed: int) -> reranker.Bundle | None:
     """Trains the re-ranker on lists from a retrieval model that never saw their targets, with
-    the ``Recent`` and ``Sittings`` of what it will serve (train and fold-in); None when no
+    the ``Recent`` and ``Sittings`` of what it will serve (train and fold-in), and the
+    unseen ids' re-ranker on the lists of ``history_lists`` (none without them); None when no
     list holds a positive (too little data: the recommender then orders by predicted
     rating)."""
     start = time.perf_counter()
-    found = lists(train, movies, users, fold_in, model_config, train_config, config, seed)
+    found, new = _lists(train, movies, users, fold_in, model_config, train_config, config, seed)
     if found is None:
         return None
     model = reranker.train_on(found, config, seed)
@@ -53,7 +57,8 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
         model, reranker.Recent.build(served, config.recent_window_days),
         # Only the session family reads them: none without the families (``ease_fits``: ML-20M).
         reranker.Sittings.build(served if config.use_ease else served.iloc[:0],
-                                config.session_gap_seconds, config.session_window))
+                                config.session_gap_seconds, config.session_window),
+        new_users=None if new is None else reranker.train_on(new, config, seed))
     log.info(f"[reranker] trained in {time.perf_counter() - start:.1f}s")
     return bundle
 
@@ -94,6 +99,15 @@ def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_i
           model_config, train_config, config: ReRankerConfig, seed: int) -> Lists | None:
     """The training lists (see the module docstring): the rows with a positive, or None when
     none has one."""
+    return _lists(train, movies, users, fold_in, model_config, train_config,
+                  dataclasses.replace(config, history_lists=0.0), seed)[0]
+
+
+def _lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
+           fold_in: pd.DataFrame, model_config, train_config, config: ReRankerConfig,
+           seed: int) -> tuple[Lists | None, Lists | None]:
+    """(``lists``, the unseen ids' re-ranker's: ``history_lists`` of the users' lists as an
+    unseen id's request, the rows with a positive; None without)."""
     fold_a, fold_b = carve(train, config.fold_fraction, seed, config.folds)
     log.info(f"[reranker] training a retrieval and a rating model on fold A ({len(fold_a):,} "
              f"ratings; the {len(fold_b):,} of fold B, each user's {config.folds} share, are "
@@ -109,20 +123,26 @@ def lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_i
                             new_users)
     again = rng.random(len(user_ids)) < (config.history_lists if model_config.use_history
                                          else 0.0)
-    again &= ~new_users
-    if again.any():  # the same users' lists once more, as their requests of an unseen id
-        log.info(f"[reranker] {int(again.sum()):,} users' lists again as an unseen id's "
-                 f"request with their fold A movies")
-        found = found.then(candidate_lists(retrieval, fold_a, fold_b, user_ids, movie_ids,
-                                           config, rating, again).rows(again))
+    new = None
+    if again.any():  # the users' lists as their requests of an unseen id
+        new = candidate_lists(retrieval, fold_a, fold_b, user_ids, movie_ids, config, rating,
+                              again).rows(again)
+        new = _with_positives(new, "as unseen ids' requests with their fold A movies",
+                              "unseen ids get the users' re-ranker")
+    return _with_positives(found, "of the users", "no re-ranker (the recommender orders by "
+                           "predicted rating)"), new
+
+
+def _with_positives(found: Lists, what: str, without: str) -> Lists | None:
+    """The lists that hold a positive (logged), or None when none does (logged: ``without``)."""
     keep = found.labels.sum(axis=1) > 0
     k = found.labels.shape[1]
     if not keep.any():
-        log.info(f"[reranker] no user's top {k} holds one of their fold B movies: no re-ranker "
-                 f"(the recommender orders by predicted rating)")
+        log.info(f"[reranker] no list {what} holds one of its fold B movies in its top {k}: "
+                 f"{without}")
         return None
     targets = sum(len(t) for t in found.targets)
-    log.info(f"[reranker] {int(keep.sum()):,} lists of {k}, "
+    log.info(f"[reranker] {int(keep.sum()):,} lists of {k} {what}, "
              f"{found.labels[keep].sum(1).mean():.1f} positives each (fold B recall@{k} "
              f"{found.labels.sum() / max(targets, 1):.3f})")
     return found.rows(keep)

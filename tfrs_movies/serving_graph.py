@@ -376,13 +376,22 @@ class _ReRank(tf.Module):
     def __init__(self, bundle: reranker.Bundle, vocab):
         super().__init__()
         self.model = bundle.model
+        self.new_users = bundle.new_users
         self.features = reranker.FeatureLookup(rerank_tables(bundle, vocab))
         self.config = bundle.config
 
-    def __call__(self, rows, positions, scores, ratings, history=None):
-        """``history`` [B, L]: a request's movies the rows' tables do not hold (``_History``)."""
+    def __call__(self, rows, positions, scores, ratings, history=None, alone=None):
+        """``history`` [B, L]: a request's movies the rows' tables do not hold (``_History``);
+        ``alone`` [B]: the rows answered from the request's history alone (unseen ids), which
+        the ``new_users`` model orders where there is one."""
         x = self.features(rows, positions, scores, ratings, history)
-        return tf.where(scores > _NEG, self.model(x, training=False), _NEG)
+        out = self.model(x, training=False)
+        if alone is not None and self.new_users is not None:
+            out = tf.cond(tf.reduce_any(alone),
+                          lambda: tf.where(alone[:, None], self.new_users(x, training=False),
+                                           out),
+                          lambda: out)
+        return tf.where(scores > _NEG, out, _NEG)
 
 
 class _Retrieved(NamedTuple):
@@ -510,7 +519,7 @@ class RecommenderModule(tf.Module):
                            rating.of_users(rating.user_of(features),
                                            tf.maximum(got.positions, 0)))
         return self._best(got.rows, got.scores, got.positions, ratings, got.known,
-                          self.history.new(got.rows, got.history))
+                          self.history.new(got.rows, got.history), (got.rows == 0) & got.known)
 
     def _with_item_item(self, got: _Retrieved) -> tuple[tf.Tensor, tf.Tensor]:
         """The candidates (scores, positions) of a ``with_history`` request: an unseen id
@@ -533,12 +542,13 @@ class RecommenderModule(tf.Module):
 
         return tf.cond(tf.reduce_any(alone), merged, lambda: (got.scores, got.positions))
 
-    def _best(self, rows, scores, positions, ratings, known, history=None):
+    def _best(self, rows, scores, positions, ratings, known, history=None, alone=None):
         """The best n of the candidates, by the re-ranker (``history``: a request's new
-        movies, for its item-item features) or by predicted rating."""
+        movies, for its item-item features; ``alone``: the rows of unseen ids) or by
+        predicted rating."""
         if self.rerank is not None:  # the predicted ratings are one of its features
-            order, top = tf.math.top_k(self.rerank(rows, positions, scores, ratings, history),
-                                       self.n)
+            order, top = tf.math.top_k(
+                self.rerank(rows, positions, scores, ratings, history, alone), self.n)
             ratings = tf.gather(ratings, top, batch_dims=1)
         else:
             order, top = tf.math.top_k(ratings, self.n)

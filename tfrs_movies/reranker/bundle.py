@@ -1,6 +1,7 @@
 """A trained re-ranker with what it was fitted beside, saved and loaded as one frozen bundle.
 
-``RUN/models/reranker/`` holds ``config.json`` (its ``ReRankerConfig``), ``weights.*``,
+``RUN/models/reranker/`` holds ``config.json`` (its ``ReRankerConfig``), ``weights.*`` (and
+``new_users.*``: the model that orders unseen ids' lists, where there is one),
 ``recent.npz`` and ``sittings.npz`` (the ``Recent`` and ``Sittings`` of the ratings it
 serves: train and fold-in) and ``tables.npz``: the ``FeatureTables`` the serving graph reads,
 computed once when it is trained (the closed-form EASE and session fits are the slow part of
@@ -22,13 +23,16 @@ from tfrs_movies.reranker.recency import Recent
 
 @dataclasses.dataclass(frozen=True)
 class Bundle:
-    """The re-ranker ``model``, the ``recent`` and ``sittings`` of the data it serves, and
-    (once computed from them) the serving graph's feature ``tables``."""
+    """The re-ranker ``model``, the ``recent`` and ``sittings`` of the data it serves, (once
+    computed from them) the serving graph's feature ``tables``, and ``new_users``: the model
+    that orders an unseen id's ``with_history`` lists, trained on such lists
+    (``ReRankerConfig.history_lists``; None: ``model`` orders them)."""
 
     model: ReRanker
     recent: Recent
     sittings: Sittings
     tables: FeatureTables | None = None
+    new_users: ReRanker | None = None
 
     @property
     def config(self) -> ReRankerConfig:
@@ -37,6 +41,10 @@ class Bundle:
 
 def weights_path(run_dir: Path) -> Path:
     return Path(run_dir) / "models" / "reranker" / "weights"
+
+
+def new_users_path(run_dir: Path) -> Path:
+    return weights_path(run_dir).parent / "new_users"
 
 
 def save(bundle: Bundle, run_dir: Path) -> None:
@@ -51,6 +59,12 @@ def save(bundle: Bundle, run_dir: Path) -> None:
     else:  # an earlier re-ranker's tables are not this one's
         tables.unlink(missing_ok=True)
     bundle.model.save_weights(str(path))
+    new_users = new_users_path(run_dir)
+    if bundle.new_users is not None:
+        bundle.new_users.save_weights(str(new_users))
+    else:
+        for old in new_users.parent.glob(f"{new_users.name}.*"):
+            old.unlink()
 
 
 def load(run_dir: Path) -> Bundle | None:
@@ -59,12 +73,18 @@ def load(run_dir: Path) -> Bundle | None:
     if not Path(f"{path}.index").exists():
         return None
     values = json.loads((path.parent / "config.json").read_text())
-    values.setdefault("ease_share", 0.0)  # re-rankers trained before it learned on none
+    # Re-rankers trained before these learned on no item-item candidates and no unseen ids.
+    values.setdefault("ease_share", 0.0)
+    values.setdefault("history_lists", 0.0)
     config = ReRankerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in values.items()})
     model = build(config)
     model.load_weights(str(path)).expect_partial()
     tables = path.parent / "tables.npz"
+    new_users = None
+    if Path(f"{new_users_path(run_dir)}.index").exists():
+        new_users = build(config)
+        new_users.load_weights(str(new_users_path(run_dir))).expect_partial()
     return Bundle(model, Recent.load(path.parent / "recent.npz"),
                   Sittings.load(path.parent / "sittings.npz"),
-                  FeatureTables.load(tables) if tables.exists() else None)
+                  FeatureTables.load(tables) if tables.exists() else None, new_users)

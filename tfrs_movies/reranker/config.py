@@ -51,10 +51,12 @@ class ReRankerConfig:
         retrieval did not rank in its best K - that many (``features.with_item_item``); 0:
         retrieval's K alone. Only where the tables keep the item-item weights
         (``history_fits``).
-      history_lists: this share of the users (at random) also gives a second list, learned as
-        what a ``with_history`` request of an unseen id bringing their fold A movies gets
+      history_lists: this share of the users (at random) also gives a list as a
+        ``with_history`` request of an unseen id bringing their fold A movies would get it
         (the towers' query and stars from the history alone, the recent family at the end of
-        the data, ``ease_share`` of item-item candidates); with towers that read a history.
+        the data, ``ease_share`` of item-item candidates); those lists train a second model,
+        which orders unseen ids' lists (``Bundle.new_users``). 0: none (the one model orders
+        every list); only with towers that read a history.
       ease_movies: the item-item, session and latest families are fitted on at most this many
         movies (at most ``MAX_EASE_MOVIES``), the most rated (ties: catalogue order); the
         others score 0 in them.
@@ -81,7 +83,7 @@ class ReRankerConfig:
     folds: str = "random"
     ease_lambda: float = 500.0
     ease_share: float = 0.2
-    history_lists: float = 0.3
+    history_lists: float = 1.0
     ease_movies: int = MAX_EASE_MOVIES
     hidden: tuple[int, ...] = TrainConfig.reranker_hidden
     epochs: int = TrainConfig.reranker_epochs
