@@ -86,8 +86,10 @@ def test_train_says_one_epoch_and_evaluates_non_ascii_ids(trained):
     assert "[recommender, as served] ndcg@10=" in printed  # evaluate_served decoded the ids
     assert (run / "metrics.json").exists()
     # A random split: the re-ranker's lists hold out random ratings, without the latest family.
-    config = reranker.load(run).config
-    assert config.folds == "random" and "latest_z" not in config.used_features
+    loaded = reranker.load(run)
+    assert loaded.config.folds == "random" and "latest_z" not in loaded.config.used_features
+    # Unseen ids' lists have their own model, saved and loaded beside the first.
+    assert loaded.new_users is not None and loaded.new_users is not loaded.model
 
 
 def test_recommend_and_similar_print_utf8_aligned(trained, capsys):

@@ -44,7 +44,8 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
         model_config, train_config, config: ReRankerConfig, seed: int) -> reranker.Bundle | None:
     """Trains the re-ranker on lists from a retrieval model that never saw their targets, with
     the ``Recent`` and ``Sittings`` of what it will serve (train and fold-in), and the
-    unseen ids' re-ranker on the lists of ``history_lists`` (none without them); None when no
+    unseen ids' re-ranker on the same lists followed by those of ``history_lists`` (none
+    without them); None when no
     list holds a positive (too little data: the recommender then orders by predicted
     rating)."""
     start = time.perf_counter()
@@ -58,7 +59,7 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
         # Only the session family reads them: none without the families (``ease_fits``: ML-20M).
         reranker.Sittings.build(served if config.use_ease else served.iloc[:0],
                                 config.session_gap_seconds, config.session_window),
-        new_users=None if new is None else reranker.train_on(new, config, seed))
+        new_users=None if new is None else reranker.train_on(found.then(new), config, seed))
     log.info(f"[reranker] trained in {time.perf_counter() - start:.1f}s")
     return bundle
 

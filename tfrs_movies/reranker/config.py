@@ -54,9 +54,10 @@ class ReRankerConfig:
       history_lists: this share of the users (at random) also gives a list as a
         ``with_history`` request of an unseen id bringing their fold A movies would get it
         (the towers' query and stars from the history alone, the recent family at the end of
-        the data, ``ease_share`` of item-item candidates); those lists train a second model,
-        which orders unseen ids' lists (``Bundle.new_users``). 0: none (the one model orders
-        every list); only with towers that read a history.
+        the data, ``ease_share`` of item-item candidates); a second model, learned on every
+        list (the users' own, then those), orders unseen ids' lists (``Bundle.new_users``);
+        the first learns on the users' own alone. 0: none (the one model orders every list);
+        only with towers that read a history.
       ease_movies: the item-item, session and latest families are fitted on at most this many
         movies (at most ``MAX_EASE_MOVIES``), the most rated (ties: catalogue order); the
         others score 0 in them.
@@ -82,7 +83,7 @@ class ReRankerConfig:
     fold_fraction: float = 0.25
     folds: str = "random"
     ease_lambda: float = 500.0
-    ease_share: float = 0.2
+    ease_share: float = 0.5
     history_lists: float = 1.0
     ease_movies: int = MAX_EASE_MOVIES
     hidden: tuple[int, ...] = TrainConfig.reranker_hidden

@@ -74,6 +74,13 @@ class Lists:
         return Lists(self.features[keep], self.labels[keep], self.positions[keep],
                      [t for t, k in zip(self.targets, keep) if k])
 
+    def then(self, more: "Lists") -> "Lists":
+        """These lists followed by ``more``'s."""
+        return Lists(np.concatenate([self.features, more.features]),
+                     np.concatenate([self.labels, more.labels]),
+                     np.concatenate([self.positions, more.positions]),
+                     self.targets + more.targets)
+
 
 def train_on(found: Lists, config: ReRankerConfig, seed: int) -> ReRanker:
     """A re-ranker fitted to ``found`` (Adam, ``config``'s loss)."""
