@@ -273,5 +273,5 @@ def test_item_item_candidate_settings_are_checked():
     for field, value in (("ease_share", 1.0), ("ease_share", -0.1), ("history_lists", 1.5)):
         with pytest.raises(ValueError, match=field):
             reranker.ReRankerConfig(**{field: value})
-    assert reranker.ReRankerConfig().ease_candidates(100) == 50
+    assert reranker.ReRankerConfig().ease_candidates(100) == 70
     assert reranker.ReRankerConfig(ease_share=0.0).ease_candidates(100) == 0

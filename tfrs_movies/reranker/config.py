@@ -83,7 +83,7 @@ class ReRankerConfig:
     fold_fraction: float = 0.25
     folds: str = "random"
     ease_lambda: float = 500.0
-    ease_share: float = 0.5
+    ease_share: float = 0.7
     history_lists: float = 1.0
     ease_movies: int = MAX_EASE_MOVIES
     hidden: tuple[int, ...] = TrainConfig.reranker_hidden
