@@ -493,3 +493,17 @@ def test_new_users_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     assert rows[served]["known"] == (1.0 if "with_history" in served.split("(")[0] else 0.0)
     for metrics in rows.values():
         assert 0.0 <= metrics["ndcg@10"] <= 1.0
+
+
+def test_ease_rank_compares_the_low_rank_form_with_the_weights(tiny_tables):
+    """At full rank the form ranks as the weights do; at a lower one it is scored too."""
+    from benchmarks import ease_rank
+
+    ratings = tiny_tables[0]
+    test = ratings.groupby("user_id").head(2)
+    train = ratings.drop(test.index)
+    movies = train["movie_id"].nunique()
+    got = ease_rank.compare(train, test, [movies, 3], 20.0)
+    assert got[f"rank {movies}"] == pytest.approx(got["exact"], abs=1e-6)
+    assert got[f"rank {movies} correlation"] == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 <= got["rank 3"] <= 1.0 and "rank 3 correlation" in got

@@ -110,9 +110,10 @@ def ease_fit(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
     return (x @ b).astype(np.float32), b
 
 
-# The rank of ``ease_factors``: on an 80% split of ML-100K (lambda 500) EASE's full-catalogue
-# top 10 from the rank-256 form scores nDCG@10 0.4371 against the exact weights' 0.4377, and
-# the two forms' scores correlate 0.997 (0.9996 at 384; docs/quality.md).
+# The rank of ``ease_factors``: on the top-n split of ML-100K (seed 42, lambda 500) EASE's
+# whole-catalogue top 10 from the rank-256 form scores nDCG@10 0.4719 against the weights'
+# 0.4745, and the two forms' scores correlate 0.997 (384: 0.4753, 0.9996;
+# ``python -m benchmarks.ease_rank``).
 EASE_RANK = 256
 
 
