@@ -13,9 +13,11 @@ A new user's lists: a ``with_history`` request of an unseen id, computed as the 
 answer it: their fold A movies sent as the request's history to towers that do not know the
 id (query and stars), the recent family at the end of the data, and ``ease_share`` of the
 candidates the history's best item-item movies (``reranker.with_item_item``). With
-``ModelConfig.new_user_rate`` > 0 that share of the users' lists is computed so; and
-``ReRankerConfig.history_lists`` of the others give such a list besides their own, so the
-re-ranker also learns on what a new user's request gives.
+``ModelConfig.new_user_rate`` > 0 that share of the users' lists is computed so. With
+``ReRankerConfig.history_lists`` (default: every user) the users also give such a list besides
+their own: a second re-ranker learns on both, and the export orders unseen ids' lists with it
+(``Bundle.new_users``), so it learns on what a new user's request gives; the first learns on
+the users' own lists alone.
 
 This module sits above ``training`` (it fits the fold models) and below the train job
 (``pipeline``) and tuning, which call it.
@@ -45,9 +47,8 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
     """Trains the re-ranker on lists from a retrieval model that never saw their targets, with
     the ``Recent`` and ``Sittings`` of what it will serve (train and fold-in), and the
     unseen ids' re-ranker on the same lists followed by those of ``history_lists`` (none
-    without them); None when no
-    list holds a positive (too little data: the recommender then orders by predicted
-    rating)."""
+    without them); None when no list holds a positive (too little data: the recommender then
+    orders by predicted rating)."""
     start = time.perf_counter()
     found, new = _lists(train, movies, users, fold_in, model_config, train_config, config, seed)
     if found is None:
@@ -120,14 +121,15 @@ def _lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
     rng = np.random.default_rng(seed)
     new_users = rng.random(len(user_ids)) < rate
     movie_ids = np.asarray(vocab.catalogue_movies, dtype=str)
+    tables = feature_tables(fold_a, user_ids, movie_ids, config)
     found = candidate_lists(retrieval, fold_a, fold_b, user_ids, movie_ids, config, rating,
-                            new_users)
+                            new_users, tables)
     again = rng.random(len(user_ids)) < (config.history_lists if model_config.use_history
                                          else 0.0)
     new = None
     if again.any():  # the users' lists as their requests of an unseen id
         new = candidate_lists(retrieval, fold_a, fold_b, user_ids, movie_ids, config, rating,
-                              again).rows(again)
+                              again, tables).rows(again)
         new = _with_positives(new, "as unseen ids' requests with their fold A movies",
                               "unseen ids get the users' re-ranker")
     return _with_positives(found, "of the users", "no re-ranker (the recommender orders by "
@@ -249,15 +251,27 @@ def _with_item_item(tables: reranker.FeatureTables, queries: np.ndarray, candida
     return np.concatenate(tops), np.concatenate(all_scores)
 
 
+def feature_tables(known: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+                   config: ReRankerConfig) -> reranker.FeatureTables:
+    """The lists' ``FeatureTables``, from ``known`` (what the export builds from train)."""
+    return reranker.FeatureTables.build(
+        known, user_ids, movie_ids, config,
+        reranker.Recent.build(known, config.recent_window_days),
+        reranker.Sittings.build(known, config.session_gap_seconds, config.session_window)
+        if config.use_ease else None)
+
+
 def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
                     user_ids: np.ndarray, movie_ids: np.ndarray, config: ReRankerConfig,
-                    rating=None, new_users: np.ndarray | None = None) -> Lists:
+                    rating=None, new_users: np.ndarray | None = None,
+                    tables: reranker.FeatureTables | None = None) -> Lists:
     """Each of ``user_ids``' top ``config.candidates`` of ``retrieval`` among ``movie_ids``,
     the movies of ``known`` excluded, with the features the export computes (its feature
     tables from ``known``, stars from ``rating``: zeros without one) and ``held_out``'s movies
     as the labels. ``new_users`` [U] bool: those users' lists are what a ``with_history``
     request of an unseen id with their ``known`` movies gets (query and stars from the
-    history alone, the recent family at the end of the data)."""
+    history alone, the recent family at the end of the data). ``tables``: those
+    ``feature_tables`` builds from the same arguments, when already built."""
     user_pos, movie_pos = position_of(user_ids), position_of(movie_ids)
     n = len(movie_ids)
     seen_rows, seen_cols = pairs(known, user_pos, movie_pos)
@@ -269,11 +283,7 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
         queries[new] = _new_user_queries(retrieval, history)
     candidates = embed(retrieval.movie_embedding, movie_ids)
     top, scores = _top_unseen(queries, candidates, seen_rows * n + seen_cols, k)
-    tables = reranker.FeatureTables.build(
-        known, user_ids, movie_ids, config,
-        reranker.Recent.build(known, config.recent_window_days),
-        reranker.Sittings.build(known, config.session_gap_seconds, config.session_window)
-        if config.use_ease else None)
+    tables = tables or feature_tables(known, user_ids, movie_ids, config)
     extra = config.ease_candidates(k)
     if new.any() and extra and tables.ease_left is not None:
         rows = np.flatnonzero(new)
