@@ -122,8 +122,10 @@ def _lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
     new_users = rng.random(len(user_ids)) < rate
     movie_ids = np.asarray(vocab.catalogue_movies, dtype=str)
     tables = feature_tables(fold_a, user_ids, movie_ids, config)
-    found = candidate_lists(retrieval, fold_a, fold_b, user_ids, movie_ids, config, rating,
-                            new_users, tables)
+    found = _with_positives(
+        candidate_lists(retrieval, fold_a, fold_b, user_ids, movie_ids, config, rating,
+                        new_users, tables),
+        "of the users", "no re-ranker (the recommender orders by predicted rating)")
     again = rng.random(len(user_ids)) < (config.history_lists if model_config.use_history
                                          else 0.0)
     new = None
@@ -132,8 +134,7 @@ def _lists(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
                               again, tables).rows(again)
         new = _with_positives(new, "as unseen ids' requests with their fold A movies",
                               "unseen ids get the users' re-ranker")
-    return _with_positives(found, "of the users", "no re-ranker (the recommender orders by "
-                           "predicted rating)"), new
+    return found, new
 
 
 def _with_positives(found: Lists, what: str, without: str) -> Lists | None:
