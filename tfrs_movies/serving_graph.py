@@ -409,6 +409,11 @@ class _Retrieved(NamedTuple):
     excluded: tf.Tensor
     queries: tf.Tensor
 
+    @property
+    def alone(self) -> tf.Tensor:
+        """[B] the rows answered from the request's history alone (an unseen id's)."""
+        return (self.rows == 0) & self.known
+
 
 def _retrieve_with_history(module, user_id, history_movie_ids, exclude_movie_ids) -> _Retrieved:
     """The retrieval step of a ``with_history`` request on ``module`` (retrieval or the
@@ -511,7 +516,8 @@ class RecommenderModule(tf.Module):
 
     def _serve_history(self, user_id, history_movie_ids, exclude_movie_ids):
         got = _retrieve_with_history(self, user_id, history_movie_ids, exclude_movie_ids)
-        got = got._replace(**dict(zip(("scores", "positions"), self._with_item_item(got))))
+        scores, positions = self._with_item_item(got)
+        got = got._replace(scores=scores, positions=positions)
         rating, features = self.stars.rating, got.features
         if rating.space is not self.retriever.space:  # models trained on other feature tables
             features = rating.space.user_features(user_id, history_movie_ids=history_movie_ids)
@@ -519,7 +525,7 @@ class RecommenderModule(tf.Module):
                            rating.of_users(rating.user_of(features),
                                            tf.maximum(got.positions, 0)))
         return self._best(got.rows, got.scores, got.positions, ratings, got.known,
-                          self.history.new(got.rows, got.history), (got.rows == 0) & got.known)
+                          self.history.new(got.rows, got.history), got.alone)
 
     def _with_item_item(self, got: _Retrieved) -> tuple[tf.Tensor, tf.Tensor]:
         """The candidates (scores, positions) of a ``with_history`` request: an unseen id
@@ -530,7 +536,7 @@ class RecommenderModule(tf.Module):
         extra = 0 if lookup is None else self.rerank.config.ease_candidates(self.retriever.k)
         if not extra or lookup.ease_left is None:
             return got.scores, got.positions
-        alone = (got.rows == 0) & got.known
+        alone = got.alone
         vectors = self.retriever.index.vectors
 
         def merged():
