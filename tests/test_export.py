@@ -408,7 +408,8 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
     re-ranker's item-item and session scores read the combined history, and the history's
     movies are never served. An unseen id (its candidates: retrieval's best K - E and the E
     best of its history's low-rank item-item scores), a known user with new and old movies in
-    the request, and a known user with none (then the answer is serving_default's)."""
+    the request (the E best of the stored history's item-item scores plus the new movies'
+    low-rank ones), and a known user with none (then the answer is serving_default's)."""
     _, models, _ = exported[:3]
     vocab = trained.vocab
     retrieval, ranking = trained.retrieval_model(), trained.rating_model()
@@ -455,8 +456,21 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
 
         picked, scored = want[0], want_scores
         multi_hot = np.isin(catalogue, list(both)).astype(np.float64)
-        if user not in known_users:  # E of the K from the history's item-item scores
-            item_item = (multi_hot @ left) @ right.T
+        # Latest: the stored history, then the request's new movies (each once, at its later
+        # place); a stored movie sent again keeps its stored place.
+        sent = [m for m in extra if m in set(catalogue) and m not in stored.get(user, [])]
+        order_of = stored.get(user, []) + [m for i, m in enumerate(sent) if m not in sent[i + 1:]]
+        recency = np.zeros(len(catalogue))
+        recency[[list(catalogue).index(m) for m in order_of]] = np.exp(
+            -np.arange(len(order_of))[::-1] / trained.reranker.config.latest_decay)
+        new = np.isin(catalogue, sent)
+        if sent:  # E of the K from the item-item scores of the stored history and the request's
+            if user not in known_users:  # an unseen id's: EASE's, of its history
+                item_item = (multi_hot @ left) @ right.T
+            elif "latest_z" in trained.reranker.config.used_features:  # the latest family's
+                item_item = (recency * ~new) @ ease + ((recency * new) @ left) @ right.T
+            else:
+                item_item = (multi_hot * ~new) @ ease + ((multi_hot * new) @ left) @ right.T
             item_item[excluded] = -np.inf
             item_item[picked[:-from_history]] = -np.inf
             added = np.argsort(-item_item, kind="stable")[:from_history]
@@ -466,13 +480,6 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
             by_score = np.argsort(-pool_scores, kind="stable")
             picked, scored = pool[by_score], pool_scores[by_score][None]
             assert set(added) - set(want[0])  # the history brought movies retrieval did not
-        # Latest: the stored history, then the request's new movies (each once, at its later
-        # place); a stored movie sent again keeps its stored place.
-        sent = [m for m in extra if m in set(catalogue) and m not in stored.get(user, [])]
-        order_of = stored.get(user, []) + [m for i, m in enumerate(sent) if m not in sent[i + 1:]]
-        recency = np.zeros(len(catalogue))
-        recency[[list(catalogue).index(m) for m in order_of]] = np.exp(
-            -np.arange(len(order_of))[::-1] / trained.reranker.config.latest_decay)
         users_in = ranking.rating_user(tf.constant([user]), history_movie_ids=request)
         stars = ranking.rate(users_in, ranking.rating_movie(tf.constant(catalogue[picked]))[None])
         bin_row = known_users.index(user) + 1 if user in known_users else 0
@@ -483,8 +490,8 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
                                    tf.constant(picked[None]), trained.reranker.recent.window),
             tf.constant((multi_hot @ session)[picked][None], tf.float32), stars,
             tf.constant((recency @ ease)[picked][None], tf.float32))
-        # An unseen id's list is ordered by the re-ranker learned on such lists.
-        ranker = trained.reranker.model if user in known_users else trained.reranker.new_users
+        # A list with item-item candidates is ordered by the re-ranker learned on such lists.
+        ranker = trained.reranker.new_users if sent else trained.reranker.model
         learned = ranker(x).numpy()[0]
         order = np.argsort(-learned, kind="stable")[:5]
         rec = got["recommender"]

@@ -19,8 +19,9 @@ answer from the history the request brings (``_History``). There the user towers
 graph on the stored history followed by the request's (``FeatureSpace.user_features``), the
 rating head runs on the K candidates, and the re-ranker's item-item and session scores add the
 request's new movies times the EASE weights (``FeatureLookup``). An unseen id answered from
-its history gets the history's best item-item movies among its candidates
-(``RecommenderModule._with_item_item``).
+its history, and a known user whose request brings new movies, get the best item-item movies
+of their history among their candidates (``RecommenderModule._with_item_item``), ordered by
+the re-ranker learned on such lists.
 
 Towers are computed once, here: every known user's query embedding and rating representation
 and every catalogue movie's candidate embedding and rating representation are stored as
@@ -380,15 +381,16 @@ class _ReRank(tf.Module):
         self.features = reranker.FeatureLookup(rerank_tables(bundle, vocab))
         self.config = bundle.config
 
-    def __call__(self, rows, positions, scores, ratings, history=None, alone=None):
+    def __call__(self, rows, positions, scores, ratings, history=None, mixed=None):
         """``history`` [B, L]: a request's movies the rows' tables do not hold (``_History``);
-        ``alone`` [B]: the rows answered from the request's history alone (unseen ids), which
-        the ``new_users`` model orders where there is one."""
+        ``mixed`` [B]: the rows whose candidates hold item-item movies (an unseen id's, or a
+        known user's with new movies: ``RecommenderModule._with_item_item``), which the
+        ``new_users`` model, learned on such lists, orders where there is one."""
         x = self.features(rows, positions, scores, ratings, history)
         out = self.model(x, training=False)
-        if alone is not None and self.new_users is not None:
-            out = tf.cond(tf.reduce_any(alone),
-                          lambda: tf.where(alone[:, None], self.new_users(x, training=False),
+        if mixed is not None and self.new_users is not None:
+            out = tf.cond(tf.reduce_any(mixed),
+                          lambda: tf.where(mixed[:, None], self.new_users(x, training=False),
                                            out),
                           lambda: out)
         return tf.where(scores > _NEG, out, _NEG)
@@ -516,7 +518,8 @@ class RecommenderModule(tf.Module):
 
     def _serve_history(self, user_id, history_movie_ids, exclude_movie_ids):
         got = _retrieve_with_history(self, user_id, history_movie_ids, exclude_movie_ids)
-        scores, positions = self._with_item_item(got)
+        new = self.history.new(got.rows, got.history)
+        scores, positions, merged = self._with_item_item(got, new)
         got = got._replace(scores=scores, positions=positions)
         rating, features = self.stars.rating, got.features
         if rating.space is not self.retriever.space:  # models trained on other feature tables
@@ -524,37 +527,50 @@ class RecommenderModule(tf.Module):
         ratings = tf.where(tf.math.is_inf(got.scores), _NEG,
                            rating.of_users(rating.user_of(features),
                                            tf.maximum(got.positions, 0)))
-        return self._best(got.rows, got.scores, got.positions, ratings, got.known,
-                          self.history.new(got.rows, got.history), got.alone)
+        return self._best(got.rows, got.scores, got.positions, ratings, got.known, new,
+                          merged)
 
-    def _with_item_item(self, got: _Retrieved) -> tuple[tf.Tensor, tf.Tensor]:
-        """The candidates (scores, positions) of a ``with_history`` request: an unseen id
-        answered from its history gets the re-ranker's ``ease_candidates`` best item-item
-        movies of its history in the place of retrieval's last (``reranker.with_item_item``,
-        the code its training lists ran); other rows keep retrieval's."""
+    def _with_item_item(self, got: _Retrieved, new: tf.Tensor
+                        ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The candidates (scores, positions) of a ``with_history`` request, and [B] the rows
+        whose candidates changed: an unseen id answered from its history, and a known user
+        whose request brings movies their tables do not hold (``new`` [B, L]), get the
+        re-ranker's ``ease_candidates`` best item-item movies in the place of retrieval's
+        last (``reranker.with_item_item``, the code the training lists of unseen ids ran);
+        the unseen id's from its history's EASE scores, the known user's from their stored
+        history's and the request's (``FeatureLookup.row_scores``). Other rows keep
+        retrieval's."""
         lookup = None if self.rerank is None else self.rerank.features
         extra = 0 if lookup is None else self.rerank.config.ease_candidates(self.retriever.k)
         if not extra or lookup.ease_left is None:
-            return got.scores, got.positions
+            return got.scores, got.positions, got.alone
         alone = got.alone
+        merge = alone | ((got.rows > 0) & tf.reduce_any(new >= 0, axis=1))
         vectors = self.retriever.index.vectors
+        blocked = got.excluded
+        if self.retriever.seen is not None:  # a known user's rated movies are never served
+            blocked = tf.concat([blocked, tf.gather(self.retriever.seen, got.rows)
+                                 .to_tensor(-1)], axis=1)
 
         def merged():
             scores, positions = reranker.with_item_item(
-                got.scores, got.positions, lookup.history_scores(got.history), got.excluded,
-                extra, lambda p: tf.einsum("bd,bmd->bm", got.queries, vectors(p)))
-            return (tf.where(alone[:, None], scores, got.scores),
-                    tf.where(alone[:, None], positions, got.positions))
+                got.scores, got.positions, lookup.row_scores(got.rows, new, alone), blocked,
+                extra,
+                lambda p: tf.einsum("bd,bmd->bm", got.queries, vectors(p)))
+            return (tf.where(merge[:, None], scores, got.scores),
+                    tf.where(merge[:, None], positions, got.positions))
 
-        return tf.cond(tf.reduce_any(alone), merged, lambda: (got.scores, got.positions))
+        scores, positions = tf.cond(tf.reduce_any(merge), merged,
+                                    lambda: (got.scores, got.positions))
+        return scores, positions, merge
 
-    def _best(self, rows, scores, positions, ratings, known, history=None, alone=None):
+    def _best(self, rows, scores, positions, ratings, known, history=None, mixed=None):
         """The best n of the candidates, by the re-ranker (``history``: a request's new
-        movies, for its item-item features; ``alone``: the rows of unseen ids) or by
-        predicted rating."""
+        movies, for its item-item features; ``mixed``: the rows whose candidates hold
+        item-item movies) or by predicted rating."""
         if self.rerank is not None:  # the predicted ratings are one of its features
             order, top = tf.math.top_k(
-                self.rerank(rows, positions, scores, ratings, history, alone), self.n)
+                self.rerank(rows, positions, scores, ratings, history, mixed), self.n)
             ratings = tf.gather(ratings, top, batch_dims=1)
         else:
             order, top = tf.math.top_k(ratings, self.n)

@@ -1,7 +1,8 @@
 """A trained re-ranker with what it was fitted beside, saved and loaded as one frozen bundle.
 
 ``RUN/models/reranker/`` holds ``config.json`` (its ``ReRankerConfig``), ``weights.*`` (and
-``new_users.*``: the model that orders unseen ids' lists, where there is one),
+``new_users.*``: the model that orders the lists holding item-item candidates, unseen ids'
+and known users' with new movies in the request, where there is one),
 ``recent.npz`` and ``sittings.npz`` (the ``Recent`` and ``Sittings`` of the ratings it
 serves: train and fold-in) and ``tables.npz``: the ``FeatureTables`` the serving graph reads,
 computed once when it is trained (the closed-form EASE and session fits are the slow part of
@@ -25,7 +26,8 @@ from tfrs_movies.reranker.recency import Recent
 class Bundle:
     """The re-ranker ``model``, the ``recent`` and ``sittings`` of the data it serves, (once
     computed from them) the serving graph's feature ``tables``, and ``new_users``: the model
-    that orders an unseen id's ``with_history`` lists, trained on such lists
+    that orders the ``with_history`` lists holding item-item candidates (an unseen id's, a
+    known user's with new movies), trained on an unseen id's such lists
     (``ReRankerConfig.history_lists``; None: ``model`` orders them)."""
 
     model: ReRanker

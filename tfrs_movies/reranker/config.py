@@ -45,8 +45,9 @@ class ReRankerConfig:
         ratings: the lists then ask "what next", as a run whose test follows its train in
         time does; ``TrainConfig.reranker_folds``).
       ease_lambda: EASE's L2 weight.
-      ease_share: in a list that a history alone brings (an unseen id's ``with_history``
-        request, and the training lists of the users learned as such), this share of the K
+      ease_share: in a list that a history brings (an unseen id's ``with_history`` request,
+        a known user's bringing movies the export does not hold, and the training lists of
+        the users learned as unseen ids), this share of the K
         candidates (``ease_candidates``) are the history's best item-item movies that
         retrieval did not rank in its best K - that many (``features.with_item_item``); 0:
         retrieval's K alone. Only where the tables keep the item-item weights
@@ -55,9 +56,9 @@ class ReRankerConfig:
         ``with_history`` request of an unseen id bringing their fold A movies would get it
         (the towers' query and stars from the history alone, the recent family at the end of
         the data, ``ease_share`` of item-item candidates); a second model, learned on every
-        list (the users' own, then those), orders unseen ids' lists (``Bundle.new_users``);
-        the first learns on the users' own alone. 0: none (the one model orders every list);
-        only with towers that read a history.
+        list (the users' own, then those), orders the lists with item-item candidates
+        (``Bundle.new_users``); the first learns on the users' own alone. 0: none (the one
+        model orders every list); only with towers that read a history.
       ease_movies: the item-item, session and latest families are fitted on at most this many
         movies (at most ``MAX_EASE_MOVIES``), the most rated (ties: catalogue order); the
         others score 0 in them.

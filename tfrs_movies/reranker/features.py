@@ -212,13 +212,14 @@ def _recency(history: tf.Tensor, decay: float) -> tuple[tf.Tensor, tf.Tensor]:
 
 def with_item_item(scores: tf.Tensor, positions: tf.Tensor, item_item: tf.Tensor,
                    blocked: tf.Tensor, extra: int, score_of) -> tuple[tf.Tensor, tf.Tensor]:
-    """The candidates of a list that a history alone brings (an unseen id's): retrieval's
-    [B, K] (``scores`` best first, -inf on empty slots; ``positions``) keeps its best
-    K - ``extra``, and the ``extra`` movies with the best ``item_item`` scores [B, N] among
-    those it did not keep and not ``blocked`` [B, X] (catalogue positions, -1: none) take
-    the other slots. ``score_of(positions [B, extra]) -> [B, extra]`` gives their retrieval
-    scores. Returns (scores, positions) [B, K], best retrieval score first, as a retrieval
-    list (the re-ranker's rank feature reads that order). The blocked cells are set by one
+    """The candidates of a list that a history brings (an unseen id's, or a known user's
+    request with movies their tables do not hold): retrieval's [B, K] (``scores`` best
+    first, -inf on empty slots; ``positions``) keeps its best K - ``extra``, and the
+    ``extra`` movies with the best ``item_item`` scores [B, N] among those it did not keep
+    and not ``blocked`` [B, X] (catalogue positions, -1: none) take the other slots.
+    ``score_of(positions [B, extra]) -> [B, extra]`` gives their retrieval scores. Returns
+    (scores, positions) [B, K], best retrieval score first, as a retrieval list (the
+    re-ranker's rank feature reads that order). The blocked cells are set by one
     scatter, never a catalogue x exclusions comparison."""
     k = positions.shape[1] if positions.shape[1] is not None else tf.shape(positions)[1]
     kept_scores, kept = scores[:, :k - extra], positions[:, :k - extra]
@@ -270,12 +271,29 @@ class FeatureLookup(tf.Module):
             self.ease_right = tf.Variable(np.ascontiguousarray(tables.ease_right.T),
                                           trainable=False, name="ease_right")
 
-    def history_scores(self, history: tf.Tensor) -> tf.Tensor:
+    def history_scores(self, history: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
         """[B, L] catalogue positions of a history (-1: none) -> [B, N] its item-item scores
-        over the whole catalogue, in the weights' low-rank form (``ease_factors``); only
-        with ``ease_left``."""
-        rows = tf.where(history >= 0, history, self.n)
-        return tf.reduce_sum(tf.gather(self.ease_left, rows), axis=1) @ self.ease_right
+        over the whole catalogue, in the weights' low-rank form (``ease_factors``), each
+        movie weighted by ``weights`` [B, L] if given; only with ``ease_left``."""
+        left = tf.gather(self.ease_left, tf.where(history >= 0, history, self.n))
+        if weights is not None:
+            left *= weights[:, :, None]
+        return tf.reduce_sum(left, axis=1) @ self.ease_right
+
+    def row_scores(self, rows: tf.Tensor, history: tf.Tensor, plain: tf.Tensor) -> tf.Tensor:
+        """[B] user rows, [B, L] a request's movies their tables do not hold (-1: none;
+        oldest first) -> [B, N] the rows' item-item scores over the whole catalogue: the
+        latest family's where the tables hold it (what follows what the user just watched),
+        else EASE's; the stored history's from the rows' tables, the request's movies'
+        added in the low-rank form (``history_scores``). The ``plain`` rows [B] (unseen ids:
+        row 0, no stored history) get EASE's score of their history, unweighted. Only with
+        ``ease_left``."""
+        if self.latest is None:
+            return tf.gather(self.ease, rows) + self.history_scores(history)
+        weight, moved = _recency(history, self.decay)
+        weight = tf.where(plain[:, None], tf.cast(history >= 0, tf.float32), weight)
+        return tf.gather(self.latest, rows) * moved[:, None] + self.history_scores(history,
+                                                                                   weight)
 
     def __call__(self, rows: tf.Tensor, positions: tf.Tensor, scores: tf.Tensor,
                  stars: tf.Tensor, history: tf.Tensor | None = None) -> tf.Tensor:
