@@ -152,11 +152,13 @@ class FeatureTables:
         ease = session = ease_weights = session_weights = latest = left = right = None
         if config.use_ease:
             # Past ``ease_movies`` the fits see the most-rated movies only (``head``); the
-            # others' columns stay 0. Each fit's [M, M] float64 weights are dropped (or made
-            # float32) before the next fit: ml-latest-small's are 760 MB each.
+            # others' columns stay 0. Each fit's [M, M] weights are dropped (or made float32)
+            # before the next fit. Fits whose weights are not kept run in float32: 380 MB at
+            # ml-latest-small's 9.7k movies, where float64 took 760.
             head = most_rated(known, movie_ids, config.ease_movies)
             fitted = np.asarray(movie_ids)[head]
             keep = len(head) == len(movie_ids) and history_fits(len(movie_ids))
+            dtype = np.float64 if keep else np.float32
 
             def widen(scores: np.ndarray) -> np.ndarray:
                 if len(head) == len(movie_ids):
@@ -165,17 +167,18 @@ class FeatureTables:
                 out[:, head] = scores
                 return out
 
-            ease, ease_weights = ease_fit(known, user_ids, fitted, config.ease_lambda)
+            ease, ease_weights = ease_fit(known, user_ids, fitted, config.ease_lambda, dtype)
             if "latest_z" in config.used_features:
                 # ``back`` counts every catalogue movie rated later, fitted or not.
                 latest = widen((latest_weights(known, user_ids, movie_ids, config.latest_decay,
-                                               columns=head) @ ease_weights).astype(np.float32))
+                                               columns=head).astype(dtype) @ ease_weights
+                                ).astype(np.float32))
             if keep:
                 left, right = ease_factors(known, user_ids, fitted, ease_weights,
                                            config.ease_lambda)
             ease_weights = ease_weights.astype(np.float32) if keep else None
             session, session_weights = session_fit(known, user_ids, fitted, sittings,
-                                                   config.session_lambda)
+                                                   config.session_lambda, dtype)
             ease, session = widen(ease), widen(session)
             session_weights = session_weights.astype(np.float32) if keep else None
         return cls(popularity, bins, cumulative, recent.window, ease, session,

@@ -1,6 +1,8 @@
 """Item-item scores for the re-ranker: EASE (Steck 2019) fitted on users, and the session
 family's EASE fitted on what was rated together (``Sittings``), as session-aware linear
-item-item models do (SLIST, Choi et al. 2021). Closed form, numpy (float64 inside)."""
+item-item models do (SLIST, Choi et al. 2021). Closed form, numpy: float64 inside, or float32
+where the export keeps no weights (``FeatureTables.build``: past 7,071 movies), which halves
+the [N, N] fit's memory."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,11 +16,12 @@ from scipy.linalg import eigh, lapack
 from tfrs_movies.inference import pairs, position_of
 
 
-def interactions(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray) -> np.ndarray:
-    """[len(user_ids), len(movie_ids)] float64 0/1: which movie each user rated (ids absent
-    from ``ratings`` get zero rows, movies absent from ``movie_ids`` are left out)."""
+def interactions(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
+                 dtype=np.float64) -> np.ndarray:
+    """[len(user_ids), len(movie_ids)] 0/1 of ``dtype``: which movie each user rated (ids
+    absent from ``ratings`` get zero rows, movies absent from ``movie_ids`` are left out)."""
     r, c = pairs(ratings, position_of(user_ids), position_of(movie_ids))
-    x = np.zeros((len(user_ids), len(movie_ids)), np.float64)
+    x = np.zeros((len(user_ids), len(movie_ids)), dtype)
     x[r, c] = 1.0
     return x
 
@@ -36,17 +39,20 @@ def most_rated(ratings: pd.DataFrame, movie_ids: np.ndarray, limit: int) -> np.n
 
 def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item weights ``B`` [N, N] (zero diagonal) from the rows' Gram matrix
-    ``X^T X`` [N, N] float64, which it overwrites: ``gram + lam I`` is symmetric positive
-    definite, so LAPACK's Cholesky factor and inverse (``potrf``, ``potri``) run in its own
-    array and the weights are computed there. One [N, N] float64 array in all (760 MB at
-    ml-latest-small's 9.7k movies), where ``inv(gram + lam * eye)`` held three."""
+    ``X^T X`` [N, N] (float64 or float32: the weights' type), which it overwrites:
+    ``gram + lam I`` is symmetric positive definite, so LAPACK's Cholesky factor and inverse
+    (``potrf``, ``potri``) run in its own array and the weights are computed there. One
+    [N, N] array in all (760 MB in float64 at ml-latest-small's 9.7k movies), where
+    ``inv(gram + lam * eye)`` held three."""
     gram[np.diag_indices_from(gram)] += lam
     # LAPACK writes in place into a Fortran-ordered array: gram itself, or gram.T (the same
     # symmetric matrix) when gram is C-ordered.
     fortran = gram.T if gram.flags.c_contiguous else gram
-    factor, info = lapack.dpotrf(fortran, lower=False, overwrite_a=True, clean=False)
+    potrf, potri = ((lapack.spotrf, lapack.spotri) if gram.dtype == np.float32
+                    else (lapack.dpotrf, lapack.dpotri))
+    factor, info = potrf(fortran, lower=False, overwrite_a=True, clean=False)
     if info == 0:
-        inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+        inverse, info = potri(factor, lower=False, overwrite_c=True)
     if info != 0:
         raise ValueError(f"EASE: the Gram matrix plus lambda={lam} is not positive definite "
                          f"(LAPACK info {info}); use a larger lambda")
@@ -101,11 +107,11 @@ def latest_weights(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.nd
 
 
 def ease_fit(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
-             lam: float) -> tuple[np.ndarray, np.ndarray]:
+             lam: float, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
     """EASE fitted on the rows ``user_ids`` of ``ratings`` (ids absent get zero rows) over the
     columns ``movie_ids``: (their scores ``X B`` [U, N] float32, the weights ``B`` [N, N]
-    float64), so a history that arrives later scores as ``history @ B``."""
-    x = interactions(ratings, user_ids, movie_ids)
+    of ``dtype``), so a history that arrives later scores as ``history @ B``."""
+    x = interactions(ratings, user_ids, movie_ids, dtype)
     b = ease_from_gram(x.T @ x, lam)
     return (x @ b).astype(np.float32), b
 
@@ -196,13 +202,18 @@ def session_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.nd
 
 
 def session_fit(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
-                sittings: Sittings, lam: float) -> tuple[np.ndarray, np.ndarray]:
-    """(``session_scores``, the session family's weights [N, N] float64)."""
+                sittings: Sittings, lam: float, dtype=np.float64
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(``session_scores``, the session family's weights [N, N] of ``dtype``)."""
     columns = position_of(movie_ids).reindex(sittings.movie_ids).to_numpy()
     known = ~np.isnan(columns)
     rows = sparse.csr_matrix(
-        (np.ones(int(known.sum())), (sittings.sittings[known], columns[known].astype(np.int64))),
+        (np.ones(int(known.sum()), dtype),
+         (sittings.sittings[known], columns[known].astype(np.int64))),
         shape=(int(sittings.sittings.max(initial=-1)) + 1, len(movie_ids)))
     rows.data[:] = 1.0  # a movie twice in one row counts once
-    b = ease_from_gram((rows.T @ rows).toarray(), lam)
-    return (interactions(ratings, user_ids, movie_ids) @ b).astype(np.float32), b
+    gram = rows.T @ rows
+    dense = gram.toarray()
+    del gram
+    b = ease_from_gram(dense, lam)
+    return (interactions(ratings, user_ids, movie_ids, dtype) @ b).astype(np.float32), b
