@@ -171,7 +171,8 @@ class FeatureTables:
             if "latest_z" in config.used_features:
                 # ``back`` counts every catalogue movie rated later, fitted or not.
                 latest = widen((latest_weights(known, user_ids, movie_ids, config.latest_decay,
-                                               columns=head).astype(dtype) @ ease_weights
+                                               columns=head).astype(dtype, copy=False)
+                                @ ease_weights
                                 ).astype(np.float32))
             if keep:
                 left, right = ease_factors(known, user_ids, fitted, ease_weights,
