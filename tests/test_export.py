@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from tfrs_movies import contract, movie_names, reranker, reranker_lists
+from tfrs_movies import contract, movie_names, reranker, reranker_lists, serving_graph
 from tfrs_movies.config import ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.export import export
@@ -652,3 +652,17 @@ def test_the_ranking_export_carries_no_stars_table(exported):
 
     assert any(name.startswith("stars/table/") for name in saved("recommender"))
     assert not any("stars" in name for name in saved("ranking"))
+
+
+def test_with_history_never_returns_a_movie_of_a_history_past_its_limit(trained):
+    """None of a history's movies is returned, those older than the latest ``limit`` that the
+    graph reads too."""
+    modules = serving_graph.build_modules(trained, ExportConfig(k=20, n=5))
+    modules["retrieval"].history.limit = 3  # the recommender's too: one _History
+    sent = list(trained.vocab.catalogue_movies[:12])
+    for name in contract.HISTORY_SIGNATURES:
+        out = modules[name].serve_with_history(
+            user_id=tf.constant(["", "u1"]), history_movie_ids=tf.constant([sent, sent]),
+            exclude_movie_ids=tf.constant([[""], [""]]))
+        returned = _strings(out["movie_ids"])
+        assert not set(returned.ravel()) & set(sent), name

@@ -425,7 +425,9 @@ def _retrieve_with_history(module, user_id, history_movie_ids, exclude_movie_ids
     rows = module.users.rows.lookup(user_id)
     history = module.history.positions(module.catalogue, history_movie_ids)
     known = (rows > 0) | tf.reduce_any(history >= 0, axis=1)
-    excluded = tf.concat([module.catalogue.lookup(exclude_movie_ids), history], axis=1)
+    # Every movie of the history is excluded, the older ones past the towers' limit too.
+    excluded = tf.concat([module.catalogue.lookup(exclude_movie_ids),
+                          module.catalogue.lookup(history_movie_ids)], axis=1)
     features = module.retriever.space.user_features(user_id,
                                                     history_movie_ids=history_movie_ids)
     queries = module.retriever.query(features)
