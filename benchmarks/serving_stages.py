@@ -13,9 +13,10 @@ of B known users (median of ``--calls`` after a warm-up). Writes ``stages.json``
 
 The ``with_history`` rows time that signature's own stages on the same users, each bringing
 ``HISTORY`` movies they have not rated (``serving_cost.histories``): the request's history in
-catalogue positions, the user feature dict with the history, each user tower on it, the rating
-head on the candidates, and the re-ranker's features with the history's EASE and session
-scores.
+catalogue positions, the user feature dict with the history, each user tower on it, the
+item-item candidates its new movies bring (``RecommenderModule._with_item_item``), the rating
+head on the candidates, the re-ranker's features with the history's EASE and session scores,
+and the second re-ranker's MLP, which orders those lists.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
     from tfrs_movies.config import ExportConfig
     from tfrs_movies.index import NEG
     from tfrs_movies.runs import load_run
-    from tfrs_movies.serving_graph import build_modules
+    from tfrs_movies.serving_graph import _retrieve_with_history, build_modules
 
     run = load_run(run_dir)
     modules = build_modules(run, ExportConfig())
@@ -70,7 +71,11 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
     rating = tf.function(lambda r, p, s: tf.where(tf.math.is_inf(s), NEG,
                                                   rec.stars.candidates(r, p)))
     features = tf.function(lambda r, p, s, st: rec.rerank.features(r, p, s, st))
-    mlp = tf.function(lambda x, s: tf.where(s > NEG, rec.rerank.model(x, training=False), NEG))
+
+    def mlp_of(model):
+        return tf.function(lambda x, s: tf.where(s > NEG, model(x, training=False), NEG))
+
+    mlp = mlp_of(rec.rerank.model)
 
     @tf.function
     def top_n(order_scores, positions, scores, ratings):
@@ -122,6 +127,14 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
         h = tf.constant(np.stack([movies[x] for x in picked]))
         history = history_positions(h)
         users_in = rating_user(u, h)
+        got = _retrieve_with_history(rec, u, h, e)
+        new = rec.history.new(got.rows, got.history)
+        mixed_scores, mixed_positions, mixed = rec._with_item_item(got, new)
+        mixed_x = rec.rerank.features(got.rows, mixed_positions, mixed_scores,
+                                      head_of(users_in, tf.maximum(mixed_positions, 0)), new)
+        item_item = tf.function(lambda r, q, s, p, x, n: rec._with_item_item(
+            got._replace(rows=r, queries=q, scores=s, positions=p, excluded=x), n)[:2])
+        second = rec.rerank.new_users or rec.rerank.model
         out[b].update({
             f"with_history (H = {HISTORY}): the history's catalogue positions": _median_ms(
                 history_positions, (h,), calls),
@@ -131,10 +144,15 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
                                                                             calls),
             "with_history: rating tower (features included)": _median_ms(rating_user, (u, h),
                                                                          calls),
+            "with_history: item-item candidates (70 of the K)": _median_ms(
+                item_item, (got.rows, got.queries, got.scores, got.positions, got.excluded,
+                            new), calls),
             "with_history: rating head on the K candidates": _median_ms(
                 head_of, (users_in, tf.maximum(positions, 0)), calls),
             "with_history: re-ranker features with the history": _median_ms(
                 history_features, (rows, positions, scores, ratings, history), calls),
+            "with_history: second re-ranker MLP": _median_ms(mlp_of(second), (mixed_x, scores),
+                                                             calls),
             "with_history: recommender, one tf.function": _median_ms(whole_history, (u, h, e),
                                                                      calls),
             "with_history: recommender signature (chunked)": _median_ms(

@@ -387,12 +387,16 @@ class _ReRank(tf.Module):
         known user's with new movies: ``RecommenderModule._with_item_item``), which the
         ``new_users`` model, learned on such lists, orders where there is one."""
         x = self.features(rows, positions, scores, ratings, history)
-        out = self.model(x, training=False)
-        if mixed is not None and self.new_users is not None:
-            out = tf.cond(tf.reduce_any(mixed),
-                          lambda: tf.where(mixed[:, None], self.new_users(x, training=False),
-                                           out),
-                          lambda: out)
+
+        def users():
+            return self.model(x, training=False)
+
+        out = users() if mixed is None or self.new_users is None else tf.cond(
+            tf.reduce_all(mixed), lambda: self.new_users(x, training=False),
+            lambda: tf.cond(tf.reduce_any(mixed),
+                            lambda: tf.where(mixed[:, None], self.new_users(x, training=False),
+                                             users()),
+                            users))  # each model runs only where some row reads it
         return tf.where(scores > _NEG, out, _NEG)
 
 
