@@ -666,3 +666,17 @@ def test_with_history_never_returns_a_movie_of_a_history_past_its_limit(trained)
             exclude_movie_ids=tf.constant([[""], [""]]))
         returned = _strings(out["movie_ids"])
         assert not set(returned.ravel()) & set(sent), name
+
+
+def test_brute_force_vectors_are_the_candidates_kept_row_by_row_or_not(monkeypatch):
+    from tfrs_movies import index as index_module
+
+    embeddings = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    positions = np.asarray([[3, 0, 49], [7, 7, 1]])
+    small = BruteForce(embeddings)
+    monkeypatch.setattr(index_module, "ROW_COPY_MAX", embeddings.size - 1)
+    large = BruteForce(embeddings)
+    assert small.rows is not None and large.rows is None
+    for index in (small, large):
+        np.testing.assert_array_equal(index.vectors(tf.constant(positions)).numpy(),
+                                      embeddings[positions])
