@@ -52,14 +52,20 @@ def _median_ms(fn, args, calls: int, warmup: int = 5) -> float:
 
 def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
     """``{batch: {stage: p50 ms}}`` for the run's recommender and retrieval."""
+    from tfrs_movies.runs import load_run
+
+    return stages_of(load_run(run_dir), batches, calls)
+
+
+def stages_of(run, batches=BATCHES, calls: int = 50, length: int = HISTORY) -> dict:
+    """``stages`` of a run in memory (a re-ranker's, trained with ``--model all``), each
+    ``with_history`` request bringing ``length`` movies."""
     import tensorflow as tf
 
     from tfrs_movies.config import ExportConfig
     from tfrs_movies.index import NEG
-    from tfrs_movies.runs import load_run
     from tfrs_movies.serving_graph import _retrieve_with_history, build_modules
 
-    run = load_run(run_dir)
     modules = build_modules(run, ExportConfig())
     rec, retrieval = modules["recommender"], modules["retrieval"]
     users = np.asarray(run.vocab.user_ids)
@@ -86,7 +92,7 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
                 tf.gather(scores, top, batch_dims=1), tf.gather(ratings, top, batch_dims=1))
 
     whole = tf.function(rec._serve)
-    movies = dict(zip(users, histories(run.vocab, list(users), HISTORY)))
+    movies = dict(zip(users, histories(run.vocab, list(users), length)))
     space = rec.retriever.space
     history_positions = tf.function(lambda h: rec.history.positions(rec.catalogue, h))
     user_features = tf.function(lambda u, h: space.user_features(u, history_movie_ids=h))
@@ -136,7 +142,7 @@ def stages(run_dir: Path, batches=BATCHES, calls: int = 50) -> dict:
             got._replace(rows=r, queries=q, scores=s, positions=p, excluded=x), n)[:2])
         second = rec.rerank.new_users or rec.rerank.model
         out[b].update({
-            f"with_history (H = {HISTORY}): the history's catalogue positions": _median_ms(
+            f"with_history (H = {length}): the history's catalogue positions": _median_ms(
                 history_positions, (h,), calls),
             "with_history: user features with the history": _median_ms(user_features, (u, h),
                                                                        calls),

@@ -46,13 +46,14 @@ class Catalogue:
 
 @dataclasses.dataclass
 class Exported:
-    """An export directory per index, the users the run knows, how long each step took, and
-    the run's vocabulary (its catalogue and histories)."""
+    """An export directory per index, the users the run knows, how long each step took, the
+    run's vocabulary (its catalogue and histories) and the run itself (in memory)."""
 
     dirs: dict[str, Path]
     users: list[str]
     seconds: dict[str, float]
     vocab: Vocabulary | None = None
+    run: runs.Run | None = None
 
 
 def _ratings(catalogue: Catalogue, data_dir: Path):
@@ -96,4 +97,4 @@ def build(catalogue: Catalogue, data_dir: Path, work: Path) -> Exported:
         export(run, dirs[index], ExportConfig(index=index))
         seconds[f"export.{index}"] = time.perf_counter() - start
     users = pd.Series(vocab.user_ids).sample(frac=1.0, random_state=0).tolist()
-    return Exported(dirs=dirs, users=users, seconds=seconds, vocab=vocab)
+    return Exported(dirs=dirs, users=users, seconds=seconds, vocab=vocab, run=run)

@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import __main__ as bench
 from benchmarks import (batch_speed, scann_speed, scann_trained, serving_cost, serving_speed,
-                        speed_exports, train_speed)
+                        serving_stages, speed_exports, train_speed)
 from benchmarks.timing import median, percentile_ms, time_calls
 from tfrs_movies.data.synthetic import synthetic
 from tfrs_movies.errors import UserError
@@ -105,6 +105,16 @@ def test_serving_section_measures_each_batch_and_thread_count(tiny_export):
             got[f"serving_signature_p50_ms.{key}"] / retrieval, abs=0.011)
     for threads in (1, 2):
         assert got[f"serving_concurrent_rps.recommender.tiny.threads{threads}"] > 0
+
+
+def test_serving_stages_time_every_stage_of_both_signatures(tiny_export):
+    got = serving_stages.stages_of(tiny_export.run, batches=(1, 4), calls=2, length=7)
+    assert sorted(got) == [1, 4]
+    for stage, ms in got[4].items():
+        assert ms > 0, stage
+    assert "with_history: item-item candidates (70 of the K)" in got[4]
+    assert "with_history: second re-ranker MLP" in got[4]
+    assert "| with_history: rating head on the K candidates |" in serving_stages.table(got)
 
 
 def test_cost_section_compares_the_served_path_with_retrieval(tiny_export, tmp_path):
