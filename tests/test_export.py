@@ -666,6 +666,16 @@ def test_with_history_never_returns_a_movie_of_a_history_past_its_limit(trained)
             exclude_movie_ids=tf.constant([[""], [""]]))
         returned = _strings(out["movie_ids"])
         assert not set(returned.ravel()) & set(sent), name
+    # A row answers alike whatever the other rows: above, every row held item-item candidates
+    # (the second re-ranker alone ran); beside a known user's plain row, both re-rankers run
+    # (the scores' last bits follow the request's size: TensorFlow's kernels).
+    mixed = modules["recommender"].serve_with_history(
+        user_id=tf.constant(["", "u1", "u2"]),
+        history_movie_ids=tf.constant([sent, sent, [""] * len(sent)]),
+        exclude_movie_ids=tf.constant([[""], [""], [""]]))
+    np.testing.assert_array_equal(mixed["movie_ids"].numpy()[:2], out["movie_ids"].numpy())
+    np.testing.assert_allclose(mixed["rank_scores"].numpy()[:2], out["rank_scores"].numpy(),
+                               rtol=1e-5)
 
 
 def test_brute_force_vectors_are_the_candidates_kept_row_by_row_or_not(monkeypatch):
