@@ -94,7 +94,7 @@ def stages_of(run, batches=BATCHES, calls: int = 50, length: int = HISTORY) -> d
     whole = tf.function(rec._serve)
     movies = dict(zip(users, histories(run.vocab, list(users), length)))
     space = rec.retriever.space
-    history_positions = tf.function(lambda h: rec.history.positions(rec.catalogue, h))
+    history_positions = tf.function(lambda h: rec.history.positions(rec.catalogue.lookup(h)))
     user_features = tf.function(lambda u, h: space.user_features(u, history_movie_ids=h))
     query = tf.function(lambda u, h: rec.retriever.query(space.user_features(
         u, history_movie_ids=h)))

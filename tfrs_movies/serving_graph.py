@@ -225,7 +225,7 @@ def _seen(users: _Users, vocab, catalogue: _Catalogue) -> tf.RaggedTensor:
 
 
 class _History(tf.Module):
-    """A request's history (``with_history``) in catalogue positions: ``positions(ids [B, H])
+    """A request's history (``with_history``) in catalogue positions: ``positions(sent [B, H])
     -> [B, L]`` keeps each known movie once, the latest ``limit`` (the towers' ``max_history``),
     -1 pads; ``new(rows, positions)`` leaves out (-1) the movies a user row's stored history
     already holds, which the frozen tables count."""
@@ -242,8 +242,9 @@ class _History(tf.Module):
         self.stored = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int64)), 0)
 
-    def positions(self, catalogue: _Catalogue, history_movie_ids: tf.Tensor) -> tf.Tensor:
-        return latest_distinct(catalogue.lookup(history_movie_ids), self.limit, -1)
+    def positions(self, sent: tf.Tensor) -> tf.Tensor:
+        """[B, H] the request's history in catalogue positions (-1: unknown) -> [B, L]."""
+        return latest_distinct(sent, self.limit, -1)
 
     def new(self, rows: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
         keys = tf.cast(rows, tf.int64)[:, None] * self.n + positions
@@ -388,15 +389,18 @@ class _ReRank(tf.Module):
         ``new_users`` model, learned on such lists, orders where there is one."""
         x = self.features(rows, positions, scores, ratings, history)
 
-        def users():
+        def first():
             return self.model(x, training=False)
 
-        out = users() if mixed is None or self.new_users is None else tf.cond(
-            tf.reduce_all(mixed), lambda: self.new_users(x, training=False),
-            lambda: tf.cond(tf.reduce_any(mixed),
-                            lambda: tf.where(mixed[:, None], self.new_users(x, training=False),
-                                             users()),
-                            users))  # each model runs only where some row reads it
+        def second():
+            return self.new_users(x, training=False)
+
+        if mixed is None or self.new_users is None:
+            out = first()
+        else:  # each model runs only where some row reads it
+            out = tf.cond(tf.reduce_all(mixed), second, lambda: tf.cond(
+                tf.reduce_any(mixed), lambda: tf.where(mixed[:, None], second(), first()),
+                first))
         return tf.where(scores > _NEG, out, _NEG)
 
 
@@ -427,11 +431,11 @@ def _retrieve_with_history(module, user_id, history_movie_ids, exclude_movie_ids
     history's movies excluded; a row is answered by the model when its user or a movie of its
     history is known, else by the popularity fallback."""
     rows = module.users.rows.lookup(user_id)
-    history = module.history.positions(module.catalogue, history_movie_ids)
+    sent = module.catalogue.lookup(history_movie_ids)
+    history = module.history.positions(sent)
     known = (rows > 0) | tf.reduce_any(history >= 0, axis=1)
     # Every movie of the history is excluded, the older ones past the towers' limit too.
-    excluded = tf.concat([module.catalogue.lookup(exclude_movie_ids),
-                          module.catalogue.lookup(history_movie_ids)], axis=1)
+    excluded = tf.concat([module.catalogue.lookup(exclude_movie_ids), sent], axis=1)
     features = module.retriever.space.user_features(user_id,
                                                     history_movie_ids=history_movie_ids)
     queries = module.retriever.query(features)
