@@ -500,6 +500,16 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
                                    atol=1e-4)
         np.testing.assert_allclose(rec["ratings"].numpy()[row], stars.numpy()[0][order],
                                    rtol=1e-5)
+    # A request whose every row the second model orders runs the rating head on the n
+    # returned alone (that model reads no stars): the same answers as beside a plain row.
+    assert "stars_z" not in trained.reranker.new_users.config_.used_features
+    alone = with_history["recommender"](user_id=users[:2], history_movie_ids=history[:2],
+                                        exclude_movie_ids=tf.constant([[""], [fresh[0]]]))
+    np.testing.assert_array_equal(_strings(alone["movie_ids"]),
+                                  _strings(got["recommender"]["movie_ids"])[:2])
+    for name in ("rank_scores", "ratings", "scores"):
+        np.testing.assert_allclose(alone[name].numpy(), got["recommender"][name].numpy()[:2],
+                                   rtol=1e-5, atol=1e-5)
     # No history: the answer serving_default gives.
     plain = models["recommender"](user_id=users[2:], exclude_movie_ids=tf.constant([[""]]))
     np.testing.assert_array_equal(_strings(plain["movie_ids"]),

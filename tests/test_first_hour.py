@@ -8,8 +8,10 @@ that change it work on copies.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
+import json
 import shutil
 
 import numpy as np
@@ -80,7 +82,7 @@ def _aligned(lines: list[str]) -> None:
     assert len({cli.width(line) for line in lines}) == 1, "\n" + "\n".join(lines)
 
 
-def test_train_says_one_epoch_and_evaluates_non_ascii_ids(trained):
+def test_train_says_one_epoch_and_evaluates_non_ascii_ids(trained, tmp_path):
     run, printed = trained
     assert "for 1 epoch\n" in printed and "1 epochs" not in printed
     assert "[recommender, as served] ndcg@10=" in printed  # evaluate_served decoded the ids
@@ -90,6 +92,18 @@ def test_train_says_one_epoch_and_evaluates_non_ascii_ids(trained):
     assert loaded.config.folds == "random" and "latest_z" not in loaded.config.used_features
     # Unseen ids' lists have their own model, saved and loaded beside the first.
     assert loaded.new_users is not None and loaded.new_users is not loaded.model
+    # It reads no predicted stars (``history_without``); one saved before that field read all.
+    assert loaded.new_users.config_.used_features == tuple(
+        f for f in loaded.config.used_features if f != "stars_z")
+    every = dataclasses.replace(loaded.config, history_without=())
+    reranker.save(reranker.Bundle(reranker.build(every), loaded.recent, loaded.sittings,
+                                  new_users=reranker.build(every)), tmp_path)
+    path = reranker.weights_path(tmp_path).parent / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["history_without"]
+    path.write_text(json.dumps(saved))
+    assert reranker.load(tmp_path).new_users.config_.used_features == \
+        loaded.config.used_features
 
 
 def test_recommend_and_similar_print_utf8_aligned(trained, capsys):

@@ -148,6 +148,24 @@ def test_past_ease_movies_the_item_item_families_are_fitted_on_the_most_rated():
             reranker.ReRankerConfig(ease_movies=bad)
 
 
+def test_the_model_of_history_lists_reads_all_but_history_without():
+    config = reranker.ReRankerConfig(hidden=())
+    second = config.for_history_lists()
+    assert second.used_features == tuple(f for f in config.used_features if f != "stars_z")
+    model = reranker.build(second)
+    assert model.out.kernel.shape[0] == 6
+    x = np.random.default_rng(0).normal(size=(1, 3, len(reranker.FEATURES))).astype(np.float32)
+    changed = x.copy()
+    changed[..., reranker.FEATURES.index("stars_z")] += 5.0
+    np.testing.assert_array_equal(model(x).numpy(), model(changed).numpy())
+    every = dataclasses.replace(config, history_without=())
+    assert every.for_history_lists() is every
+    with pytest.raises(ValueError, match="leaves the model of history lists no feature"):
+        reranker.ReRankerConfig(features=("stars_z",)).for_history_lists()
+    with pytest.raises(ValueError, match="unknown feature families \\['stars'\\]"):
+        reranker.ReRankerConfig(history_without=("stars",))
+
+
 def test_rerankers_on_random_folds_and_saved_before_the_latest_family_read_seven():
     old = reranker.ReRankerConfig(features=reranker.config.WITHOUT_LATEST, hidden=())
     model = reranker.build(old)

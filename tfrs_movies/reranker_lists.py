@@ -60,7 +60,8 @@ def fit(train: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame, fold_in:
         # Only the session family reads them: none without the families (``ease_fits``: ML-20M).
         reranker.Sittings.build(served if config.use_ease else served.iloc[:0],
                                 config.session_gap_seconds, config.session_window),
-        new_users=None if new is None else reranker.train_on(found.then(new), config, seed))
+        new_users=None if new is None else reranker.train_on(found.then(new),
+                                                             config.for_history_lists(), seed))
     log.info(f"[reranker] trained in {time.perf_counter() - start:.1f}s")
     return bundle
 

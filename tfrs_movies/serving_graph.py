@@ -381,6 +381,10 @@ class _ReRank(tf.Module):
         self.new_users = bundle.new_users
         self.features = reranker.FeatureLookup(rerank_tables(bundle, vocab))
         self.config = bundle.config
+        # Whether the model of the lists a history brings reads the candidates' stars: when
+        # not, such requests run the rating head on the n returned alone.
+        self.second_reads_stars = (self.new_users is None
+                                   or "stars_z" in self.new_users.config_.used_features)
 
     def __call__(self, rows, positions, scores, ratings, history=None, mixed=None):
         """``history`` [B, L]: a request's movies the rows' tables do not hold (``_History``);
@@ -546,11 +550,24 @@ class RecommenderModule(tf.Module):
         rating, features = self.stars.rating, got.features
         if rating.space is not self.retriever.space:  # models trained on other feature tables
             features = rating.space.user_features(user_id, history_movie_ids=history_movie_ids)
-        ratings = tf.where(tf.math.is_inf(got.scores), _NEG,
-                           rating.of_users(rating.user_of(features),
-                                           tf.maximum(got.positions, 0)))
-        return self._best(got.rows, got.scores, got.positions, ratings, got.known, new,
-                          merged)
+        users = rating.user_of(features)
+
+        def stars_of(scores, positions):  # [B, P] -> the candidates' stars, NEG on empty slots
+            return tf.where(tf.math.is_inf(scores), _NEG,
+                            rating.of_users(users, tf.maximum(positions, 0)))
+
+        def every():
+            return self._best(got.rows, got.scores, got.positions,
+                              stars_of(got.scores, got.positions), got.known, new, merged)
+
+        if self.rerank is None or self.rerank.second_reads_stars:
+            return every()
+
+        def returned():  # every row ordered by the second model, which reads no stars
+            return self._best(got.rows, got.scores, got.positions,
+                              tf.zeros_like(got.scores), got.known, new, merged, stars_of)
+
+        return tf.cond(tf.reduce_all(merged), returned, every)
 
     def _with_item_item(self, got: _Retrieved, new: tf.Tensor
                         ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -584,10 +601,12 @@ class RecommenderModule(tf.Module):
                                     lambda: (got.scores, got.positions))
         return scores, positions, merge
 
-    def _best(self, rows, scores, positions, ratings, known, history=None, mixed=None):
+    def _best(self, rows, scores, positions, ratings, known, history=None, mixed=None,
+              stars_of=None):
         """The best n of the candidates, by the re-ranker (``history``: a request's new
         movies, for its item-item features; ``mixed``: the rows whose candidates hold
-        item-item movies) or by predicted rating."""
+        item-item movies) or by predicted rating. ``stars_of(scores, positions) -> stars``
+        [B, n]: the re-ranker reads no ``ratings``, and the n returned get theirs from it."""
         if self.rerank is not None:  # the predicted ratings are one of its features
             order, top = tf.math.top_k(
                 self.rerank(rows, positions, scores, ratings, history, mixed), self.n)
@@ -596,10 +615,12 @@ class RecommenderModule(tf.Module):
             order, top = tf.math.top_k(ratings, self.n)
             ratings = order
         positions = tf.gather(positions, top, batch_dims=1)
+        scores = tf.gather(scores, top, batch_dims=1)
+        if stars_of is not None:
+            ratings = stars_of(scores, positions)
         return {"movie_ids": self.catalogue.strings(self.catalogue.ids, positions, order),
                 "titles": self.catalogue.strings(self.catalogue.titles, positions, order),
-                "scores": tf.gather(scores, top, batch_dims=1), "ratings": ratings,
-                "rank_scores": order, "known": known}
+                "scores": scores, "ratings": ratings, "rank_scores": order, "known": known}
 
     @tf.function(input_signature=input_specs("recommender"))
     def serve(self, user_id, exclude_movie_ids):

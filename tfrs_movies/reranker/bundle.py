@@ -78,6 +78,7 @@ def load(run_dir: Path) -> Bundle | None:
     # Re-rankers trained before these learned on no item-item candidates and no unseen ids.
     values.setdefault("ease_share", 0.0)
     values.setdefault("history_lists", 0.0)
+    values.setdefault("history_without", ())  # their second model read every feature
     config = ReRankerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in values.items()})
     model = build(config)
@@ -85,7 +86,7 @@ def load(run_dir: Path) -> Bundle | None:
     tables = path.parent / "tables.npz"
     new_users = None
     if Path(f"{new_users_path(run_dir)}.index").exists():
-        new_users = build(config)
+        new_users = build(config.for_history_lists())
         new_users.load_weights(str(new_users_path(run_dir))).expect_partial()
     return Bundle(model, Recent.load(path.parent / "recent.npz"),
                   Sittings.load(path.parent / "sittings.npz"),

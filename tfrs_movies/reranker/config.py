@@ -78,6 +78,11 @@ class ReRankerConfig:
         ``exp(-back / latest_decay)``, ``back`` the number of the user's movies rated after it.
       features: the ``FEATURES`` its model reads; None (the default): all with ``latest``
         folds, ``WITHOUT_LATEST`` with ``random`` ones (``used_features``).
+      history_without: ``FAMILIES`` the model that orders the lists a history brings
+        (``history_lists``) does not read (``for_history_lists``), so its requests skip
+        them. Default: the predicted stars, which scored the same on the new-users and
+        fresh protocols without them (docs/quality.md); the served path then runs the rating
+        head on the n it returns, not on the K candidates.
     """
 
     candidates: int = ExportConfig.k
@@ -100,11 +105,13 @@ class ReRankerConfig:
     session_lambda: float = 100.0
     latest_decay: float = 10.0
     features: tuple[str, ...] | None = None
+    history_without: tuple[str, ...] = ("rating",)
 
     def __post_init__(self):
         if self.features is not None:
             object.__setattr__(self, "features", tuple(self.features))
-        unknown = sorted(set(self.without) - set(FAMILIES))
+        object.__setattr__(self, "history_without", tuple(self.history_without))
+        unknown = sorted((set(self.without) | set(self.history_without)) - set(FAMILIES))
         if unknown:
             raise ValueError(f"unknown feature families {unknown}; known: {sorted(FAMILIES)}")
         if not 1 <= self.ease_movies <= MAX_EASE_MOVIES:
@@ -152,6 +159,18 @@ class ReRankerConfig:
         if self.features is not None:
             return self.features
         return FEATURES if self.folds == "latest" else WITHOUT_LATEST
+
+    def for_history_lists(self) -> "ReRankerConfig":
+        """The config of the model that orders the lists a history brings: this one, less the
+        features of ``history_without``."""
+        off = {name for family in self.history_without for name in FAMILIES[family]}
+        kept = tuple(name for name in self.used_features if name not in off)
+        if kept == self.used_features:
+            return self
+        if not kept:
+            raise ValueError(f"history_without {self.history_without} leaves the model of "
+                             f"history lists no feature of {self.used_features}")
+        return dataclasses.replace(self, features=kept)
 
     @property
     def mask(self) -> np.ndarray:
