@@ -15,8 +15,10 @@ The ``with_history`` rows time that signature's own stages on the same users, ea
 ``HISTORY`` movies they have not rated (``serving_cost.histories``): the request's history in
 catalogue positions, the user feature dict with the history, each user tower on it, the
 item-item candidates its new movies bring (``RecommenderModule._with_item_item``), the rating
-head on the candidates, the re-ranker's features with the history's EASE and session scores,
-and the second re-ranker's MLP, which orders those lists.
+head on the candidates and on the n returned (what runs where the second re-ranker, which
+reads no stars by default, orders every row of the request), the re-ranker's features with
+the history's EASE and session scores, and the second re-ranker's MLP, which orders those
+lists.
 """
 from __future__ import annotations
 
@@ -155,6 +157,9 @@ def stages_of(run, batches=BATCHES, calls: int = 50, length: int = HISTORY) -> d
                             new), calls),
             "with_history: rating head on the K candidates": _median_ms(
                 head_of, (users_in, tf.maximum(positions, 0)), calls),
+            "with_history: rating head on the n returned (served where the second re-ranker "
+            "orders every row and reads no stars)": _median_ms(
+                head_of, (users_in, tf.maximum(positions[:, :rec.n], 0)), calls),
             "with_history: re-ranker features with the history": _median_ms(
                 history_features, (rows, positions, scores, ratings, history), calls),
             "with_history: second re-ranker MLP": _median_ms(mlp_of(second), (mixed_x, scores),
