@@ -1,13 +1,14 @@
-"""How close the low-rank form of EASE's weights (``item_item.ease_factors``) ranks to the
-weights themselves: what an unseen id's item-item candidates are chosen with.
+"""How close the low-rank form of the re-ranker's item-item weights (``item_item.ease_factors``)
+ranks to the weights themselves: what an unseen id's item-item candidates are chosen with.
 
     python -m benchmarks.ease_rank --data-dir ../shared/data/ml-100k [--ranks 64,128,256,512]
 
-The top-n protocol's split (per-user random 75/25, ``--seed``): EASE (lambda 500, the
-re-ranker's) fitted on train; every test user's train movies score the whole catalogue, train
-movies left out, once with the weights and once with each rank's form. Prints nDCG@10 of each
-top 10 against the test movies and the correlation of the two forms' scores over every
-(user, movie outside their train) cell.
+The top-n protocol's split (per-user random 75/25, ``--seed``): the weights (DLAE at the
+re-ranker's defaults, ``ReRankerConfig.ease_lambda`` and ``ease_dropout``) fitted on train;
+every test user's train movies score the whole catalogue, train movies left out, once with
+the weights and once with each rank's form. Prints nDCG@10 of each top 10 against the test
+movies and the correlation of the two forms' scores over every (user, movie outside their
+train) cell.
 """
 from __future__ import annotations
 
@@ -31,11 +32,13 @@ def _ndcg(scores: np.ndarray, relevant: list[np.ndarray], k: int = 10) -> float:
     return metrics.ranking_metrics(top, relevant, k)[f"ndcg@{k}"]
 
 
-def compare(train, test, ranks: list[int], lam: float) -> dict[str, float]:
-    """``{"exact": nDCG@10, "rank R": nDCG@10, "rank R correlation": r}``."""
+def compare(train, test, ranks: list[int], lam: float, dropout: float = 0.0
+            ) -> dict[str, float]:
+    """``{"exact": nDCG@10, "rank R": nDCG@10, "rank R correlation": r}`` of the item-item
+    weights (EASE, or DLAE with ``dropout``)."""
     users = np.asarray(sorted(set(train["user_id"])), str)
     movies = np.asarray(sorted(set(train["movie_id"])), str)
-    _, weights = ease_fit(train, users, movies, lam)
+    _, weights = ease_fit(train, users, movies, lam, dropout=dropout)
     seen = interactions(train, users, movies) > 0
     rows, cols = pairs(test, position_of(users), position_of(movies))
     relevant = [cols[rows == u] for u in range(len(users))]
@@ -44,7 +47,8 @@ def compare(train, test, ranks: list[int], lam: float) -> dict[str, float]:
     exact[seen] = -np.inf
     out = {"exact": _ndcg(exact, relevant)}
     for rank in ranks:
-        left, right = ease_factors(train, users, movies, weights, lam, rank=rank)
+        left, right = ease_factors(train, users, movies, weights, lam, rank=rank,
+                                   dropout=dropout)
         approx = (history @ left) @ right.T
         out[f"rank {rank} correlation"] = float(np.corrcoef(approx[~seen], exact[~seen])[0, 1])
         approx[seen] = -np.inf
@@ -61,9 +65,12 @@ def _main(argv) -> int:
     config = DataConfig(data_dir=str(args.data_dir), split="user", test_fraction=0.25,
                         seed=args.seed)
     split = data_lib.make_split(data_lib.load(config), config)
+    default = ReRankerConfig()
     got = compare(split.train, split.test, [int(r) for r in args.ranks.split(",")],
-                  ReRankerConfig().ease_lambda)
-    print(f"EASE, whole-catalogue top 10, seed {args.seed}: exact weights nDCG@10 "
+                  default.ease_lambda, default.ease_dropout)
+    print(f"The re-ranker's item-item weights (lambda {default.ease_lambda:g}, dropout "
+          f"{default.ease_dropout:g}), whole-catalogue top 10, seed {args.seed}: exact weights "
+          f"nDCG@10 "
           f"{got['exact']:.4f}")
     for rank in args.ranks.split(","):
         print(f"  rank {rank}: nDCG@10 {got[f'rank {rank}']:.4f}, scores' correlation with the "

@@ -359,7 +359,9 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
     known_users = sorted(set(vocab.catalogue_users) | set(vocab.user_ids))
     pairs = pd.DataFrame([(u, m) for u, h in zip(vocab.catalogue_users, vocab.history) for m in h],
                          columns=["user_id", "movie_id"])
-    ease, weights = reranker.ease_fit(pairs, np.asarray(known_users), catalogue, 500.0)
+    config = trained.reranker.config
+    ease, weights = reranker.ease_fit(pairs, np.asarray(known_users), catalogue,
+                                      config.ease_lambda, dropout=config.ease_dropout)
     # The latest family: each history's movies weighted by recency (vocab order: oldest first).
     latest = reranker.latest_weights(pairs, np.asarray(known_users), catalogue,
                                      trained.reranker.config.latest_decay) @ weights
@@ -431,8 +433,11 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
     known_users = sorted(set(vocab.catalogue_users) | set(vocab.user_ids))
     pairs = pd.DataFrame([(u, m) for u, h in stored.items() for m in h],
                          columns=["user_id", "movie_id"])
-    _, ease = reranker.ease_fit(pairs, np.asarray(known_users), catalogue, 500.0)
-    left, right = ease_factors(pairs, np.asarray(known_users), catalogue, ease, 500.0)
+    config = trained.reranker.config
+    _, ease = reranker.ease_fit(pairs, np.asarray(known_users), catalogue, config.ease_lambda,
+                                dropout=config.ease_dropout)
+    left, right = ease_factors(pairs, np.asarray(known_users), catalogue, ease,
+                               config.ease_lambda, dropout=config.ease_dropout)
     from_history = trained.reranker.config.ease_candidates(20)
     assert from_history > 0 and trained.reranker.new_users is not None
     _, session = reranker.session_fit(pairs, np.asarray(known_users), catalogue,

@@ -135,7 +135,8 @@ def test_past_ease_movies_the_item_item_families_are_fitted_on_the_most_rated():
     np.testing.assert_array_equal(
         reranker.latest_weights(known, users, movies, config.latest_decay, columns=head),
         every[:, head])
-    weights = reranker.ease_fit(known, users, movies[head], config.ease_lambda)[1]
+    weights = reranker.ease_fit(known, users, movies[head], config.ease_lambda,
+                                dropout=config.ease_dropout)[1]
     np.testing.assert_allclose(tables.latest[:, head], every[:, head] @ weights, rtol=1e-5,
                                atol=1e-6)
     assert not np.allclose(tables.latest[:, head], on_head.latest)
@@ -207,6 +208,20 @@ def test_ease_weights_are_computed_in_the_gram_matrix_own_memory():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="lambda=-100"):
         ease_from_gram(x.T @ x, -100.0)
+    # DLAE: each movie's L2 weight lam + p / (1 - p) times its ratings, no constraint.
+    dropout = 0.6
+    regulariser = lam + dropout / (1 - dropout) * np.diag(x.T @ x)
+    p = np.linalg.inv(x.T @ x + np.diag(regulariser))
+    want = -p * regulariser[None, :]
+    np.fill_diagonal(want, 0.0)
+    gram = x.T @ x
+    got = ease_from_gram(gram, lam, dropout)
+    assert np.shares_memory(got, gram)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="dropout must be within \\[0, 1\\), got 1.0"):
+        ease_from_gram(x.T @ x, lam, 1.0)
+    with pytest.raises(ValueError, match="ease_dropout within \\[0, 1\\), got 300.0 and -0.1"):
+        reranker.ReRankerConfig(ease_dropout=-0.1)
 
 
 def test_session_rows_add_windows_of_consecutive_ratings():
@@ -249,9 +264,11 @@ def test_a_left_out_family_changes_nothing_the_reranker_scores():
         reranker.ReRankerConfig(without=("genre",))
 
 
-def test_ease_factors_score_a_history_as_the_weights_do_outside_it():
-    """At full rank the low-rank form is the weights, off the history's own movies; at a
-    lower rank it keeps the largest eigenvalues' share (closer than a random rank-r form)."""
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_ease_factors_score_a_history_as_the_weights_do_outside_it(dropout):
+    """At full rank the low-rank form is the weights (EASE's, or DLAE's with ``dropout``),
+    off the history's own movies; at a lower rank it keeps the largest eigenvalues' share
+    (closer than a random rank-r form)."""
     from tfrs_movies.reranker.item_item import ease_factors
 
     rng = np.random.default_rng(5)
@@ -259,15 +276,16 @@ def test_ease_factors_score_a_history_as_the_weights_do_outside_it():
             for m in rng.choice(40, rng.integers(3, 15), replace=False)]
     known = pd.DataFrame(rows, columns=["user_id", "movie_id"])
     users, movies = np.unique(known["user_id"]), np.unique(known["movie_id"])
-    _, weights = reranker.ease_fit(known, users, movies, 20.0)
+    _, weights = reranker.ease_fit(known, users, movies, 20.0, dropout=dropout)
     history = np.zeros(len(movies))
     history[[2, 7, 30]] = 1.0
     outside = history == 0
-    left, right = ease_factors(known, users, movies, weights, 20.0, rank=len(movies))
+    left, right = ease_factors(known, users, movies, weights, 20.0, rank=len(movies),
+                               dropout=dropout)
     assert left.shape == right.shape == (len(movies), len(movies))
     np.testing.assert_allclose(((history @ left) @ right.T)[outside],
                                (history @ weights)[outside], atol=1e-5)
-    left, right = ease_factors(known, users, movies, weights, 20.0, rank=20)
+    left, right = ease_factors(known, users, movies, weights, 20.0, rank=20, dropout=dropout)
     assert left.shape == (len(movies), 20)
     error = np.abs((history @ left) @ right.T - history @ weights)[outside].max()
     assert error < np.abs(history @ weights)[outside].max()

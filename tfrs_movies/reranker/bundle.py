@@ -79,6 +79,7 @@ def load(run_dir: Path) -> Bundle | None:
     values.setdefault("ease_share", 0.0)
     values.setdefault("history_lists", 0.0)
     values.setdefault("history_without", ())  # their second model read every feature
+    values.setdefault("ease_dropout", 0.0)  # their item-item weights were EASE's
     config = ReRankerConfig(**{k: tuple(v) if isinstance(v, list) else v
                                for k, v in values.items()})
     model = build(config)

@@ -5,14 +5,15 @@ Per candidate, each normalised within the user's list (z-scores), so that values
 the fold models it learned on and by the full-train models it serves with are on one scale:
 
   retrieval   the candidate's retrieval score (z-scored) and its rank in the list
-  item-item   the EASE score of the candidate given the user's history, z-scored
+  item-item   the item-item score of the candidate given the user's history (DLAE's weights,
+              or EASE's: ``ReRankerConfig.ease_dropout``), z-scored
   popularity  log(1 + known ratings) of the candidate, z-scored
   recent      log(1 + the candidate's ratings within ``recent_window_days`` of the user's
               median rating time), z-scored: what was watched when this user was (an unknown
               user is at the end of the data: what is watched now)
   session     the session family's EASE score given the user's history (``Sittings``), z-scored
   rating      the candidate's predicted stars (a rating model's), z-scored
-  latest      the item-item EASE score given the user's history with each movie weighted by
+  latest      the item-item score given the user's history with each movie weighted by
               how recent it is (``exp(-back / latest_decay)``, ``back`` the movies rated after
               it), z-scored: what follows what the user just watched
 """
@@ -167,7 +168,8 @@ class FeatureTables:
                 out[:, head] = scores
                 return out
 
-            ease, ease_weights = ease_fit(known, user_ids, fitted, config.ease_lambda, dtype)
+            ease, ease_weights = ease_fit(known, user_ids, fitted, config.ease_lambda, dtype,
+                                          config.ease_dropout)
             if "latest_z" in config.used_features:
                 # ``back`` counts every catalogue movie rated later, fitted or not.
                 latest = widen((latest_weights(known, user_ids, movie_ids, config.latest_decay,
@@ -176,7 +178,7 @@ class FeatureTables:
                                 ).astype(np.float32))
             if keep:
                 left, right = ease_factors(known, user_ids, fitted, ease_weights,
-                                           config.ease_lambda)
+                                           config.ease_lambda, dropout=config.ease_dropout)
             ease_weights = ease_weights.astype(np.float32) if keep else None
             session, session_weights = session_fit(known, user_ids, fitted, sittings,
                                                    config.session_lambda, dtype)

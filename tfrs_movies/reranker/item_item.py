@@ -1,8 +1,17 @@
-"""Item-item scores for the re-ranker: EASE (Steck 2019) fitted on users, and the session
-family's EASE fitted on what was rated together (``Sittings``), as session-aware linear
-item-item models do (SLIST, Choi et al. 2021). Closed form, numpy: float64 inside, or float32
-where the export keeps no weights (``FeatureTables.build``: past 7,071 movies), which halves
-the [N, N] fit's memory."""
+"""Item-item scores for the re-ranker: EASE (Steck 2019) fitted on users, or its denoising
+form DLAE (Steck 2020, below), and the session family's EASE fitted on what was rated
+together (``Sittings``), as session-aware linear item-item models do (SLIST, Choi et al.
+2021). Closed form, numpy: float64 inside, or float32 where the export keeps no weights
+(``FeatureTables.build``: past 7,071 movies), which halves the [N, N] fit's memory.
+
+DLAE ("Autoencoders that don't overfit towards the identity", Steck, NeurIPS 2020) is the
+linear autoencoder trained on its input with each entry dropped with probability p: in
+closed form ``B = I - P Lambda`` with ``P = (G + Lambda)^-1``, ``G = X^T X`` and the diagonal
+``Lambda = lambda + p / (1 - p) diag(G)``, so a popular movie is regularised more, where EASE
+(``lambda`` alone and a zero-diagonal constraint) treats every movie alike. Its diagonal
+only scores a movie from itself, which a history's own movies never are here (they are
+excluded), so it is kept at zero as EASE's. On ML-100K it scores above EASE on every split
+of the quality benchmark (docs/quality.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -37,14 +46,19 @@ def most_rated(ratings: pd.DataFrame, movie_ids: np.ndarray, limit: int) -> np.n
     return np.sort(np.argsort(-counts, kind="stable")[:limit])
 
 
-def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
+def ease_from_gram(gram: np.ndarray, lam: float, dropout: float = 0.0) -> np.ndarray:
     """EASE's item-item weights ``B`` [N, N] (zero diagonal) from the rows' Gram matrix
-    ``X^T X`` [N, N] (float64 or float32: the weights' type), which it overwrites:
-    ``gram + lam I`` is symmetric positive definite, so LAPACK's Cholesky factor and inverse
+    ``X^T X`` [N, N] (float64 or float32: the weights' type), which it overwrites, or with
+    ``dropout`` p > 0, DLAE's (the module's docstring) with the same diagonal kept at zero:
+    ``B[j, c] = -P[j, c] Lambda[c]``, where EASE's is ``-P[j, c] / P[c, c]``.
+    ``gram + Lambda`` is symmetric positive definite, so LAPACK's Cholesky factor and inverse
     (``potrf``, ``potri``) run in its own array and the weights are computed there. One
     [N, N] array in all (760 MB in float64 at ml-latest-small's 9.7k movies), where
     ``inv(gram + lam * eye)`` held three."""
-    gram[np.diag_indices_from(gram)] += lam
+    if not 0 <= dropout < 1:
+        raise ValueError(f"the item-item dropout must be within [0, 1), got {dropout}")
+    regulariser = dlae_diagonal(np.diag(gram), lam, dropout)
+    gram[np.diag_indices_from(gram)] += regulariser.astype(gram.dtype, copy=False)
     # LAPACK writes in place into a Fortran-ordered array: gram itself, or gram.T (the same
     # symmetric matrix) when gram is C-ordered.
     fortran = gram.T if gram.flags.c_contiguous else gram
@@ -58,9 +72,18 @@ def ease_from_gram(gram: np.ndarray, lam: float) -> np.ndarray:
                          f"(LAPACK info {info}); use a larger lambda")
     p = inverse.T  # gram's memory (a view of it): its lower triangle holds the inverse
     _mirror_lower(p)
-    p /= -np.diag(p).copy()
+    if dropout:
+        p *= -regulariser.astype(p.dtype, copy=False)
+    else:
+        p /= -np.diag(p).copy()
     np.fill_diagonal(p, 0.0)
     return p
+
+
+def dlae_diagonal(gram_diagonal: np.ndarray, lam: float, dropout: float) -> np.ndarray:
+    """DLAE's regulariser ``Lambda`` [N] float64: ``lam + p / (1 - p) diag(G)`` (``lam``
+    alone at ``dropout`` 0, EASE's)."""
+    return lam + dropout / (1.0 - dropout) * np.asarray(gram_diagonal, np.float64)
 
 
 def _mirror_lower(p: np.ndarray, block: int = 512) -> None:
@@ -107,45 +130,55 @@ def latest_weights(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.nd
 
 
 def ease_fit(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
-             lam: float, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
-    """EASE fitted on the rows ``user_ids`` of ``ratings`` (ids absent get zero rows) over the
-    columns ``movie_ids``: (their scores ``X B`` [U, N] float32, the weights ``B`` [N, N]
-    of ``dtype``), so a history that arrives later scores as ``history @ B``."""
+             lam: float, dtype=np.float64, dropout: float = 0.0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """EASE (or with ``dropout`` > 0, DLAE: ``ease_from_gram``) fitted on the rows
+    ``user_ids`` of ``ratings`` (ids absent get zero rows) over the columns ``movie_ids``:
+    (their scores ``X B`` [U, N] float32, the weights ``B`` [N, N] of ``dtype``), so a
+    history that arrives later scores as ``history @ B``."""
     x = interactions(ratings, user_ids, movie_ids, dtype)
-    b = ease_from_gram(x.T @ x, lam)
+    b = ease_from_gram(x.T @ x, lam, dropout)
     return (x @ b).astype(np.float32), b
 
 
-# The rank of ``ease_factors``: on the top-n split of ML-100K (seed 42, lambda 500) EASE's
-# whole-catalogue top 10 from the rank-256 form scores nDCG@10 0.4719 against the weights'
-# 0.4745, and the two forms' scores correlate 0.997 (384: 0.4753, 0.9996;
-# ``python -m benchmarks.ease_rank``).
+# The rank of ``ease_factors``: on the top-n split of ML-100K (seed 42) the whole-catalogue
+# top 10 of the re-ranker's DLAE weights (lambda 300, dropout 0.67) from the rank-256 form
+# scores nDCG@10 0.4722 against the weights' 0.4764, and the two forms' scores correlate
+# 0.996 (384: 0.4763, 0.9994; ``python -m benchmarks.ease_rank``).
 EASE_RANK = 256
 
 
 def ease_factors(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
-                 weights: np.ndarray, lam: float, rank: int = EASE_RANK
+                 weights: np.ndarray, lam: float, rank: int = EASE_RANK, dropout: float = 0.0
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """EASE's weights ``B`` (``ease_fit`` of the same arguments) in a low-rank form that
-    scores a history over the whole catalogue at the cost of a rank-r product: (left [N, r],
-    right [N, r]) float32 with ``(h @ left) @ right.T`` close to ``h @ B`` at every movie
-    outside the history h (a multi-hot row).
+    """EASE's (or DLAE's) weights ``B`` (``ease_fit`` of the same arguments) in a low-rank
+    form that scores a history over the whole catalogue at the cost of a rank-r product:
+    (left [N, r], right [N, r]) float32 with ``(h @ left) @ right.T`` close to ``h @ B`` at
+    every movie outside the history h (a multi-hot row).
 
-    With ``G = X^T X = sum_i sigma_i q_i q_i^T`` and ``P = (G + lam I)^-1``,
-    ``P = (I - sum_i s_i q_i q_i^T) / lam`` where ``s_i = sigma_i / (sigma_i + lam)``, and
-    ``B[j, c] = -P[j, c] / P[c, c]`` off the diagonal, so ``B[j, c] = sum_i s_i q_ij q_ic /
-    (lam P[c, c])``: the sum is kept over the ``rank`` largest eigenvalues (the others' s_i
-    are the smallest), ``P[c, c]`` is exact (from ``G`` and ``B``:
-    ``1 / (G[c, c] + lam - sum_j G[j, c] B[j, c])``)."""
+    With ``G = X^T X``, the regulariser ``Lambda = D`` (diagonal: ``lam`` for EASE,
+    ``dlae_diagonal`` for DLAE) and ``G' = D^-1/2 G D^-1/2 = sum_i sigma_i q_i q_i^T``,
+    ``P = (G + D)^-1 = D^-1/2 (I - sum_i s_i q_i q_i^T) D^-1/2`` where ``s_i = sigma_i /
+    (sigma_i + 1)``. Off the diagonal ``B[j, c] = -P[j, c] w_c``, with ``w_c = 1 / P[c, c]``
+    for EASE and ``D[c]`` for DLAE, so ``B[j, c] = sum_i s_i q_ij q_ic w_c / (d_j d_c)^1/2``:
+    the sum is kept over the ``rank`` largest eigenvalues (the others' s_i are the
+    smallest), ``P[c, c]`` is exact (from ``G`` and ``B``: ``1 / (G[c, c] + lam - sum_j
+    G[j, c] B[j, c])``)."""
     x = interactions(ratings, user_ids, movie_ids)
     gram = x.T @ x
-    diagonal = 1.0 / (np.diag(gram) + lam - np.einsum("jc,jc->c", gram, weights))
+    scale = 1.0 / np.sqrt(dlae_diagonal(np.diag(gram), lam, dropout))  # D^-1/2
+    if dropout:
+        column = 1.0 / scale  # D[c] / D[c]^1/2
+    else:
+        column = (np.diag(gram) + lam - np.einsum("jc,jc->c", gram, weights)) * scale
+    gram *= scale[:, None]
+    gram *= scale[None, :]
     n = len(gram)
     r = min(rank, n)
     sigma, q = eigh(gram, subset_by_index=[n - r, n - 1], overwrite_a=True, check_finite=False)
-    shrink = np.maximum(sigma, 0.0) / (np.maximum(sigma, 0.0) + lam)
-    return ((q * shrink).astype(np.float32),
-            (q / (lam * diagonal)[:, None]).astype(np.float32))
+    shrink = np.maximum(sigma, 0.0) / (np.maximum(sigma, 0.0) + 1.0)
+    return ((q * (shrink * scale[:, None])).astype(np.float32),
+            (q * column[:, None]).astype(np.float32))
 
 
 def ease_scores(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarray,
