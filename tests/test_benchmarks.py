@@ -491,11 +491,11 @@ def test_new_users_protocol_end_to_end_on_tiny_data(tmp_path, monkeypatch):
     data = synthetic(60, 30, 900, seed=0)
     rows = quality.history_protocol("new-users", data, 1, tmp_path,
                                     fit=TrainConfig(epochs=1, reranker_epochs=1))
-    served, ease, popularity, retrieval, before = list(rows)
+    served, ease, dlae, popularity, retrieval, before = list(rows)
     assert before.endswith("via serving_default (the history as exclusions, as before "
                            "with_history)") and rows[before]["known"] == 0.0
-    assert served.startswith(quality.SERVED) and (ease, popularity) == (quality.EASE_ROW,
-                                                                        "popularity")
+    assert served.startswith(quality.SERVED) and (ease, dlae, popularity) == (
+        quality.EASE_ROW, quality.DLAE_ROW, "popularity")
     assert retrieval.startswith("ours: exported retrieval via")
     assert 0.0 <= rows[retrieval]["recall@30"] <= 1.0  # K = min(100, the 30 movies)
     assert rows[served]["users"] == 12  # 20% of 60 users, each with a test rating
@@ -517,3 +517,21 @@ def test_ease_rank_compares_the_low_rank_form_with_the_weights(tiny_tables):
     assert got[f"rank {movies}"] == pytest.approx(got["exact"], abs=1e-6)
     assert got[f"rank {movies} correlation"] == pytest.approx(1.0, abs=1e-6)
     assert 0.0 <= got["rank 3"] <= 1.0 and "rank 3 correlation" in got
+    dlae = ease_rank.compare(train, test, [movies], 20.0, dropout=0.5)
+    assert dlae[f"rank {movies}"] == pytest.approx(dlae["exact"], abs=1e-6)
+
+
+def test_item_item_benchmark_scores_each_fit_on_each_protocol():
+    from benchmarks import item_item
+
+    weights = item_item.parse_weights("ease:20,dlae:0.5:20")
+    assert weights == [("EASE 20", 20.0, 0.0), ("DLAE 0.5 20", 20.0, 0.5)]
+    for bad in ("ease", "dlae:0.5", "ridge:3", "ease:x"):
+        with pytest.raises(UserError, match=f"--weights: '{bad}' is neither"):
+            item_item.parse_weights(bad)
+    data = synthetic(60, 30, 900, seed=0)
+    movies = np.asarray(sorted(data.movies["movie_id"].astype(str)))
+    for protocol in item_item.PROTOCOLS:
+        got = item_item.compare(data.ratings, movies, protocol, 1, weights, 10.0)
+        assert set(got) == {"EASE 20", "DLAE 0.5 20"}
+        assert all(0.0 <= v <= 1.0 for v in got.values()) and got["EASE 20"] != got["DLAE 0.5 20"]
