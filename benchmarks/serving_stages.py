@@ -17,8 +17,8 @@ catalogue positions, the user feature dict with the history, each user tower on 
 item-item candidates its new movies bring (``RecommenderModule._with_item_item``), the rating
 head on the candidates and on the n returned (what runs where the second re-ranker, which
 reads no stars by default, orders every row of the request), the re-ranker's features with
-the history's EASE and session scores, and the second re-ranker's MLP, which orders those
-lists.
+the history's item-item, session and latest scores, and the second re-ranker's MLP, which
+orders those lists.
 """
 from __future__ import annotations
 
