@@ -19,7 +19,7 @@ from tfrs_movies.tf_serving_config import models_config
 from tfrs_movies.index import GROUPED_TOP_MIN, BruteForce, Popular, ScaNN
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
-from tfrs_movies.reranker.item_item import ease_factors, session_factors
+from tfrs_movies.reranker.item_item import ease_factors
 from tfrs_movies.training import make_dataset
 
 
@@ -407,8 +407,7 @@ def test_exports_answer_what_the_towers_answer(exported, trained, index):
 
 def test_with_history_answers_what_the_towers_answer(exported, with_history, trained):
     """``with_history``: the towers run on the stored history followed by the request's, the
-    re-ranker's item-item, session and latest scores read the combined history (the stored
-    movies' exact weights, the request's new movies' low-rank form), and the history's
+    re-ranker's item-item and session scores read the combined history, and the history's
     movies are never served. An unseen id (its candidates: retrieval's best K - E and the E
     best of its history's low-rank item-item scores), a known user with new and old movies in
     the request (the E best of the stored history's item-item scores plus the new movies'
@@ -442,9 +441,8 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
     from_history = trained.reranker.config.ease_candidates(20)
     assert from_history > 0 and trained.reranker.new_users is not None
     _, session = reranker.session_fit(pairs, np.asarray(known_users), catalogue,
-                                      trained.reranker.sittings, config.session_lambda)
-    session_left, session_right = session_factors(trained.reranker.sittings, catalogue,
-                                                  session, config.session_lambda)
+                                      trained.reranker.sittings,
+                                      trained.reranker.config.session_lambda)
     counts = dict(zip(vocab.movie_ids, vocab.movie_counts))
     popularity = np.asarray([counts.get(m, 0) for m in catalogue], np.float32)
     bins, cumulative = trained.reranker.recent.tables(np.asarray([""] + known_users), catalogue)
@@ -490,20 +488,13 @@ def test_with_history_answers_what_the_towers_answer(exported, with_history, tra
         users_in = ranking.rating_user(tf.constant([user]), history_movie_ids=request)
         stars = ranking.rate(users_in, ranking.rating_movie(tf.constant(catalogue[picked]))[None])
         bin_row = known_users.index(user) + 1 if user in known_users else 0
-
-        def scores_of(weighted, exact, low_rank):
-            """The stored movies' scores from the exact weights, the request's new movies'
-            from their low-rank form, at the candidates."""
-            got = (weighted * ~new) @ exact + ((weighted * new) @ low_rank[0]) @ low_rank[1].T
-            return tf.constant(got[picked][None], tf.float32)
-
         x = reranker.features(
-            tf.constant(scored), scores_of(multi_hot, ease, (left, right)),
+            tf.constant(scored), tf.constant((multi_hot @ ease)[picked][None], tf.float32),
             tf.constant(popularity[picked][None]),
             reranker.recent_counts(tf.constant(bins[bin_row])[None], tf.constant(cumulative),
                                    tf.constant(picked[None]), trained.reranker.recent.window),
-            scores_of(multi_hot, session, (session_left, session_right)), stars,
-            scores_of(recency, ease, (left, right)))
+            tf.constant((multi_hot @ session)[picked][None], tf.float32), stars,
+            tf.constant((recency @ ease)[picked][None], tf.float32))
         # A list with item-item candidates is ordered by the re-ranker learned on such lists.
         ranker = trained.reranker.new_users if sent else trained.reranker.model
         learned = ranker(x).numpy()[0]

@@ -36,8 +36,7 @@ from tfrs_movies import data as data_lib
 from tfrs_movies import reranker
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.inference import embed, pairs, position_of, predict_ratings
-from tfrs_movies.reranker import Lists, ReRankerConfig, latest_weights
-from tfrs_movies.reranker.item_item import interactions
+from tfrs_movies.reranker import Lists, ReRankerConfig
 from tfrs_movies.training import fit_model
 
 log = logging.getLogger(__name__)
@@ -205,26 +204,6 @@ def _histories(known: pd.DataFrame, user_ids: np.ndarray) -> np.ndarray:
     return out.astype(str)
 
 
-def _history_in_low_rank(tables: reranker.FeatureTables, known: pd.DataFrame,
-                         user_ids: np.ndarray, movie_ids: np.ndarray, new: np.ndarray
-                         ) -> reranker.FeatureTables:
-    """``tables`` with the ``new`` rows' item-item, session and latest scores computed as a
-    ``with_history`` request's are served: their ``known`` movies times each family's
-    weights in the low-rank form (``FeatureLookup``), not the exact weights."""
-    rows = np.flatnonzero(new)
-    history = interactions(known, user_ids[rows], movie_ids).astype(np.float32)
-    scores = {"ease": ((history @ tables.ease_left) @ tables.ease_right.T),
-              "session": ((history @ tables.session_left) @ tables.session_right.T)}
-    if tables.latest is not None:
-        weights = latest_weights(known, user_ids[rows], movie_ids, tables.decay)
-        scores["latest"] = (weights.astype(np.float32) @ tables.ease_left) @ tables.ease_right.T
-    out = {}
-    for name, new_rows in scores.items():
-        out[name] = getattr(tables, name).copy()
-        out[name][rows] = new_rows
-    return dataclasses.replace(tables, **out)
-
-
 def _new_user_queries(retrieval, history: np.ndarray, batch: int = 1024) -> np.ndarray:
     """[U, D]: the query of an unseen id ("") bringing each ``history`` row (``_histories``)."""
     return np.concatenate([
@@ -329,8 +308,6 @@ def candidate_lists(retrieval, known: pd.DataFrame, held_out: pd.DataFrame,
             tables = dataclasses.replace(tables, **{
                 name: np.where(new[:, None], 0.0, getattr(tables, name)).astype(np.float32)
                 for name in ("ease", "session", "latest") if getattr(tables, name) is not None})
-        elif tables.ease_left is not None:
-            tables = _history_in_low_rank(tables, known, user_ids, movie_ids, new)
     x = reranker.FeatureLookup(tables)(tf.range(len(user_ids)), tf.constant(top),
                                        tf.constant(scores), tf.constant(stars)).numpy()
     b_rows, b_cols = pairs(held_out, user_pos, movie_pos)

@@ -17,11 +17,11 @@ signature, ``lookup``: a movie id or title -> the catalogue movies it names (``_
 Retrieval and the recommender have a third, ``with_history`` (``serve_with_history``): the same
 answer from the history the request brings (``_History``). There the user towers run in the
 graph on the stored history followed by the request's (``FeatureSpace.user_features``), the
-rating head runs on the K candidates, and the re-ranker's item-item, session and latest scores
-add the request's new movies' scores from the weights' low-rank forms (``FeatureLookup``). An
-unseen id answered from its history, and a known user whose request brings new movies, get
-the best item-item movies of their history among their candidates
-(``RecommenderModule._with_item_item``), ordered by the re-ranker learned on such lists.
+rating head runs on the K candidates, and the re-ranker's item-item and session scores add the
+request's new movies times their weights (``FeatureLookup``). An unseen id answered from
+its history, and a known user whose request brings new movies, get the best item-item movies
+of their history among their candidates (``RecommenderModule._with_item_item``), ordered by
+the re-ranker learned on such lists.
 
 Towers are computed once, here: every known user's query embedding and rating representation
 and every catalogue movie's candidate embedding and rating representation are stored as

@@ -29,7 +29,7 @@ from tfrs_movies.index import NEG
 from tfrs_movies.inference import gather_cells, pairs, position_of
 from tfrs_movies.reranker.config import MAX_EASE_CELLS, MAX_EASE_MOVIES, ReRankerConfig
 from tfrs_movies.reranker.item_item import (Sittings, ease_factors, ease_fit, latest_weights,
-                                            most_rated, session_factors, session_fit)
+                                            most_rated, session_fit)
 from tfrs_movies.reranker.recency import Recent, recent_counts
 
 
@@ -93,10 +93,7 @@ class FeatureTables:
         fits saw only part of the catalogue.
       ease_left, ease_right: [N, r] float32, the item-item weights' low-rank form
         (``item_item.ease_factors``): a request's history over the whole catalogue, for the
-        candidates it adds (``with_item_item``) and its item-item and latest scores; kept
-        with the weights.
-      session_left, session_right: [N, r] float32, the session weights' (``item_item.
-        session_factors``): a request's history's session scores; kept with the weights.
+        candidates it adds (``with_item_item``); kept with the weights.
     """
 
     popularity: np.ndarray
@@ -113,8 +110,6 @@ class FeatureTables:
     decay: float = 10.0
     ease_left: np.ndarray | None = None
     ease_right: np.ndarray | None = None
-    session_left: np.ndarray | None = None
-    session_right: np.ndarray | None = None
 
     def fits(self, user_ids: np.ndarray, movie_ids: np.ndarray,
              ease_movies: int = MAX_EASE_MOVIES) -> bool:
@@ -124,8 +119,7 @@ class FeatureTables:
         complete = (self.ease is None or self.ease_weights is not None
                     or not history_fits(len(self.movie_ids))
                     or len(self.movie_ids) > ease_movies)
-        complete &= self.ease_weights is None or (self.ease_left is not None
-                                                   and self.session_left is not None)
+        complete &= self.ease_weights is None or self.ease_left is not None
         return (complete and np.array_equal(self.user_ids, np.asarray(user_ids, str))
                 and np.array_equal(self.movie_ids, np.asarray(movie_ids, str)))
 
@@ -156,8 +150,7 @@ class FeatureTables:
         _, columns = pairs(known, position_of(user_ids), position_of(movie_ids))
         popularity = np.bincount(columns, minlength=len(movie_ids)).astype(np.float32)
         bins, cumulative = recent.tables(user_ids, movie_ids)
-        ease = session = ease_weights = session_weights = latest = None
-        factors = {}
+        ease = session = ease_weights = session_weights = latest = left = right = None
         if config.use_ease:
             # Past ``ease_movies`` the fits see the most-rated movies only (``head``); the
             # others' columns stay 0. Each fit's [M, M] weights are dropped (or made float32)
@@ -184,29 +177,33 @@ class FeatureTables:
                                 @ ease_weights
                                 ).astype(np.float32))
             if keep:
-                factors["ease_left"], factors["ease_right"] = ease_factors(
-                    known, user_ids, fitted, ease_weights, config.ease_lambda,
-                    dropout=config.ease_dropout)
+                left, right = ease_factors(known, user_ids, fitted, ease_weights,
+                                           config.ease_lambda, dropout=config.ease_dropout)
             ease_weights = ease_weights.astype(np.float32) if keep else None
             session, session_weights = session_fit(known, user_ids, fitted, sittings,
                                                    config.session_lambda, dtype)
             ease, session = widen(ease), widen(session)
-            if keep:
-                factors["session_left"], factors["session_right"] = session_factors(
-                    sittings, fitted, session_weights, config.session_lambda)
             session_weights = session_weights.astype(np.float32) if keep else None
         return cls(popularity, bins, cumulative, recent.window, ease, session,
                    np.asarray(user_ids, str), np.asarray(movie_ids, str), ease_weights,
-                   session_weights, latest, config.latest_decay, **factors)
+                   session_weights, latest, config.latest_decay, left, right)
 
 
 _OPTIONAL = ("ease", "session", "ease_weights", "session_weights", "latest", "ease_left",
-             "ease_right", "session_left", "session_right")
+             "ease_right")
 
 
 def history_fits(movies: int) -> bool:
     """Whether the EASE weights of ``movies`` movies are kept for requests' histories."""
     return movies * movies <= MAX_EASE_CELLS
+
+
+def _history_cells(n: int, history: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """[B, L] history positions (-1: none), [B, K] candidates -> the [B, L, K] int32 cell
+    numbers of the [N + 1, N] table ``FeatureLookup.history_weights`` flattened row-major; an
+    empty history slot reads row N, all zeros."""
+    rows = tf.where(history >= 0, tf.cast(history, tf.int32), n)
+    return rows[:, :, None] * n + tf.maximum(tf.cast(positions, tf.int32), 0)[:, None, :]
 
 
 def _recency(history: tf.Tensor, decay: float) -> tuple[tf.Tensor, tf.Tensor]:
@@ -263,28 +260,31 @@ class FeatureLookup(tf.Module):
         if tables.latest is not None:
             self.latest = tf.Variable(tables.latest, trainable=False, name="latest_scores")
         self.n = len(tables.movie_ids)
-        self.ease_left = self.ease_right = self.session_left = self.session_right = None
+        self.history_weights = None
+        if tables.ease_weights is not None:
+            # [(N + 1) * N, 2]: cell (i, j) holds both weights of history movie i for candidate
+            # j (one gather reads both: one cache line), then a row of zeros for empty slots.
+            pair = np.zeros((self.n + 1, self.n, 2), np.float32)
+            pair[:-1, :, 0], pair[:-1, :, 1] = tables.ease_weights, tables.session_weights
+            self.history_weights = tf.Variable(pair.reshape(-1, 2), trainable=False,
+                                               name="history_weights")
+        self.ease_left = self.ease_right = None
         if tables.ease_left is not None:
             # [N + 1, r] (a last row of zeros for empty history slots) and [r, N].
-            for name in ("ease", "session"):
-                left, right = getattr(tables, f"{name}_left"), getattr(tables, f"{name}_right")
-                setattr(self, f"{name}_left", tf.Variable(
-                    np.concatenate([left, np.zeros_like(left[:1])]), trainable=False,
-                    name=f"{name}_left"))
-                setattr(self, f"{name}_right", tf.Variable(
-                    np.ascontiguousarray(right.T), trainable=False, name=f"{name}_right"))
+            self.ease_left = tf.Variable(
+                np.concatenate([tables.ease_left, np.zeros_like(tables.ease_left[:1])]),
+                trainable=False, name="ease_left")
+            self.ease_right = tf.Variable(np.ascontiguousarray(tables.ease_right.T),
+                                          trainable=False, name="ease_right")
 
-    def history_scores(self, history: tf.Tensor, weights: tf.Tensor | None = None,
-                       family: str = "ease") -> tf.Tensor:
+    def history_scores(self, history: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
         """[B, L] catalogue positions of a history (-1: none) -> [B, N] its item-item scores
-        (``family`` "session": its session scores) over the whole catalogue, in the weights'
-        low-rank form (``ease_factors``), each movie weighted by ``weights`` [B, L] if given;
-        only with ``ease_left``."""
-        left = tf.gather(getattr(self, f"{family}_left"),
-                         tf.where(history >= 0, history, self.n))
+        over the whole catalogue, in the weights' low-rank form (``ease_factors``), each
+        movie weighted by ``weights`` [B, L] if given; only with ``ease_left``."""
+        left = tf.gather(self.ease_left, tf.where(history >= 0, history, self.n))
         if weights is not None:
             left *= weights[:, :, None]
-        return tf.reduce_sum(left, axis=1) @ getattr(self, f"{family}_right")
+        return tf.reduce_sum(left, axis=1) @ self.ease_right
 
     def row_scores(self, rows: tf.Tensor, history: tf.Tensor, plain: tf.Tensor) -> tf.Tensor:
         """[B] user rows, [B, L] a request's movies their tables do not hold (-1: none;
@@ -310,28 +310,33 @@ class FeatureLookup(tf.Module):
             return tf.zeros_like(scores) if table is None else gather_cells(table, rows,
                                                                             positions)
         ease, session, latest = stored(self.ease), stored(self.session), stored(self.latest)
-        if history is not None and self.ease_left is not None:
-            # The request's movies' scores, each family's over the whole catalogue in its
-            # low-rank form ([B, r] x [r, N]; the latest family's query beside the item-item
-            # one, so both share one product), read at the candidates. Where the stored
-            # tables are exact, so are a row's stored movies' scores.
-            weight, moved = _recency(history, self.decay)
-            with_latest = self.latest is not None
-            left = tf.gather(self.ease_left, tf.where(history >= 0, history, self.n))
-            queries = [tf.reduce_sum(left, axis=1)]
-            if with_latest:
-                queries.append(tf.reduce_sum(left * weight[:, :, None], axis=1))
-            both = tf.concat(queries, axis=0) @ self.ease_right  # [B or 2B, N]
-            at = tf.maximum(positions, 0)
+        if history is not None and self.history_weights is not None:
+            # [B, L, K, 2]: each history movie's EASE and session weight for each candidate
+            # (``history @ weights`` read at the candidates only): one gather of B L K cells
+            # with int32 cell numbers (N^2 <= MAX_EASE_CELLS). The gather is random reads of
+            # a table larger than the caches: with each row's history and candidates in
+            # ascending order it reads every table row front to back, in row order (1.75x
+            # faster at B = 256, L = 50, K = 100 than the request's order), and the sums are
+            # put back in the candidates' order. On ML-100K's 1.7k movies, cell numbers into
+            # the flattened table measured 1.6x faster than gather_nd on [N, N], and 3x
+            # faster than a sparse [B, N] x [N, N] product.
+            by_position = tf.argsort(positions, axis=1, stable=True)
+            by_movie = tf.argsort(history, axis=1, stable=True)
+            each = tf.gather(self.history_weights, _history_cells(
+                self.n, tf.gather(history, by_movie, batch_dims=1),
+                tf.gather(positions, by_position, batch_dims=1)))
+            back = tf.argsort(by_position, axis=1, stable=True)  # sorted -> request order
 
-            def read(scores_over_catalogue):
-                return tf.gather(scores_over_catalogue, at, batch_dims=1)
+            def summed(values):  # [B, L, K, ...] in sorted order -> [B, K, ...] in the request's
+                return tf.gather(tf.reduce_sum(values, axis=1), back, batch_dims=1)
 
-            b = tf.shape(positions)[0]
-            ease += read(both[:b])
-            session += read(self.history_scores(history, family="session"))
-            if with_latest:
-                latest = latest * moved[:, None] + read(both[b:])
+            both = summed(each)
+            ease += both[..., 0]
+            session += both[..., 1]
+            if self.latest is not None:
+                weight, moved = _recency(history, self.decay)
+                weight = tf.gather(weight, by_movie, batch_dims=1)
+                latest = latest * moved[:, None] + summed(each[..., 0] * weight[:, :, None])
         recent = recent_counts(tf.gather(self.bins, rows), self.recent, positions, self.window)
         return features(scores, ease, tf.gather(self.popularity, positions), recent, session,
                         stars, latest)

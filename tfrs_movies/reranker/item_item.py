@@ -154,16 +154,7 @@ def ease_factors(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndar
     """EASE's (or DLAE's) weights ``B`` (``ease_fit`` of the same arguments) in a low-rank
     form that scores a history over the whole catalogue at the cost of a rank-r product:
     (left [N, r], right [N, r]) float32 with ``(h @ left) @ right.T`` close to ``h @ B`` at
-    every movie outside the history h (a multi-hot row): ``factors_from_gram``."""
-    x = interactions(ratings, user_ids, movie_ids)
-    return factors_from_gram(x.T @ x, weights, lam, rank, dropout)
-
-
-def factors_from_gram(gram: np.ndarray, weights: np.ndarray, lam: float,
-                      rank: int = EASE_RANK, dropout: float = 0.0
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The low-rank form (left [N, r], right [N, r]) float32 of the weights ``B`` that
-    ``ease_from_gram(gram, lam, dropout)`` fits; overwrites ``gram`` (float64).
+    every movie outside the history h (a multi-hot row).
 
     With ``G = X^T X``, the regulariser ``Lambda = D`` (diagonal: ``lam`` for EASE,
     ``dlae_diagonal`` for DLAE) and ``G' = D^-1/2 G D^-1/2 = sum_i sigma_i q_i q_i^T``,
@@ -173,6 +164,8 @@ def factors_from_gram(gram: np.ndarray, weights: np.ndarray, lam: float,
     the sum is kept over the ``rank`` largest eigenvalues (the others' s_i are the
     smallest), ``P[c, c]`` is exact (from ``G`` and ``B``: ``1 / (G[c, c] + lam - sum_j
     G[j, c] B[j, c])``)."""
+    x = interactions(ratings, user_ids, movie_ids)
+    gram = x.T @ x
     scale = 1.0 / np.sqrt(dlae_diagonal(np.diag(gram), lam, dropout))  # D^-1/2
     if dropout:
         column = 1.0 / scale  # D[c] / D[c]^1/2
@@ -245,19 +238,6 @@ def session_fit(ratings: pd.DataFrame, user_ids: np.ndarray, movie_ids: np.ndarr
                 sittings: Sittings, lam: float, dtype=np.float64
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(``session_scores``, the session family's weights [N, N] of ``dtype``)."""
-    b = ease_from_gram(sittings_gram(sittings, movie_ids, dtype), lam)
-    return (interactions(ratings, user_ids, movie_ids, dtype) @ b).astype(np.float32), b
-
-
-def session_factors(sittings: Sittings, movie_ids: np.ndarray, weights: np.ndarray,
-                    lam: float, rank: int = EASE_RANK) -> tuple[np.ndarray, np.ndarray]:
-    """The session family's weights (``session_fit``'s) in their low-rank form
-    (``factors_from_gram``)."""
-    return factors_from_gram(sittings_gram(sittings, movie_ids), weights, lam, rank)
-
-
-def sittings_gram(sittings: Sittings, movie_ids: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """[N, N] of ``dtype``: how many ``sittings`` rows hold both movies of ``movie_ids``."""
     columns = position_of(movie_ids).reindex(sittings.movie_ids).to_numpy()
     known = ~np.isnan(columns)
     rows = sparse.csr_matrix(
@@ -268,4 +248,5 @@ def sittings_gram(sittings: Sittings, movie_ids: np.ndarray, dtype=np.float64) -
     gram = rows.T @ rows
     dense = gram.toarray()
     del gram
-    return dense
+    b = ease_from_gram(dense, lam)
+    return (interactions(ratings, user_ids, movie_ids, dtype) @ b).astype(np.float32), b
