@@ -45,10 +45,11 @@ class ReRankerConfig:
         ratings: the lists then ask "what next", as a run whose test follows its train in
         time does; ``TrainConfig.reranker_folds``).
       ease_lambda, ease_dropout: the item-item fit's L2 weight and dropout p: DLAE with p > 0
-        (a movie's L2 weight ``ease_lambda + p / (1 - p)`` times its ratings: Steck 2020,
-        ``item_item``), EASE with 0. The defaults, DLAE at 0.67 and 300, scored above EASE
-        at 500 on every split of ML-100K (docs/quality.md); the latest family reads the
-        same weights, the session family stays EASE.
+        (a movie's L2 weight ``ease_lambda`` plus ``p / (1 - p)`` times its number of
+        ratings: Steck 2020, ``item_item``), EASE with 0. The defaults, DLAE at 0.67 and
+        300, scored above EASE at 500 on every split of ML-100K's validation seeds
+        (docs/quality.md); the latest family reads the same weights, the session family
+        stays EASE.
       ease_share: in a list that a history brings (an unseen id's ``with_history`` request,
         a known user's bringing movies the export does not hold, and the training lists of
         the users learned as unseen ids), this share of the K
