@@ -100,10 +100,12 @@ def test_train_says_one_epoch_and_evaluates_non_ascii_ids(trained, tmp_path):
                                   new_users=reranker.build(every)), tmp_path)
     path = reranker.weights_path(tmp_path).parent / "config.json"
     saved = json.loads(path.read_text())
-    del saved["history_without"]
+    assert saved["ease_dropout"] == loaded.config.ease_dropout > 0  # DLAE's weights
+    del saved["history_without"], saved["ease_dropout"]
     path.write_text(json.dumps(saved))
-    assert reranker.load(tmp_path).new_users.config_.used_features == \
-        loaded.config.used_features
+    old = reranker.load(tmp_path)
+    assert old.new_users.config_.used_features == loaded.config.used_features
+    assert old.config.ease_dropout == 0.0  # saved before the field: EASE's weights
 
 
 def test_recommend_and_similar_print_utf8_aligned(trained, capsys):

@@ -10,8 +10,8 @@ closed form ``B = I - P Lambda`` with ``P = (G + Lambda)^-1``, ``G = X^T X`` and
 ``Lambda = lambda + p / (1 - p) diag(G)``, so a popular movie is regularised more, where EASE
 (``lambda`` alone and a zero-diagonal constraint) treats every movie alike. Its diagonal
 only scores a movie from itself, which a history's own movies never are here (they are
-excluded), so it is kept at zero as EASE's. On ML-100K it scores above EASE on every split
-of the quality benchmark (docs/quality.md)."""
+excluded), so it is kept at zero as EASE's. On ML-100K it scores above EASE on every
+protocol of the quality benchmark's validation seeds (docs/quality.md)."""
 from __future__ import annotations
 
 import dataclasses
