@@ -152,8 +152,9 @@ def _rank(args, client, out) -> None:
              help="recommendations per user (default: all the export returns)"),
          arg("--exclude-seen", metavar="RATINGS_FILE",
              help="never recommend a movie the user rated in this file (CSV, Parquet, u.data)"),
-         arg("--batch-size", type=int, default=128, metavar="B",
-             help="users per request (default 128, TF Serving's max batch size here)"),
+         arg("--batch-size", type=int, default=None, metavar="B",
+             help="users per request (default: 256 from --model-dir, one in-graph call; "
+                  "128 from a server, TF Serving's max batch size here)"),
          arg("--concurrency", type=int, default=2, metavar="C",
              help="requests in flight at once (default 2)"),
          arg("--resume", action="store_true",

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from tfserving_stub import TFServingStub  # noqa: E402
 
 from serving import __main__ as cli  # noqa: E402
+from serving import batch  # noqa: E402
 from serving.backends import LocalBackend, ServingError  # noqa: E402
 from serving.batch import _Progress, read_user_ids, score_users  # noqa: E402
 from serving.client import RecommenderClient, make_client  # noqa: E402
@@ -208,6 +209,29 @@ def test_resume_refuses_other_inputs_and_a_plain_rerun_starts_over(tiny_backend,
     assert report.resumed_users == 0 and report.users == 220
     recs = pd.read_csv(out, dtype={"user_id": str, "movie_id": str})
     assert len(recs) == 220 * (N + 1)
+
+
+def test_the_default_batch_size_follows_the_backend(tiny_backend, tiny_users, tmp_path,
+                                                   monkeypatch):
+    """A local model gets requests of up to ``LOCAL_BATCH_SIZE`` (one in-graph call), a server
+    of up to ``DEFAULT_BATCH_SIZE`` (TF Serving's batcher)."""
+    sizes = []
+    predict = tiny_backend.predict
+
+    def recording(model, inputs, *args, **kwargs):
+        sizes.append(len(inputs["user_id"]))
+        return predict(model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_backend, "predict", recording)
+    assert (batch.LOCAL_BATCH_SIZE, batch.DEFAULT_BATCH_SIZE) == (256, 128)
+    users, ids = tiny_users
+    score_users(RecommenderClient(tiny_backend), users, tmp_path / "local.parquet", n=N,
+                progress=False, concurrency=1)
+    assert sizes == [len(ids)] and 128 < len(ids) <= 256  # every distinct id in one request
+    sizes.clear()
+    score_users(_client(tiny_backend), users, tmp_path / "server.parquet", n=N,
+                progress=False, concurrency=1)
+    assert sizes == [128, len(ids) - 128]
 
 
 # --- bad ids --------------------------------------------------------------------------------
