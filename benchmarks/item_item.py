@@ -28,8 +28,8 @@ from tfrs_movies import data as data_lib
 from tfrs_movies import metrics
 from tfrs_movies.config import DataConfig
 from tfrs_movies.errors import UserError
-from tfrs_movies.reranker import ReRankerConfig, ease_fit, latest_weights
-from tfrs_movies.reranker.item_item import interactions
+from tfrs_movies.reranker import ReRankerConfig, latest_weights
+from tfrs_movies.reranker.item_item import ease_from_gram, interactions
 
 PROTOCOLS = ("top-n", "new-users", "fresh", "time")
 
@@ -81,9 +81,11 @@ def compare(ratings: pd.DataFrame, movies: np.ndarray, protocol: str, seed: int,
     rows = (latest_weights(history, users, movies, decay)[evaluated]
             if protocol in ("fresh", "time") else seen)
     exclude = np.nonzero(seen)
+    x = interactions(train, fitted_on, movies)
+    gram = x.T @ x  # once per split: each fit inverts its own copy
     out = {}
     for label, lam, dropout in weights:
-        b = ease_fit(train, fitted_on, movies, lam, dropout=dropout)[1]
+        b = ease_from_gram(gram.copy(), lam, dropout)
         top = metrics.topk_from_scores(rows @ b, exclude, 10)
         out[label] = metrics.ranking_metrics(top, relevant, 10)["ndcg@10"]
     return out
