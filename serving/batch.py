@@ -62,6 +62,7 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -533,20 +534,24 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
             loading = time.perf_counter()
             client.backend.load(MODEL, **pin)
             load_seconds += time.perf_counter() - loading
-        for i, first in enumerate(starts):
-            if i in done:
-                continue
-            part = users.ids[first:first + part_size]
-            batches = [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+        todo = [(i, users.ids[first:first + part_size]) for i, first in enumerate(starts)
+                if i not in done]
+        batches = [[part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+                   for _, part in todo]
 
-            def score(batch):
-                return recommend_table(predict, batch, [seen.get(u, ()) for u in batch], n,
-                                       None if histories is None else
-                                       [histories[u] for u in batch])
+        def score(batch):
+            return recommend_table(predict, batch, [seen.get(u, ()) for u in batch], n,
+                                   None if histories is None else
+                                   [histories[u] for u in batch])
 
-            results = list(pool.map(score, batches) if pool else map(score, batches))
-            _write_part(work, i, pa.concat_tables([t for t, _ in results]),
-                        [e for _, errors in results for e in errors])
+        # One stream of requests over every part: a part is written while the next one's
+        # requests run, so the model does not wait for the writes.
+        results = _in_order(pool, score, [b for part in batches for b in part],
+                            2 * concurrency)
+        for (i, part), asked in zip(todo, batches):
+            tables = [next(results) for _ in asked]
+            _write_part(work, i, pa.concat_tables([t for t, _ in tables]),
+                        [e for _, errors in tables for e in errors])
             bar.update(len(part))
     except (ServingError, KeyboardInterrupt) as err:
         bar.close()
@@ -580,6 +585,21 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
     return BatchReport(str(out), len(users.ids) - len(errors), rows,
                        len(users.errors) + len(errors), errors_path, users.duplicates, resumed,
                        seconds, scored / scoring if scoring > 0 else 0.0, load_seconds)
+
+
+def _in_order(pool: ThreadPoolExecutor | None, fn: Callable, items: list, ahead: int):
+    """``map(fn, items)`` in order; with a ``pool``, at most ``ahead`` calls submitted and not
+    yet taken (``Executor.map`` would submit them all at once)."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def output_format(out: str | os.PathLike) -> str:

@@ -63,7 +63,7 @@ class Index(tf.Module):
             # its k + E best then dropping the excluded skips copying the matrix for a scatter.
             scores, positions = tf.cond(
                 width * _SHORT < self.size,
-                lambda: _drop(*_top(scores, None, width), excluded, k),
+                lambda: _drop(*_top(scores, None, width, least=k + 1), excluded, k),
                 lambda: _top(_mask(scores, excluded), None, k))
         else:
             scores, positions = _drop(scores, positions, excluded, k)
@@ -112,11 +112,12 @@ def _distinct_valid(sorted_excluded: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(first & (sorted_excluded >= 0), tf.int32), axis=1)
 
 
-def _top(scores: tf.Tensor, positions: tf.Tensor | None, k):
+def _top(scores: tf.Tensor, positions: tf.Tensor | None, k, least: int | None = None):
     """The k best of [B, W] (W may be < k: padded with -inf, position 0); ``positions`` None
-    means the columns are the positions."""
+    means the columns are the positions (``least``: a bound k is never below, when k is a
+    tensor)."""
     if positions is None:
-        scores, top = _top_k_of_rows(scores, k)
+        scores, top = _top_k_of_rows(scores, k, least)
         return scores, tf.cast(top, tf.int64)
     missing = tf.maximum(k - tf.shape(scores)[1], 0)
     scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=NEG)
@@ -126,33 +127,43 @@ def _top(scores: tf.Tensor, positions: tf.Tensor | None, k):
 
 
 # From this many columns a whole-catalogue top k ranks group maxima first (``_grouped_top_k``):
-# k = 104 over [64, 10^6] 7x faster than ``tf.math.top_k``, at 10^4 columns a tie
+# k = 104 over [64, 10^6] 7x faster than ``tf.math.top_k``, over [256, 10^4] 1.15x
 # (``python -m benchmarks.top_k_speed``; docs/speed.md).
-GROUPED_TOP_MIN = 20_000
+GROUPED_TOP_MIN = 10_000
+# The first stage ranks the groups' maxima: worth it while k is at most this share of them.
+_GROUPS_PER_K = 4
 
 
-def _group_size(columns: int | None) -> int | None:
+def _group_size(columns: int | None, k: int | None = None) -> int | None:
     """The group width of ``_grouped_top_k`` for rows of ``columns`` scores: a divisor of it
-    (the rows reshape into groups without a copy), the nearest to 32 within 8..128; None when
-    the rows are short (``GROUPED_TOP_MIN``) or no such divisor exists (then ``tf.math.top_k``
-    takes the whole row)."""
+    (the rows reshape into groups without a copy) within 8..128 that leaves at least
+    ``_GROUPS_PER_K`` k groups (k None: any), a multiple of 8 where one is, the nearest to 32
+    of those; None when the rows are
+    short (``GROUPED_TOP_MIN``) or no such divisor exists (then ``tf.math.top_k`` takes the
+    whole row)."""
     if columns is None or columns < GROUPED_TOP_MIN:
         return None
-    divisors = [s for s in range(8, 129) if columns % s == 0]
-    return min(divisors, key=lambda s: (abs(s - 32), s)) if divisors else None
+    divisors = [s for s in range(8, 129) if columns % s == 0
+                and (k is None or columns // s >= _GROUPS_PER_K * k)]
+    # Whole vectors of 8 floats reduce fastest (groups of 16 over [256, 10^4]: 1.12x
+    # groups of 20's speed).
+    return min(divisors, key=lambda s: (s % 8 > 0, abs(s - 32), s)) if divisors else None
 
 
-def _top_k_of_rows(scores: tf.Tensor, k):
+def _top_k_of_rows(scores: tf.Tensor, k, least: int | None = None):
     """``tf.math.top_k(scores, k)`` of a [B, N] score matrix: the same values and indices in
-    the same order (ties to the lower index), by ``_grouped_top_k`` where it is cheaper."""
-    size = _group_size(scores.shape[1])
+    the same order (ties to the lower index), by ``_grouped_top_k`` where it is cheaper.
+    The groups are sized for k, or for ``least`` (a bound it is never below) when k is a
+    tensor."""
+    size = _group_size(scores.shape[1], k if isinstance(k, int) else least)
     if size is None:
         return tf.math.top_k(scores, k)
     groups = scores.shape[1] // size
     # The second stage ranks k groups' scores: worth it while they are a small share.
     if isinstance(k, int):
-        return _grouped_top_k(scores, k, size) if k * 4 <= groups else tf.math.top_k(scores, k)
-    return tf.cond(k * 4 <= groups, lambda: _grouped_top_k(scores, k, size),
+        return (_grouped_top_k(scores, k, size) if k * _GROUPS_PER_K <= groups
+                else tf.math.top_k(scores, k))
+    return tf.cond(k * _GROUPS_PER_K <= groups, lambda: _grouped_top_k(scores, k, size),
                    lambda: tuple(tf.math.top_k(scores, k)))
 
 
