@@ -49,7 +49,7 @@ def _main(argv) -> int:
                 seconds[name].append(time.perf_counter() - start)
         plain, ours = (median(seconds[name]) * 1000 for name in fns)
         print(f"[{b}, {n}] k={args.k}: tf.math.top_k {plain:.2f} ms, index {ours:.2f} ms "
-              f"(groups of {index._group_size(n, args.k) or '-'}), {plain / ours:.2f}x, "
+              f"(groups of {index.group_size(n, args.k) or '-'}), {plain / ours:.2f}x, "
               f"identical: {same}", flush=True)
     return 0
 

@@ -16,7 +16,7 @@ from tfrs_movies.config import ExportConfig, ModelConfig, TrainConfig
 from tfrs_movies.errors import UserError
 from tfrs_movies.export import export
 from tfrs_movies.tf_serving_config import models_config
-from tfrs_movies.index import GROUPED_TOP_MIN, BruteForce, Popular, ScaNN, _group_size
+from tfrs_movies.index import GROUPED_TOP_MIN, BruteForce, Popular, ScaNN, group_size
 from tfrs_movies.features import FeatureSpace, Vocabulary
 from tfrs_movies.models import build_model
 from tfrs_movies.reranker.item_item import ease_factors
@@ -299,7 +299,7 @@ def test_brute_force_over_a_long_catalogue_answers_as_a_full_sort():
     everywhere, exclusions short and long, and fewer allowed movies than k."""
     rng = np.random.default_rng(4)
     n = GROUPED_TOP_MIN + 480  # 10,480: groups of 16 for k = 100 plus the exclusions
-    assert _group_size(n, 101) == 16
+    assert group_size(n, 101) == 16
     # Small integers: every dot product is exact in float32, and ties are everywhere.
     embeddings = rng.integers(-2, 3, size=(n, 3)).astype(np.float32)
     queries = rng.integers(-2, 3, size=(5, 3)).astype(np.float32)

@@ -134,7 +134,7 @@ GROUPED_TOP_MIN = 10_000
 _GROUPS_PER_K = 4
 
 
-def _group_size(columns: int | None, k: int | None = None) -> int | None:
+def group_size(columns: int | None, k: int | None = None) -> int | None:
     """The group width of ``_grouped_top_k`` for rows of ``columns`` scores: a divisor of it
     (the rows reshape into groups without a copy) within 8..128 that leaves at least
     ``_GROUPS_PER_K`` k groups (k None: any), a multiple of 8 where one is, the nearest to 32
@@ -155,7 +155,7 @@ def _top_k_of_rows(scores: tf.Tensor, k, least: int | None = None):
     the same order (ties to the lower index), by ``_grouped_top_k`` where it is cheaper.
     The groups are sized for k, or for ``least`` (a bound it is never below) when k is a
     tensor."""
-    size = _group_size(scores.shape[1], k if isinstance(k, int) else least)
+    size = group_size(scores.shape[1], k if isinstance(k, int) else least)
     if size is None:
         return tf.math.top_k(scores, k)
     groups = scores.shape[1] // size
