@@ -155,8 +155,8 @@ def _rank(args, client, out) -> None:
          arg("--batch-size", type=int, default=None, metavar="B",
              help="users per request (default: 256 from --model-dir, one in-graph call; "
                   "128 from a server, TF Serving's max batch size here)"),
-         arg("--concurrency", type=int, default=2, metavar="C",
-             help="requests in flight at once (default 2)"),
+         arg("--concurrency", type=int, default=None, metavar="C",
+             help="requests in flight at once (default: 4 from --model-dir, 2 from a server)"),
          arg("--resume", action="store_true",
              help="continue an interrupted run with the same inputs"),
          arg("--overwrite", action="store_true",

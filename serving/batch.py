@@ -95,6 +95,12 @@ DEFAULT_BATCH_SIZE = 128  # TF Serving's max_batch_size in serving/batching_para
 # synthetic export, requests of 256 scored 8,758 / 9,486 users/s against 8,343 / 8,586 at 128
 # (alternating in one process, 2026-12-07, docs/speed.md).
 LOCAL_BATCH_SIZE = contract.MAX_ROWS_PER_CALL
+# Requests in flight: a local model's graph leaves a core idle between its ops and while a
+# request's inputs and answers are converted in Python; four requests fill those gaps (on the
+# same export, 9,456 users/s against 9,136 with two: medians of four runs alternating,
+# docs/speed.md). Two for a server.
+LOCAL_CONCURRENCY = 4
+DEFAULT_CONCURRENCY = 2
 DEFAULT_PART_SIZE = 4096  # users per part file: resume granularity vs. files per run
 _PAD = contract.PAD
 _PROBE_ID = "1"  # any non-empty id is valid for the export (unknown ones get popular movies)
@@ -461,7 +467,7 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
                 exclude: str | os.PathLike | Mapping[str, Sequence[str]] | None = None, *,
                 batch_size: int | None = None, resume: bool = False,
                 progress: bool = True, part_size: int = DEFAULT_PART_SIZE,
-                concurrency: int = 2, stream: TextIO | None = None) -> BatchReport:
+                concurrency: int | None = None, stream: TextIO | None = None) -> BatchReport:
     """Recommendations for every user of ``user_ids``, written to ``out_path``.
 
     Args:
@@ -477,7 +483,8 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
       progress: show users done, users/s and ETA on ``stream`` (default stderr).
       part_size: users per part file, the unit of ``resume``.
       concurrency: requests in flight at once: overlaps one request's Python work with another's
-        model time locally, and network round trips with a remote server.
+        model time locally, and network round trips with a remote server; None:
+        ``LOCAL_CONCURRENCY`` (4) with a local model, ``DEFAULT_CONCURRENCY`` (2) otherwise.
 
     Returns:
       a `BatchReport`.
@@ -485,9 +492,11 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
     start = time.perf_counter()
     out = Path(out_path)
     fmt = output_format(out)
+    local = isinstance(client.backend, LocalBackend)
     if batch_size is None:
-        batch_size = (LOCAL_BATCH_SIZE if isinstance(client.backend, LocalBackend)
-                      else DEFAULT_BATCH_SIZE)
+        batch_size = LOCAL_BATCH_SIZE if local else DEFAULT_BATCH_SIZE
+    if concurrency is None:
+        concurrency = LOCAL_CONCURRENCY if local else DEFAULT_CONCURRENCY
     for name, value in (("batch_size", batch_size), ("part_size", part_size),
                         ("concurrency", concurrency)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -518,7 +527,7 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
             if missing_signature(err, contract.WITH_HISTORY):
                 raise client.no_history(MODEL) from None
             raise
-        if isinstance(client.backend, LocalBackend):
+        if local:
             load_seconds = time.perf_counter() - loading
     work = out.with_name(f".{out.name}.parts")
     done = _prepare_work_dir(work, manifest, resume)
@@ -530,7 +539,7 @@ def score_users(client, user_ids: str | os.PathLike | Sequence[str], out_path: s
     try:
         # A local model is loaded before the rate's clock: TensorFlow's import and the
         # SavedModel's load are paid once per process, not per user (reported apart).
-        if isinstance(client.backend, LocalBackend) and len(done) < len(starts):
+        if local and len(done) < len(starts):
             loading = time.perf_counter()
             client.backend.load(MODEL, **pin)
             load_seconds += time.perf_counter() - loading

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,39 @@ def test_the_default_batch_size_follows_the_backend(tiny_backend, tiny_users, tm
     score_users(_client(tiny_backend), users, tmp_path / "server.parquet", n=N,
                 progress=False, concurrency=1)
     assert sizes == [128, len(ids) - 128]
+
+
+def test_the_default_requests_in_flight_follow_the_backend(tiny_backend, tiny_users, tmp_path,
+                                                         monkeypatch):
+    """``LOCAL_CONCURRENCY`` requests in flight to a local model, ``DEFAULT_CONCURRENCY`` to a
+    server: that many calls wait together at a barrier (a broken barrier fails the run), and
+    no more ever run at once."""
+    predict = tiny_backend.predict
+    lock, state = threading.Lock(), {}
+
+    def recording(model, inputs, *args, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            first = state["calls"] < state["wanted"]
+            state["calls"] += 1
+        try:
+            if first:  # the first ones meet only if they are in flight together
+                state["barrier"].wait(timeout=60)
+            return predict(model, inputs, *args, **kwargs)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(tiny_backend, "predict", recording)
+    assert (batch.LOCAL_CONCURRENCY, batch.DEFAULT_CONCURRENCY) == (4, 2)
+    users, _ = tiny_users
+    for client, wanted, name in ((RecommenderClient(tiny_backend), 4, "local"),
+                                 (_client(tiny_backend), 2, "server")):
+        state.update(now=0, most=0, calls=0, wanted=wanted, barrier=threading.Barrier(wanted))
+        score_users(client, users, tmp_path / f"{name}.parquet", n=N, batch_size=16,
+                    progress=False)
+        assert state["most"] == wanted and state["calls"] > wanted
 
 
 # --- bad ids --------------------------------------------------------------------------------
