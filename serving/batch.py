@@ -97,8 +97,8 @@ DEFAULT_BATCH_SIZE = 128  # TF Serving's max_batch_size in serving/batching_para
 LOCAL_BATCH_SIZE = contract.MAX_ROWS_PER_CALL
 # Requests in flight: a local model's graph leaves a core idle between its ops and while a
 # request's inputs and answers are converted in Python; four requests fill those gaps (on the
-# same export, 9,456 users/s against 9,136 with two: medians of four runs alternating,
-# docs/speed.md). Two for a server.
+# 10^5-user synthetic export, 9,456 users/s against 9,136 with two: medians of four runs
+# alternating, docs/speed.md). Two for a server.
 LOCAL_CONCURRENCY = 4
 DEFAULT_CONCURRENCY = 2
 DEFAULT_PART_SIZE = 4096  # users per part file: resume granularity vs. files per run

@@ -138,14 +138,13 @@ def group_size(columns: int | None, k: int | None = None) -> int | None:
     """The group width of ``_grouped_top_k`` for rows of ``columns`` scores: a divisor of it
     (the rows reshape into groups without a copy) within 8..128 that leaves at least
     ``_GROUPS_PER_K`` k groups (k None: any), a multiple of 8 where one is, the nearest to 32
-    of those; None when the rows are
-    short (``GROUPED_TOP_MIN``) or no such divisor exists (then ``tf.math.top_k`` takes the
-    whole row)."""
+    of those; None when the rows are short (``GROUPED_TOP_MIN``) or no such divisor exists
+    (then ``tf.math.top_k`` takes the whole row)."""
     if columns is None or columns < GROUPED_TOP_MIN:
         return None
     divisors = [s for s in range(8, 129) if columns % s == 0
                 and (k is None or columns // s >= _GROUPS_PER_K * k)]
-    # Whole vectors of 8 floats reduce fastest (groups of 16 over [256, 10^4]: 1.12x
+    # Whole vectors of 8 floats reduce fastest (groups of 16 over [256, 10^4]: 1.07x
     # groups of 20's speed).
     return min(divisors, key=lambda s: (s % 8 > 0, abs(s - 32), s)) if divisors else None
 
@@ -154,15 +153,13 @@ def _top_k_of_rows(scores: tf.Tensor, k, least: int | None = None):
     """``tf.math.top_k(scores, k)`` of a [B, N] score matrix: the same values and indices in
     the same order (ties to the lower index), by ``_grouped_top_k`` where it is cheaper.
     The groups are sized for k, or for ``least`` (a bound it is never below) when k is a
-    tensor."""
+    tensor; a tensor k past a quarter of the groups takes ``tf.math.top_k``."""
     size = group_size(scores.shape[1], k if isinstance(k, int) else least)
     if size is None:
         return tf.math.top_k(scores, k)
+    if isinstance(k, int):  # the groups were sized for it
+        return _grouped_top_k(scores, k, size)
     groups = scores.shape[1] // size
-    # The second stage ranks k groups' scores: worth it while they are a small share.
-    if isinstance(k, int):
-        return (_grouped_top_k(scores, k, size) if k * _GROUPS_PER_K <= groups
-                else tf.math.top_k(scores, k))
     return tf.cond(k * _GROUPS_PER_K <= groups, lambda: _grouped_top_k(scores, k, size),
                    lambda: tuple(tf.math.top_k(scores, k)))
 
