@@ -84,6 +84,42 @@ def test_new_user_rate_trains_the_unknown_users_row_on_a_share_of_examples(space
         ModelConfig(new_user_rate=1.0)
 
 
+def test_a_new_user_head_queries_unseen_ids_and_learns_on_every_example(tiny_tables, space):
+    """``new_user_weight``: a retrieval model's user tower gets a second head on the history
+    alone, which queries the ids the model has never seen (known ids keep the tower's own) and
+    learns from a second loss on every example; ranking models, the papers' models and
+    weight 0 get none."""
+    config = ModelConfig(embedding_dim=8, new_user_weight=0.5)
+    assert build_model("ranking", space, config).user_tower.new_user_head is None
+    assert build_model("retrieval", space, ModelConfig(embedding_dim=8, new_user_weight=0.0)
+                       ).user_tower.new_user_head is None
+    assert build_model("softmax-history", space, config).user_tower.new_user_head is None
+    tf.keras.utils.set_random_seed(4)
+    model = build_model("retrieval", space, config)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+    users = tf.constant(["u1", "nobody"])
+    history = tf.constant([["", ""], list(space.vocab.movie_ids[:2])])
+    model.user_embedding(users, history_movie_ids=history)
+    head = model.user_tower.new_user_head
+    before = [w.numpy() for w in head.weights]
+    model.fit(make_dataset(tiny_tables[0], 64, shuffle_seed=4), epochs=1, verbose=0)
+    assert all(not np.allclose(b, w.numpy()) for b, w in zip(before, head.weights))
+    tower, new = model.user_tower(space.user_features(users, history_movie_ids=history),
+                                  with_new_user=True)
+    got = model.user_embedding(users, history_movie_ids=history).numpy()
+    np.testing.assert_allclose(got[0], tower.numpy()[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], new.numpy()[1], rtol=1e-6)
+    assert not np.allclose(new.numpy()[1], tower.numpy()[1])
+    # The head weighs recent movies more (the tower's mean bag has no order).
+    backwards = tf.reverse(history, axis=[1])
+    again, other = model.user_tower(space.user_features(users, history_movie_ids=backwards),
+                                    with_new_user=True)
+    np.testing.assert_allclose(again.numpy()[1], tower.numpy()[1], rtol=1e-5)
+    assert not np.allclose(other.numpy()[1], new.numpy()[1])
+    with pytest.raises(UserError, match="new_user_weight"):
+        ModelConfig(new_user_weight=-0.1)
+
+
 def test_history_excludes_the_target(space):
     history = space.vocab.history[space.vocab.catalogue_users.index("u1")]
     target, stranger = history[0], "nothing"

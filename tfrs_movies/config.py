@@ -134,6 +134,15 @@ class ModelConfig:
         0.3 (best of 0 / 0.3 / 0.5 on the new-users protocol's validation seed) raises new
         users' nDCG@10 by 0.008, lowers known users' by 0.002 and raises the rating RMSE by
         0.005 (docs/quality.md): off by default, so known users keep their figures.
+      new_user_weight: weight of a second retrieval loss, on every example, of a second
+        head of the user tower that reads the history alone: the query of an id the model
+        has never seen (``with_history``), which then shares no head with the known users'
+        (the retrieval and multitask models'; needs ``use_history``); 0: none, unseen ids get
+        the tower's one head. 0.5 was chosen on the new-users protocol's validation seed
+        (served nDCG@10 0.6355 / 0.6361 / 0.6380 / 0.6388 / 0.6390 / 0.6270 at 0 / 0.1 /
+        0.3 / 0.5 / 1 / 3; docs/quality.md).
+      new_user_layers: hidden ReLU sizes of that head, on the history's mean and its
+        recency-weighted mean.
       dropout: dropout rate inside the towers and the ranking MLP.
       l2: L2 weight on the embedding tables, applied to the rows each batch looks up
         (weighted so that its expectation is ``l2 * sum ||W||^2``: ``towers``); None: the
@@ -163,6 +172,8 @@ class ModelConfig:
     use_user_id: bool = True
     max_history: int = 200
     new_user_rate: float = 0.0
+    new_user_weight: float = 0.5
+    new_user_layers: tuple[int, ...] = (64,)
     dropout: float = 0.0
     l2: float | None = None
     gravity: float = 0.0
@@ -189,6 +200,8 @@ class ModelConfig:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.new_user_rate < 1.0:
             raise UserError(f"new_user_rate must be in [0, 1), got {self.new_user_rate}")
+        if self.new_user_weight < 0:
+            raise UserError(f"new_user_weight must be >= 0, got {self.new_user_weight}")
         if self.max_history < 1:
             raise UserError(f"max_history must be >= 1, got {self.max_history}")
         if not (self.use_user_id or self.use_history or self.use_features):

@@ -40,6 +40,9 @@ class TwoTowers(tfrs.Model):
 
     retrieves = False
     rates = False
+    # Whether ``compute_loss`` trains the user tower's new-user head (``PairModel``'s does), so
+    # a retrieval kind builds one when ``ModelConfig.new_user_weight`` asks for it.
+    trains_new_user_head = False
     # ``ModelConfig.l2`` when left at None, per kind (subclasses), chosen on ML-100K validation
     # splits with the optimizer ``auto`` picks there (docs/tuning.md).
     default_l2 = 5e-4
@@ -50,18 +53,24 @@ class TwoTowers(tfrs.Model):
         super().__init__(**kwargs)
         self.space = space
         self.config = config
-        self.user_tower = UserTower(space, user_config or config, name="user_tower")
+        user_config = user_config or config
+        self.user_tower = UserTower(
+            space, user_config, name="user_tower",
+            new_user_head=(self.retrieves and self.trains_new_user_head
+                           and user_config.new_user_weight > 0))
         self.movie_tower = MovieTower(space, movie_config or config, name="movie_tower")
 
     # -- towers: features in, [B, D] out -------------------------------------------------
     def user_tower_of(self, user_ids, exclude_movie_ids=None, training=False, l2_rows=None,
-                      history_movie_ids=None):
+                      history_movie_ids=None, with_new_user=False):
         """([B, D] user tower output, the user feature dict); ``l2_rows``: the tower adds the
         L2 of the first ``l2_rows`` users' looked-up rows to ``losses`` (training);
         ``history_movie_ids`` [B, H]: a request's history, added to the stored one
-        (``FeatureSpace.user_features``)."""
+        (``FeatureSpace.user_features``); ``with_new_user``: the output is (the tower's, its
+        new-user head's)."""
         features = self.space.user_features(user_ids, exclude_movie_ids, history_movie_ids)
-        return self.user_tower(features, training=training, l2_rows=l2_rows), features
+        return self.user_tower(features, training=training, l2_rows=l2_rows,
+                               with_new_user=with_new_user), features
 
     def movie_tower_of(self, movie_ids, training=False, l2_rows=None):
         """([N, D] movie tower output, the movie feature dict); ``l2_rows`` as for users."""
@@ -81,12 +90,18 @@ class TwoTowers(tfrs.Model):
                        history_movie_ids=None):
         """[B] string user ids -> [B, D] query embeddings (unknown ids use the OOV row);
         ``history_movie_ids`` [B, H]: with a request's history as well."""
-        return self.query(*self.user_tower_of(user_ids, exclude_movie_ids, training,
-                                              history_movie_ids=history_movie_ids))
+        features = self.space.user_features(user_ids, exclude_movie_ids, history_movie_ids)
+        return self.query_from(features, training)
 
-    def query_from(self, features):
-        """A user feature dict (``FeatureSpace.user_features``) -> [B, D] query embeddings."""
-        return self.query(self.user_tower(features), features)
+    def query_from(self, features, training=False):
+        """A user feature dict (``FeatureSpace.user_features``) -> [B, D] query embeddings;
+        with a new-user head (``ModelConfig.new_user_weight``), the rows of ids the model has
+        never seen (``user_index`` 0) are that head's."""
+        if self.user_tower.new_user_head is None:
+            return self.query(self.user_tower(features, training=training), features)
+        user, new = self.user_tower(features, training=training, with_new_user=True)
+        unseen = tf.equal(features["user_index"], 0)[:, None]
+        return self.query(tf.where(unseen, new, user), features)
 
     def movie_embedding(self, movie_ids, training=False):
         """[N] string movie ids -> [N, D] candidate embeddings."""
@@ -333,6 +348,8 @@ class PairModel(TwoTowers):
     task (when it has one) plus ``ranking_weight`` times the rating head's loss (when it
     rates). Retrieval, ranking and multitask differ only in which parts they build."""
 
+    trains_new_user_head = True
+
     def compute_loss(self, features, training=False):
         movie_ids = features["movie_id"]
         retrieval = getattr(self, "retrieval", None)
@@ -341,8 +358,11 @@ class PairModel(TwoTowers):
         batch = tf.shape(movie_ids)[0]
         # The target is dropped from the user's history so the tower cannot copy it. The
         # towers' L2 covers the batch's own rows (not the sampled negatives').
+        # With a new-user head, each example is also queried as an unseen id would be.
+        with_new = retrieval is not None and self.user_tower.new_user_head is not None
         user, user_features = self.user_tower_of(features["user_id"], movie_ids, training,
-                                                 l2_rows=batch)
+                                                 l2_rows=batch, with_new_user=with_new)
+        user, new_user = user if with_new else (user, None)
         movie, movie_features = self.movie_tower_of(all_ids, training, l2_rows=batch)
         loss = 0.0
         if retrieval is not None:
@@ -351,6 +371,10 @@ class PairModel(TwoTowers):
             loss += self.config.retrieval_weight * retrieval(
                 self.query(user, user_features), candidates[:batch], movie_ids, sampled,
                 sampled_ids)
+            if new_user is not None:
+                loss += self.config.new_user_weight * retrieval(
+                    self.query(new_user, user_features), candidates[:batch], movie_ids,
+                    sampled, sampled_ids)
         if self.rates:
             batch_features = {k: v[:batch] for k, v in movie_features.items()}
             outputs = self.head(self.head.user_inputs(user, user_features),

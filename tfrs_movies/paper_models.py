@@ -52,6 +52,9 @@ class _PaperModel(PairModel):
     # The two-tower models' tuned L2 (5e-4 when measured) flattens these (mf on ML-100K: nDCG@10
     # 0.088, the same as mf-gravity, i.e. biases only); they take L2 only when asked (``--l2``).
     default_l2 = 0.0
+    # The papers' models as they were: no second head for unseen ids (softmax-history's
+    # tower has no user id, so an unseen id is read as any user is).
+    trains_new_user_head = False
 
 
 class _BiasedDot(tf.keras.layers.Layer):

@@ -15,6 +15,8 @@ penalty it replaces; a row is only pulled towards 0 on the steps that use it.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -24,6 +26,9 @@ from tfrs_movies.features import FeatureSpace
 # Side features are narrower than ids: they have few values and should not dominate the concat.
 _SIDE_DIM = 16
 _USER_SIDE_SIZES = {"gender": 3, "age": 8, "occupation": 23, "zip": 11}
+# The new-user head reads the history's mean and its mean weighted exp(-back / this), ``back``
+# the movies rated after each (the re-ranker's ``latest_decay``; not tuned).
+NEW_USER_DECAY = 10.0
 
 
 def _embedding(size: int, dim: int, name: str) -> tf.keras.layers.Embedding:
@@ -73,13 +78,17 @@ class _Tower(tf.keras.Model):
         return rows
 
     def _bag(self, feature: str, ids: tf.RaggedTensor, penalties: list | None,
-             exclude: tf.Tensor | None = None) -> tf.Tensor:
+             exclude: tf.Tensor | None = None, decay: float | None = None):
         """Mean of the rows a ragged [B, None] bag of ids looks up -> [B, D] (an empty bag
         gives 0); ``exclude`` [B]: one id per bag left out of it (0: none), subtracted
         rather than masked out of the bag. Each distinct id of the batch is looked up once
         and the bags are summed by position (``tf.sparse.segment_sum``), so a step moves one
         row per distinct id, not one per (example, id): a batch of 256 ML-100K histories holds
-        ~33,500 ids of ~1,460 movies (10^7 synthetic ratings: ~7,200 of ~4,200)."""
+        ~33,500 ids of ~1,460 movies (10^7 synthetic ratings: ~7,200 of ~4,200).
+
+        With ``decay``: (that mean, the mean weighted by recency) -> ([B, D], [B, D]), each
+        row weighted ``exp(-back / decay)``, ``back`` the number of ids after it in its bag
+        (the bags are oldest first; the ``exclude`` id weighs 0)."""
         unique, position = tf.unique(ids.flat_values)
         rows = self._tables()[feature](unique)
         segments = tf.cast(ids.value_rowids(), tf.int32)
@@ -99,7 +108,20 @@ class _Tower(tf.keras.Model):
                 penalty -= self.row_l2.penalty(feature, exclude, left_out)
         if penalty is not None:
             penalties.append(penalty)
-        return tf.math.divide_no_nan(total, size[:, None])
+        mean = tf.math.divide_no_nan(total, size[:, None])
+        if decay is None:
+            return mean
+        end = tf.gather(ids.row_limits(), ids.value_rowids())
+        back = tf.cast(end - 1 - tf.range(tf.size(ids.flat_values, out_type=end.dtype)),
+                       tf.float32)
+        weight = tf.exp(-back / decay)
+        if exclude is not None:
+            weight *= tf.cast(ids.flat_values != tf.gather(exclude, ids.value_rowids()),
+                              tf.float32)
+        weighted = tf.math.unsorted_segment_sum(tf.gather(rows, position) * weight[:, None],
+                                                segments, count)
+        norm = tf.math.unsorted_segment_sum(weight, segments, count)
+        return mean, tf.math.divide_no_nan(weighted, norm[:, None])
 
     def _penalties(self, l2_rows) -> list | None:
         return [] if l2_rows is not None and self.row_l2 is not None else None
@@ -135,9 +157,16 @@ class UserTower(_Tower):
     ``call(..., l2_rows=n)`` adds the L2 of the first n examples' rows (training). In training,
     ``new_user_rate`` of the examples see their user as a new one: the id's row and the
     demographics of an unknown user (index 0), the history as it is.
+
+    With ``new_user_head`` (the retrieval models', when ``ModelConfig.new_user_weight`` > 0)
+    the tower has a second head on the history alone (its mean and its recency-weighted mean,
+    ``NEW_USER_DECAY``, through ``new_user_layers``): ``call(..., with_new_user=True)``
+    returns (the tower's output, that head's [B, D]), what an id the model has never seen
+    is queried with (``TwoTowers.query_from``).
     """
 
-    def __init__(self, space: FeatureSpace, config: ModelConfig, **kwargs):
+    def __init__(self, space: FeatureSpace, config: ModelConfig, new_user_head: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         dim = config.embedding_dim
         self.id_embedding = _embedding(space.num_users, dim, "user_id_embedding")
@@ -152,26 +181,39 @@ class UserTower(_Tower):
         self._build_row_l2(space, config)
         self.uses_only_ids = not self.side and self.history is None and not config.tower_layers
         self.head = None if self.uses_only_ids else _Head(config, name="user_head")
+        self.new_user_head = None
+        if new_user_head and self.history is not None:
+            self.new_user_head = _Head(
+                dataclasses.replace(config, tower_layers=config.new_user_layers),
+                name="new_user_head")
 
     def _tables(self):
         return {**({"user_index": self.id_embedding} if self.use_user_id else {}), **self.side,
                 **({"history": self.history} if self.history is not None else {})}
 
-    def call(self, features, training=False, l2_rows=None):
+    def call(self, features, training=False, l2_rows=None, with_new_user=False):
         penalties = self._penalties(l2_rows)
         if training and self.new_user_rate:
             features = _as_new_users(features, self.new_user_rate, [*self.side, "user_index"])
         parts = ([self._lookup("user_index", features["user_index"], penalties)]
                  if self.use_user_id else [])
         parts += [self._lookup(name, features[name], penalties) for name in self.side]
+        recent = None
         if self.history is not None:
             history = features["history"]
-            parts.append(self._bag("history", history, penalties,
-                                   features.get("history_exclude")))
+            bag = self._bag("history", history, penalties, features.get("history_exclude"),
+                            decay=NEW_USER_DECAY if with_new_user else None)
+            bag, recent = bag if with_new_user else (bag, None)
+            parts.append(bag)
         self._add_row_l2(penalties, l2_rows)
-        if self.head is None:
-            return parts[0]
-        return self.head(tf.concat(parts, axis=1), training=training)
+        out = parts[0] if self.head is None else self.head(tf.concat(parts, axis=1),
+                                                           training=training)
+        if not with_new_user:
+            return out
+        if self.new_user_head is None:
+            raise ValueError("with_new_user: this user tower has no new-user head")
+        return out, self.new_user_head(tf.concat([parts[-1], recent], axis=1),
+                                       training=training)
 
 
 def _as_new_users(features: dict, rate: float, names: list[str]) -> dict:

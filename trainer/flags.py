@@ -84,6 +84,11 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
           "sees a new user (no id, no demographics, only the history), so that with_history "
           "requests for unseen ids get a trained embedding (0.3: new users +0.008 nDCG@10, "
           "known users -0.002; docs/quality.md)", type=float)
+    _flag(g, "--new-user-weight", m.new_user_weight, "weight of a second retrieval loss for "
+          "a user-tower head on the history alone, which queries unseen ids' with_history "
+          "requests (0: none; docs/quality.md)", type=float)
+    _flag(g, "--new-user-layers", m.new_user_layers, "hidden layer sizes of that head",
+          type=ints)
     _flag(g, "--temperature", m.temperature, "softmax temperature of the retrieval task",
           type=float)
     _flag(g, "--num-sampled-negatives", m.num_sampled_negatives,
