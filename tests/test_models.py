@@ -120,6 +120,23 @@ def test_a_new_user_head_queries_unseen_ids_and_learns_on_every_example(tiny_tab
         ModelConfig(new_user_weight=-0.1)
 
 
+def test_a_run_saved_before_the_new_user_head_loads_without_one(tmp_path):
+    """A run's config.json written before ``new_user_weight`` existed was trained without the
+    head: it loads as weight 0 (its checkpoint has no head), where a new run keeps its own."""
+    import dataclasses
+    import json
+
+    from tfrs_movies.config import load_configs, save_configs
+
+    save_configs(tmp_path / "new.json", model=ModelConfig())
+    assert load_configs(tmp_path / "new.json")["model"] == ModelConfig()
+    old = dataclasses.asdict(ModelConfig())
+    del old["new_user_weight"], old["new_user_layers"]
+    (tmp_path / "old.json").write_text(json.dumps({"model": old}))
+    loaded = load_configs(tmp_path / "old.json")["model"]
+    assert loaded.new_user_weight == 0.0 and ModelConfig().new_user_weight > 0
+
+
 def test_history_excludes_the_target(space):
     history = space.vocab.history[space.vocab.catalogue_users.index("u1")]
     target, stranger = history[0], "nothing"

@@ -406,6 +406,9 @@ def save_configs(path: str | os.PathLike, **configs) -> None:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "export": ExportConfig}
+# Fields added with a default that changes what a run is: a saved config without one was
+# written before it, by a run trained without it (a run's checkpoint has no new-user head).
+_BEFORE_FIELDS = {"model": {"new_user_weight": 0.0}}
 
 
 def load_configs(path: str | os.PathLike) -> dict[str, Any]:
@@ -417,5 +420,5 @@ def load_configs(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{path}: no such config file (is this a run directory?)") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
-    return {k: from_dict(_SECTIONS[k], v, source=str(path))
+    return {k: from_dict(_SECTIONS[k], {**_BEFORE_FIELDS.get(k, {}), **v}, source=str(path))
             for k, v in raw.items() if k in _SECTIONS}

@@ -97,11 +97,21 @@ class TwoTowers(tfrs.Model):
         """A user feature dict (``FeatureSpace.user_features``) -> [B, D] query embeddings;
         with a new-user head (``ModelConfig.new_user_weight``), the rows of ids the model has
         never seen (``user_index`` 0) are that head's."""
-        if self.user_tower.new_user_head is None:
+        head = self.user_tower.new_user_head
+        if head is None:
             return self.query(self.user_tower(features, training=training), features)
-        user, new = self.user_tower(features, training=training, with_new_user=True)
-        unseen = tf.equal(features["user_index"], 0)[:, None]
-        return self.query(tf.where(unseen, new, user), features)
+        unseen = tf.equal(features["user_index"], 0)
+
+        def mixed():
+            user, new = self.user_tower(features, training=training, with_new_user=True)
+            return tf.where(unseen[:, None], new, user)
+
+        if not head.built:  # its variables are made here, never inside a branch
+            return self.query(mixed(), features)
+        # Requests of known users alone (most of them) skip the head.
+        user = tf.cond(tf.reduce_any(unseen), mixed,
+                       lambda: self.user_tower(features, training=training))
+        return self.query(user, features)
 
     def movie_embedding(self, movie_ids, training=False):
         """[N] string movie ids -> [N, D] candidate embeddings."""
