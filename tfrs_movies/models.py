@@ -88,7 +88,7 @@ class TwoTowers(tfrs.Model):
 
     def user_embedding(self, user_ids, exclude_movie_ids=None, training=False,
                        history_movie_ids=None):
-        """[B] string user ids -> [B, D] query embeddings (unknown ids use the OOV row);
+        """[B] string user ids -> [B, D] query embeddings (unknown ids: ``query_from``);
         ``history_movie_ids`` [B, H]: with a request's history as well."""
         features = self.space.user_features(user_ids, exclude_movie_ids, history_movie_ids)
         return self.query_from(features, training)
