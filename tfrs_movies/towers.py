@@ -198,11 +198,11 @@ class UserTower(_Tower):
         parts = ([self._lookup("user_index", features["user_index"], penalties)]
                  if self.use_user_id else [])
         parts += [self._lookup(name, features[name], penalties) for name in self.side]
-        recent = None
         if self.history is not None:
-            history = features["history"]
-            bag = self._bag("history", history, penalties, features.get("history_exclude"),
+            bag = self._bag("history", features["history"], penalties,
+                            features.get("history_exclude"),
                             decay=NEW_USER_DECAY if with_new_user else None)
+            # With the new-user head: (the mean, the recency-weighted mean).
             bag, recent = bag if with_new_user else (bag, None)
             parts.append(bag)
         self._add_row_l2(penalties, l2_rows)
